@@ -1,0 +1,1 @@
+"""Derrick core shared by agent, collector and simulators: contract, config, logging."""

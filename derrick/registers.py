@@ -1,0 +1,129 @@
+"""Register codec: pure functions between Modbus register words and values.
+
+The agent decodes what a PLC answers; the simulators encode what they serve. Both use
+these functions with the same profile, so a value survives the round trip exactly (up to
+float32 precision) in every byte and word order.
+
+Terms, as PLC manuals use them:
+
+* ``byte_order`` ``big`` (ABCD, Modbus standard) or ``little`` (bytes swapped inside each
+  16-bit word: BADC).
+* ``word_order`` ``big`` (high word first, Modicon default) or ``little`` (low word
+  first, CDAB - common on Schneider, Siemens and many Chinese PLCs).
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import StrEnum
+
+
+class DataType(StrEnum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    STRING = "string"
+
+
+class Order(StrEnum):
+    BIG = "big"
+    LITTLE = "little"
+
+
+_STRUCT: dict[DataType, tuple[str, int]] = {
+    DataType.INT16: ("h", 1),
+    DataType.UINT16: ("H", 1),
+    DataType.INT32: ("i", 2),
+    DataType.UINT32: ("I", 2),
+    DataType.INT64: ("q", 4),
+    DataType.UINT64: ("Q", 4),
+    DataType.FLOAT32: ("f", 2),
+    DataType.FLOAT64: ("d", 4),
+}
+
+
+class CodecError(ValueError):
+    """Register words that cannot be the declared type (wrong count, bad range)."""
+
+
+def register_count(datatype: DataType, length: int = 0) -> int:
+    """Registers one value occupies; ``length`` is the string length in characters."""
+    if datatype is DataType.STRING:
+        return (length + 1) // 2
+    if datatype is DataType.BOOL:
+        return 1
+    return _STRUCT[datatype][1]
+
+
+def _words_to_bytes(words: list[int], byte_order: Order, word_order: Order) -> bytes:
+    ordered = words if word_order is Order.BIG else list(reversed(words))
+    fmt = ">" if byte_order is Order.BIG else "<"
+    return struct.pack(f"{fmt}{len(ordered)}H", *ordered)
+
+
+def _bytes_to_words(raw: bytes, byte_order: Order, word_order: Order) -> list[int]:
+    fmt = ">" if byte_order is Order.BIG else "<"
+    words = list(struct.unpack(f"{fmt}{len(raw) // 2}H", raw))
+    return words if word_order is Order.BIG else list(reversed(words))
+
+
+def decode(
+    words: list[int],
+    datatype: DataType,
+    byte_order: Order = Order.BIG,
+    word_order: Order = Order.BIG,
+) -> int | float | str:
+    """Decode the register words of one value. Raises CodecError on a wrong word count."""
+    if datatype is DataType.STRING:
+        raw = struct.pack(f">{len(words)}H", *words)
+        if byte_order is Order.LITTLE:
+            raw = _swap_pairs(raw)
+        return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").rstrip()
+    code, count = _STRUCT[datatype]
+    if len(words) != count:
+        raise CodecError(f"{datatype} needs {count} registers, got {len(words)}")
+    return struct.unpack(f">{code}", _words_to_bytes(words, byte_order, word_order))[0]
+
+
+def encode(
+    value: float | str,
+    datatype: DataType,
+    byte_order: Order = Order.BIG,
+    word_order: Order = Order.BIG,
+    length: int = 0,
+) -> list[int]:
+    """Encode one value into register words. Integers are rounded; out of range raises."""
+    if datatype is DataType.STRING:
+        raw = str(value).encode("ascii")[:length].ljust(register_count(datatype, length) * 2, b"\0")
+        if byte_order is Order.LITTLE:
+            raw = _swap_pairs(raw)
+        return list(struct.unpack(f">{len(raw) // 2}H", raw))
+    code, _ = _STRUCT[datatype]
+    number = float(value) if code in "fd" else round(float(value))
+    try:
+        raw = struct.pack(f">{code}", number)
+    except struct.error as exc:
+        raise CodecError(f"{value!r} does not fit {datatype}") from exc
+    return _bytes_to_words(raw, byte_order, word_order)
+
+
+def _swap_pairs(raw: bytes) -> bytes:
+    swapped = bytearray(raw)
+    swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
+    return bytes(swapped)
+
+
+def scaled(raw: float, scale: float, offset: float) -> float:
+    """Engineering value from a raw register value: raw * scale + offset."""
+    return raw * scale + offset
+
+
+def unscaled(value: float, scale: float, offset: float) -> float:
+    """Raw register value for an engineering value (inverse of :func:`scaled`)."""
+    return (value - offset) / scale
