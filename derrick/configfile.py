@@ -17,8 +17,10 @@ class ConfigError(Exception):
     def __init__(self, path: Path | str, problems: list[tuple[str, str]]):
         self.path = str(path)
         self.problems = problems
-        lines = [f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}"
-                 for key, reason in problems]
+        lines = [
+            f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}"
+            for key, reason in problems
+        ]
         super().__init__("\n".join(lines))
 
 

@@ -26,9 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 SCHEMA_VERSION = 1
 TOPIC_ROOT = f"derrick/v{SCHEMA_VERSION}"
 
-Ident = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)
-]
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 """A name usable as an MQTT topic level, an InfluxDB tag value and a field key."""
 
 ReadingValue = bool | int | float | str | None

@@ -50,7 +50,9 @@ class Register(BaseModel):
     @model_validator(mode="after")
     def _fits_table(self) -> Self:
         if self.table.is_bits and self.type is not DataType.BOOL:
-            raise ValueError(f"a {self.table} holds single bits: type must be bool, not {self.type}")
+            raise ValueError(
+                f"a {self.table} holds single bits: type must be bool, not {self.type}"
+            )
         if not self.table.is_bits and self.type is DataType.BOOL:
             raise ValueError(f"type bool needs a coil or discrete table, not {self.table}")
         if self.type is DataType.STRING and self.length == 0:
@@ -94,12 +96,19 @@ class Profile(BaseModel):
         raise KeyError(tag)
 
 
-def profile_path(name: str) -> Path:
-    """A profile name resolves to ``config/profiles/<name>.yaml``; a path is taken as is."""
+def profile_path(name: str, config_dir: Path | None = None) -> Path:
+    """Where profile ``name`` lives.
+
+    A path (``x/y.yaml``) is taken relative to the config file's folder. A bare name is
+    looked up in ``profiles/`` next to the config file, then in the project's
+    ``config/profiles/``.
+    """
+    base = config_dir or Path.cwd()
     if "/" in name or name.endswith((".yaml", ".yml")):
-        return Path(name)
-    return PROFILE_DIR / f"{name}.yaml"
+        return base / name
+    local = base / "profiles" / f"{name}.yaml"
+    return local if local.exists() else PROFILE_DIR / f"{name}.yaml"
 
 
-def load_profile(name: str) -> Profile:
-    return configfile.load(profile_path(name), Profile)
+def load_profile(name: str, config_dir: Path | None = None) -> Profile:
+    return configfile.load(profile_path(name, config_dir), Profile)

@@ -1,0 +1,1 @@
+"""Edge agent: plan reads -> poll -> decode -> queue -> publish."""

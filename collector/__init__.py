@@ -1,0 +1,1 @@
+"""Collector: receive -> validate -> store, and evaluate -> notify."""

@@ -1,0 +1,159 @@
+"""Collector configuration: pydantic models, the one source of truth for every key."""
+
+from __future__ import annotations
+
+import os
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from derrick import configfile
+from derrick.broker import BrokerSettings
+from derrick.contract import Ident
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Secret(_Strict):
+    """A secret is named by an environment variable or a file, never written in config."""
+
+    def _secret(self, env: str | None, file: Path | None) -> SecretStr | None:
+        if env:
+            if env not in os.environ:
+                raise ValueError(f"environment variable {env} is not set")
+            return SecretStr(os.environ[env])
+        if file:
+            return SecretStr(file.read_text(encoding="utf-8").strip())
+        return None
+
+
+class InfluxV1(_Secret):
+    """InfluxDB 1.x ``/write`` API (every 1.x, and VictoriaMetrics)."""
+
+    api: Literal["v1"]
+    url: str = "http://127.0.0.1:8086"
+    database: Ident = "derrick"
+    retention_policy: str = ""
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    create_database: bool = Field(default=False, description="CREATE DATABASE at start-up")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def password(self) -> SecretStr | None:
+        return self._secret(self.password_env, self.password_file)
+
+
+class InfluxV2(_Secret):
+    """InfluxDB v2 write API through influxdb-client (2.x, 3.x, Cloud, 1.8+)."""
+
+    api: Literal["v2"]
+    url: str = "http://127.0.0.1:8086"
+    org: str = Field(default="-", description="'-' for InfluxDB 1.8+")
+    bucket: str = Field(default="derrick", description="'database/retention' for 1.8+")
+    token_env: str | None = None
+    token_file: Path | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    def token(self) -> SecretStr | None:
+        return self._secret(self.token_env, self.token_file)
+
+
+InfluxSettings = Annotated[InfluxV1 | InfluxV2, Field(discriminator="api")]
+
+
+class BatchSettings(_Strict):
+    max_lines: int = Field(default=5000, ge=1, le=100_000)
+    max_delay_s: float = Field(default=0.5, gt=0, le=60)
+
+
+class ThresholdRule(_Strict):
+    """Alarm when ``tag`` goes above a limit: fixed, or a percentage of another tag.
+
+    ``clear_percent`` is the deadband: the alarm clears only when the value falls below
+    that share of the limit, so a load hovering at the limit raises once, not on every
+    poll.
+    """
+
+    name: Ident
+    description: str = ""
+    kind: str = Field(default="*", description="glob on the equipment kind")
+    asset: str = Field(default="*", description="glob on the asset name")
+    tag: Ident
+    limit: float | None = None
+    limit_tag: Ident | None = None
+    limit_percent: float = Field(default=100.0, gt=0)
+    clear_percent: float = Field(default=95.0, gt=0)
+    priority: Literal["critical", "high", "medium", "low"] = "high"
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Self:
+        if (self.limit is None) == (self.limit_tag is None):
+            raise ValueError("give either 'limit' (a number) or 'limit_tag' (another tag)")
+        if self.clear_percent > 100:
+            raise ValueError("clear_percent is a share of the limit: at most 100")
+        return self
+
+    def matches(self, kind: str, asset: str) -> bool:
+        return fnmatchcase(kind, self.kind) and fnmatchcase(asset, self.asset)
+
+
+class RuleSet(_Strict):
+    rules: list[ThresholdRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [rule.name for rule in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class CollectorIdentity(_Strict):
+    id: Ident = Field(description="MQTT client id; keep it stable so the session persists")
+
+
+class LogSettings(_Strict):
+    format: Literal["auto", "console", "json"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class CollectorConfig(_Strict):
+    collector: CollectorIdentity
+    broker: BrokerSettings = BrokerSettings()
+    influx: InfluxSettings
+    batch: BatchSettings = BatchSettings()
+    rules: RuleSet = RuleSet()
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    stats_interval_s: float = Field(default=10.0, gt=0)
+    log: LogSettings = LogSettings()
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules_file(cls, value: object, info: ValidationInfo) -> object:
+        """``rules`` may name a YAML file, relative to this config file."""
+        if not isinstance(value, str):
+            return value
+        config_path = (info.context or {}).get("config_path")
+        path = Path(config_path).parent / value if config_path else Path(value)
+        try:
+            return configfile.load(path, RuleSet)
+        except configfile.ConfigError as exc:
+            raise ValueError(f"rules file: {exc}") from None
+
+
+def load_config(path: Path | str) -> CollectorConfig:
+    return configfile.load(path, CollectorConfig)

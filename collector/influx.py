@@ -1,0 +1,155 @@
+"""The InfluxDB boundary: the only module that imports influxdb-client.
+
+Two writers with one face, ``await writer.write(lines)``:
+
+* :class:`V1Writer` posts to ``/write`` (every InfluxDB 1.x) with the standard library.
+* :class:`V2Writer` uses influxdb-client's v2 write API (2.x, 3.x, Cloud, 1.8+).
+
+Library and HTTP errors become :class:`StoreUnavailable` (worth retrying: connection
+refused, timeout, 429, 5xx) or :class:`DataRejected` (4xx: the points themselves are
+wrong; retrying would fail the same way). Blocking I/O runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import urllib.parse
+from typing import Protocol
+
+import urllib3
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+
+from collector.config import InfluxV1, InfluxV2
+
+
+class StoreError(Exception):
+    """Writing to InfluxDB failed."""
+
+
+class StoreUnavailable(StoreError):
+    """InfluxDB cannot take the points now; try again later."""
+
+
+class DataRejected(StoreError):
+    """InfluxDB refused the points (HTTP 4xx); retrying will not help."""
+
+
+class Writer(Protocol):
+    url: str
+
+    async def write(self, lines: list[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _classify(status: int, body: str, url: str) -> StoreError:
+    if status in (0, 429) or status >= 500:
+        return StoreUnavailable(f"{url}: HTTP {status}: {body[:300]}")
+    return DataRejected(f"{url}: HTTP {status}: {body[:300]}")
+
+
+class V1Writer:
+    """POST /write?db=...&precision=ns over one kept-alive HTTP connection."""
+
+    def __init__(self, settings: InfluxV1) -> None:
+        self.settings = settings
+        self.url = settings.url
+        parsed = urllib.parse.urlsplit(settings.url)
+        self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 8086
+        self._https = parsed.scheme == "https"
+        query = {"db": settings.database, "precision": "ns"}
+        if settings.retention_policy:
+            query["rp"] = settings.retention_policy
+        self._path = f"{parsed.path.rstrip('/')}/write?{urllib.parse.urlencode(query)}"
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        password = settings.password()
+        if settings.username:
+            secret = password.get_secret_value() if password else ""
+            token = base64.b64encode(f"{settings.username}:{secret}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self.settings.timeout_s)
+        return self._conn
+
+    def _request(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str]:
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
+
+    def _post_lines(self, lines: list[str]) -> None:
+        status, body = self._request("POST", self._path, "\n".join(lines).encode(), self._headers)
+        if status != 204:
+            raise _classify(status, body, self.url)
+
+    async def write(self, lines: list[str]) -> None:
+        await asyncio.to_thread(self._post_lines, lines)
+
+    async def create_database(self) -> None:
+        query = urllib.parse.urlencode({"q": f'CREATE DATABASE "{self.settings.database}"'})
+        headers = {**self._headers, "Content-Type": "application/x-www-form-urlencoded"}
+        status, body = await asyncio.to_thread(
+            self._request, "POST", "/query", query.encode(), headers
+        )
+        if status != 200 or '"error"' in body:
+            raise _classify(status if status != 200 else 400, body, self.url)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class V2Writer:
+    """influxdb-client's synchronous write API, run in a worker thread."""
+
+    def __init__(self, settings: InfluxV2) -> None:
+        self.settings = settings
+        self.url = settings.url
+        token = settings.token()
+        self._client = InfluxDBClient(
+            url=settings.url,
+            token=token.get_secret_value() if token else "",
+            org=settings.org,
+            timeout=int(settings.timeout_s * 1000),
+            retries=False,  # the store stage retries, with backoff and a log line
+        )
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def _write_sync(self, lines: list[str]) -> None:
+        try:
+            self._api.write(
+                bucket=self.settings.bucket,
+                org=self.settings.org,
+                record=lines,
+                write_precision=WritePrecision.NS,
+            )
+        except ApiException as exc:
+            raise _classify(int(exc.status or 0), str(exc.body or exc.reason), self.url) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
+
+    async def write(self, lines: list[str]) -> None:
+        await asyncio.to_thread(self._write_sync, lines)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+
+def make_writer(settings: InfluxV1 | InfluxV2) -> V1Writer | V2Writer:
+    return V1Writer(settings) if isinstance(settings, InfluxV1) else V2Writer(settings)

@@ -1,0 +1,125 @@
+"""derrick-collector: MQTT telemetry -> InfluxDB, and threshold alarms -> MQTT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from collector.config import CollectorConfig, load_config
+from collector.evaluate import Evaluator
+from collector.influx import StoreError, V1Writer, make_writer
+from collector.notify import notify_forever
+from collector.receive import receive_forever
+from collector.stats import Stats
+from collector.store import Batchable, Store
+from derrick import logs
+from derrick.configfile import ConfigError
+from derrick.contract import TELEMETRY_SUBSCRIPTION, AlarmEvent
+from derrick.mqtt import MqttClient, MqttError
+
+log = structlog.get_logger("collector")
+
+
+class Shutdown(Exception):
+    """Raised inside the TaskGroup to stop every task on SIGINT/SIGTERM."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="derrick-collector",
+        description="Subscribe to Derrick telemetry on an MQTT broker, write it to InfluxDB "
+        "(v1 /write or v2 API) and raise threshold alarms on the MQTT alarm topics.",
+        epilog="examples:\n"
+        "  derrick-collector --config /etc/derrick/collector.yaml\n"
+        "  derrick-collector --config collector.yaml --check   # validate config and exit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, required=True, help="collector YAML config file")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        help="override log.format from the config",
+    )
+    return parser.parse_args(argv)
+
+
+async def report_forever(
+    stats: Stats, store_queue: asyncio.Queue[Batchable], interval_s: float
+) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        log.info("ingest summary", queued=store_queue.qsize(), **stats.snapshot())
+
+
+async def run(config: CollectorConfig) -> None:
+    stats = Stats()
+    writer = make_writer(config.influx)
+    if isinstance(writer, V1Writer) and config.influx.create_database:
+        await writer.create_database()
+    client = MqttClient(
+        config.broker, client_id=config.collector.id, manual_ack=True, inbox_size=config.queue_size
+    )
+    store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
+    events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+    store = Store(writer, client.ack, stats, config.batch.max_lines, config.batch.max_delay_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await client.subscribe(TELEMETRY_SUBSCRIPTION, qos=1)
+    await client.start()
+    log.info(
+        "collector started",
+        collector=config.collector.id,
+        broker=config.broker.url,
+        influx=writer.url,
+        api=config.influx.api,
+        rules=len(config.rules.rules),
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                receive_forever(client, store_queue, Evaluator(config.rules.rules), events, stats)
+            )
+            tg.create_task(store.run(store_queue))
+            tg.create_task(notify_forever(events, client, store_queue, stats))
+            tg.create_task(report_forever(stats, store_queue, config.stats_interval_s))
+            await stop.wait()
+            raise Shutdown
+    except* Shutdown:
+        log.info("collector stopping", **stats.snapshot())
+    finally:
+        await client.stop()
+        await writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"derrick-collector: invalid config\n{exc}\n")
+        return 2
+    if args.check:
+        sys.stdout.write(
+            f"{args.config}: ok, {len(config.rules.rules)} alarm rules, "
+            f"InfluxDB {config.influx.api} at {config.influx.url}\n"
+        )
+        return 0
+    logs.configure(args.log_format or config.log.format, config.log.level)
+    try:
+        asyncio.run(run(config))
+    except (MqttError, StoreError, ValueError) as exc:
+        log.error("collector failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

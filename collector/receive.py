@@ -1,0 +1,49 @@
+"""Receive and validate stages: broker messages -> store queue and evaluate.
+
+Every message is either stored (and acknowledged after the write) or rejected (logged
+with its reason, counted, and acknowledged at once so the broker does not send it again
+forever). A bad message never stops the good ones behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from collector.evaluate import Evaluator
+from collector.lineproto import encode_telemetry
+from collector.stats import Stats
+from collector.store import Batchable
+from collector.validate import Rejected, validate
+from derrick.contract import AlarmEvent
+from derrick.mqtt import MqttClient
+
+log = structlog.get_logger(__name__)
+
+
+async def receive_forever(
+    client: MqttClient,
+    store_queue: asyncio.Queue[Batchable],
+    evaluator: Evaluator,
+    events: asyncio.Queue[AlarmEvent],
+    stats: Stats,
+) -> None:
+    while True:
+        inbound = await client.inbox.get()
+        stats.messages += 1
+        result = validate(inbound.topic, inbound.payload)
+        if isinstance(result, Rejected):
+            stats.rejected += 1
+            log.warning(
+                "message rejected",
+                topic=inbound.topic,
+                reason=result.reason,
+                bytes=len(inbound.payload),
+            )
+            client.ack(inbound)
+            continue
+        stats.readings += len(result.readings)
+        for event in evaluator.evaluate(result):
+            events.put_nowait(event)
+        await store_queue.put(Batchable(encode_telemetry(result), inbound))

@@ -1,0 +1,47 @@
+"""Read planning: fewest requests within the device's limits."""
+
+from agent.plan import plan_reads
+from derrick.profile import Register, load_profile
+
+
+def reg(tag, address, type_="uint16", table="holding"):
+    return Register(tag=tag, table=table, address=address, type=type_)
+
+
+def spans(plan):
+    return [(str(r.table), r.address, r.count) for r in plan]
+
+
+def test_contiguous_tags_become_one_request():
+    plan = plan_reads([reg("a", 0, "float32"), reg("b", 2, "float32"), reg("c", 4)])
+    assert spans(plan) == [("holding", 0, 5)]
+    assert [r.tag for r in plan[0].registers] == ["a", "b", "c"]
+
+
+def test_gap_splits_unless_allowed():
+    regs = [reg("a", 0), reg("b", 10)]
+    assert spans(plan_reads(regs)) == [("holding", 0, 1), ("holding", 10, 1)]
+    assert spans(plan_reads(regs, max_gap=9)) == [("holding", 0, 11)]
+
+
+def test_device_limit_splits_long_spans():
+    regs = [reg(f"t{i}", i) for i in range(300)]
+    assert spans(plan_reads(regs)) == [("holding", 0, 125), ("holding", 125, 125),
+                                       ("holding", 250, 50)]
+    assert spans(plan_reads(regs, max_registers=100))[0] == ("holding", 0, 100)
+
+
+def test_a_multiword_value_is_never_cut_in_two():
+    regs = [reg("a", 0, "float64"), reg("b", 4, "float64")]
+    assert spans(plan_reads(regs, max_registers=6)) == [("holding", 0, 4), ("holding", 4, 4)]
+
+
+def test_tables_are_planned_apart_in_address_order():
+    regs = [reg("z", 5), reg("x", 0, table="input"), reg("c", 0, "bool", "coil"), reg("y", 0)]
+    assert spans(plan_reads(regs)) == [("holding", 0, 1), ("holding", 5, 1),
+                                       ("input", 0, 1), ("coil", 0, 1)]
+
+
+def test_crane_profile_needs_two_requests():
+    plan = plan_reads(load_profile("crane").registers)
+    assert spans(plan) == [("holding", 0, 9), ("discrete", 0, 1)]
