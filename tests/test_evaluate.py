@@ -4,26 +4,46 @@ from collector.config import ThresholdRule
 from collector.evaluate import Evaluator
 from derrick.contract import Reading, Telemetry
 
-RULE = ThresholdRule(name="crane_overload", kind="crane", tag="hook_load",
-                     limit_tag="safe_working_load", limit_percent=100, clear_percent=95,
-                     priority="critical")
+RULE = ThresholdRule(
+    name="crane_overload",
+    kind="crane",
+    tag="hook_load",
+    limit_tag="safe_working_load",
+    limit_percent=100,
+    clear_percent=95,
+    priority="critical",
+)
 
 
 def poll(load, swl=20.0, ts=1, quality="good", kind="crane", asset="crane-01"):
-    return Telemetry(site="yard", asset=asset, device="lmi", kind=kind, agent="gw", boot="b",
-                     seq=ts, readings=[
-                         Reading(tag="hook_load", value=load, quality=quality, ts_ns=ts),
-                         Reading(tag="safe_working_load", value=swl, ts_ns=ts)])
+    return Telemetry(
+        site="yard",
+        asset=asset,
+        device="lmi",
+        kind=kind,
+        agent="gw",
+        boot="b",
+        seq=ts,
+        readings=[
+            Reading(tag="hook_load", value=load, quality=quality, ts_ns=ts),
+            Reading(tag="safe_working_load", value=swl, ts_ns=ts),
+        ],
+    )
 
 
 def states(evaluator, loads):
-    return [(e.state.value, e.ts_ns) for ts, load in enumerate(loads, 1)
-            for e in evaluator.evaluate(poll(load, ts=ts))]
+    return [
+        (e.state.value, e.ts_ns)
+        for ts, load in enumerate(loads, 1)
+        for e in evaluator.evaluate(poll(load, ts=ts))
+    ]
 
 
 def test_one_overload_is_one_raise_and_one_clear():
     assert states(Evaluator([RULE]), [10, 19.9, 20.5, 22, 21, 20.1, 18.9, 10]) == [
-        ("raised", 3), ("cleared", 7)]
+        ("raised", 3),
+        ("cleared", 7),
+    ]
 
 
 def test_deadband_stops_chatter_around_the_limit():

@@ -26,8 +26,11 @@ def test_gap_splits_unless_allowed():
 
 def test_device_limit_splits_long_spans():
     regs = [reg(f"t{i}", i) for i in range(300)]
-    assert spans(plan_reads(regs)) == [("holding", 0, 125), ("holding", 125, 125),
-                                       ("holding", 250, 50)]
+    assert spans(plan_reads(regs)) == [
+        ("holding", 0, 125),
+        ("holding", 125, 125),
+        ("holding", 250, 50),
+    ]
     assert spans(plan_reads(regs, max_registers=100))[0] == ("holding", 0, 100)
 
 
@@ -38,8 +41,12 @@ def test_a_multiword_value_is_never_cut_in_two():
 
 def test_tables_are_planned_apart_in_address_order():
     regs = [reg("z", 5), reg("x", 0, table="input"), reg("c", 0, "bool", "coil"), reg("y", 0)]
-    assert spans(plan_reads(regs)) == [("holding", 0, 1), ("holding", 5, 1),
-                                       ("input", 0, 1), ("coil", 0, 1)]
+    assert spans(plan_reads(regs)) == [
+        ("holding", 0, 1),
+        ("holding", 5, 1),
+        ("input", 0, 1),
+        ("coil", 0, 1),
+    ]
 
 
 def test_crane_profile_needs_two_requests():

@@ -68,8 +68,10 @@ def test_out_of_range_value_is_an_error():
         encode(70000, DataType.UINT16)
 
 
-@pytest.mark.parametrize(("raw", "scale", "offset", "value"),
-                         [(1234, 0.1, 0.0, 123.4), (0, 0.5, -40.0, -40.0), (400, 0.25, -50.0, 50.0)])
+@pytest.mark.parametrize(
+    ("raw", "scale", "offset", "value"),
+    [(1234, 0.1, 0.0, 123.4), (0, 0.5, -40.0, -40.0), (400, 0.25, -50.0, 50.0)],
+)
 def test_scaling_round_trips(raw, scale, offset, value):
     assert math.isclose(scaled(raw, scale, offset), value)
     assert math.isclose(unscaled(value, scale, offset), raw)

@@ -1,0 +1,115 @@
+"""Run Derrick's own programs (simulator, agent, collector) as subprocesses.
+
+Used by the end-to-end tests and by ``make run``: each program's output goes to a log
+file, and stopping is SIGTERM, a bounded wait, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAMS = {"sim": "simulators.main", "agent": "agent.main", "collector": "collector.main"}
+
+
+class Program:
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Program:
+        cmd = [sys.executable, "-m", PROGRAMS[self.name], *self.args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+            )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait, SIGKILL; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Program:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 5.0) -> dict:
+    """GET (body None) or POST JSON to a loopback control endpoint."""
+    data = None if body is None else json.dumps(body).encode()
+    if not url.startswith("http://127."):
+        raise ValueError(f"control endpoints are loopback only: {url}")
+    request = urllib.request.Request(  # noqa: S310 - loopback checked above
+        url,
+        data=data,
+        method="GET" if data is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read() or b"{}")
+
+
+def wait_for(
+    check, timeout: float, what: str, interval: float = 0.1, program: Program | None = None
+):
+    """Poll ``check()`` until it returns something truthy; TimeoutError names ``what``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if program is not None and not program.alive:
+            raise RuntimeError(
+                f"{program.name} exited while waiting for {what}:\n{program.log_tail()}"
+            )
+        try:
+            result = check()
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            last_error, result = exc, None
+        if result:
+            return result
+        time.sleep(interval)
+    detail = f" (last error: {last_error})" if last_error else ""
+    tail = f"\n{program.log_tail()}" if program else ""
+    raise TimeoutError(f"{what}: not within {timeout} s{detail}{tail}")

@@ -1,0 +1,177 @@
+"""``make run``: the whole pipeline on this machine, on free loopback ports.
+
+Starts mosquitto, InfluxDB 1.x, the crane simulator, an agent and a collector (the
+configs are the examples in config/, with this run's ports filled in), prints where
+everything is, one line per alarm event and a summary every 10 s. Ctrl-C, or
+``--seconds N``, stops every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from derrick.broker import BrokerSettings
+from derrick.contract import ALARM_SUBSCRIPTION, AlarmEvent
+from derrick.mqtt import MqttClient
+from devstack.programs import REPO, Program, http_json, wait_for, write_yaml
+from devstack.services import Influx1, Mosquitto, free_port
+
+CONFIG = REPO / "config"
+DATABASE = "derrick"
+SUMMARY_EVERY_S = 10.0
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def make_configs(base: Path, broker_port: int, influx_url: str, sim_port: int) -> tuple[Path, Path]:
+    """The example configs with this run's ports; the rules file is the shipped one."""
+    agent = yaml.safe_load((CONFIG / "agent.example.yaml").read_text())
+    agent["broker"]["port"] = broker_port
+    agent["devices"][0]["port"] = sim_port
+    collector = yaml.safe_load((CONFIG / "collector.example.yaml").read_text())
+    collector["broker"]["port"] = broker_port
+    collector["influx"].update(url=influx_url, database=DATABASE, create_database=True)
+    collector["rules"] = str(CONFIG / collector["rules"])
+    for config in (agent, collector):
+        config["log"]["format"] = "json"
+    return write_yaml(base / "agent.yaml", agent), write_yaml(base / "collector.yaml", collector)
+
+
+def readings_written(influx: Influx1) -> int:
+    """Field values stored in the telemetry measurement (one per reading)."""
+    result = influx.query("SELECT count(*) FROM telemetry", db=DATABASE)
+    series = result["results"][0].get("series") or []
+    return sum(value for s in series for value in s["values"][0][1:] if isinstance(value, int))
+
+
+def alarm_line(event: AlarmEvent) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts_ns / 1e9))
+    return (
+        f"{stamp} ALARM {event.state.value.upper():<7} {event.priority:<8} "
+        f"{event.site}/{event.asset} {event.rule}: {event.message}"
+    )
+
+
+async def watch(
+    broker: BrokerSettings, influx: Influx1, programs: list[Program], seconds: float | None
+) -> dict[str, int]:
+    counts = {"raised": 0, "cleared": 0}
+    listener = MqttClient(broker, client_id="derrick-run-listener", persistent=False)
+    await listener.subscribe(ALARM_SUBSCRIPTION)
+    await listener.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = loop.time()
+    next_summary = started + SUMMARY_EVERY_S
+    try:
+        while not stop.is_set():
+            if seconds is not None and loop.time() - started >= seconds:
+                break
+            dead = [p.name for p in programs if not p.alive]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly")
+            with contextlib.suppress(TimeoutError):
+                message = await asyncio.wait_for(listener.inbox.get(), 0.5)
+                event = AlarmEvent.model_validate_json(message.payload)
+                counts[event.state.value] += 1
+                say(alarm_line(event))
+            if loop.time() >= next_summary:
+                next_summary += SUMMARY_EVERY_S
+                say(await summary(influx, counts, loop.time() - started))
+    finally:
+        await listener.stop()
+    return counts
+
+
+async def summary(influx: Influx1, counts: dict[str, int], elapsed: float) -> str:
+    written = await asyncio.to_thread(readings_written, influx)
+    return (
+        f"-- {elapsed:5.0f} s: readings written {written}, alarms raised {counts['raised']}, "
+        f"cleared {counts['cleared']}"
+    )
+
+
+def run(seconds: float | None) -> int:
+    base = Path(tempfile.mkdtemp(prefix="derrick-run-"))
+    programs: list[Program] = []
+    with Mosquitto(base) as broker_srv, Influx1(base) as influx:
+        sim_port, control_port = free_port(), free_port()
+        agent_cfg, collector_cfg = make_configs(base, broker_srv.port, influx.url, sim_port)
+        say(f"broker:    {broker_srv.url}")
+        say(f"influxdb:  {influx.url}  database: {DATABASE}  (InfluxQL: {influx.url}/query)")
+        say(f"simulator: modbus tcp 127.0.0.1:{sim_port}, control http://127.0.0.1:{control_port}")
+        say(f"logs and configs: {base}")
+        try:
+            programs.append(
+                Program(
+                    "sim",
+                    [
+                        "--port",
+                        str(sim_port),
+                        "--control-port",
+                        str(control_port),
+                        "--log-format",
+                        "json",
+                    ],
+                    base / "sim.log",
+                ).start()
+            )
+            wait_for(
+                lambda: http_json(f"http://127.0.0.1:{control_port}/health"),
+                30,
+                "simulator",
+                program=programs[0],
+            )
+            programs.append(
+                Program(
+                    "collector", ["--config", str(collector_cfg)], base / "collector.log"
+                ).start()
+            )
+            programs.append(
+                Program("agent", ["--config", str(agent_cfg)], base / "agent.log").start()
+            )
+            say(
+                "running: crane simulator -> agent -> mosquitto -> collector -> influxdb"
+                + (f" for {seconds:g} s" if seconds else "; Ctrl-C stops")
+            )
+            broker = BrokerSettings(host="127.0.0.1", port=broker_srv.port)
+            counts = asyncio.run(watch(broker, influx, programs, seconds))
+            for program in reversed(programs):
+                program.stop()
+            say(asyncio.run(summary(influx, counts, seconds or 0)).replace("--", "summary:"))
+        except (RuntimeError, TimeoutError) as exc:
+            say(f"error: {exc}")
+            for program in programs:
+                say(f"--- {program.name} log ({program.log_path}):\n{program.log_tail(15)}")
+            return 1
+        finally:
+            for program in reversed(programs):
+                program.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, help="stop by itself after this many seconds")
+    args = parser.parse_args(argv)
+    return run(args.seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

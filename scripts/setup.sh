@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Make this machine able to run Derrick's tests and dev stack. Idempotent: a second run
+# is a quick no-op. Runs as root on a fresh Debian 12 (CI); elsewhere it uses sudo only
+# when something actually has to be installed.
+#
+#   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll
+#      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
+#      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
+#      tests and `make run` start their own copies on free loopback ports.
+#   2. .venv with `pip install -e '.[dev]'`, redone when pyproject.toml is newer than
+#      the stamp .venv/.installed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+
+have() {
+    # /usr/sbin is not on a normal user's PATH, and mosquitto lives there.
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+packages=()
+for pair in mosquitto:mosquitto influxd:influxdb victoria-metrics:victoria-metrics \
+    mbpoll:mbpoll make:make; do
+    have "${pair%%:*}" || packages+=("${pair#*:}")
+done
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    packages+=(python3 python3-venv)
+fi
+
+if [ "${#packages[@]}" -gt 0 ]; then
+    # make / python3-venv are listed only on a machine that lacks them (bare images).
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || {
+            say "need root (or sudo) to install: ${packages[*]}" >&2
+            exit 1
+        }
+        sudo=(sudo)
+    fi
+    say "installing Debian packages: ${packages[*]}"
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${packages[@]}"
+else
+    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll)"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    python3 -m venv .venv
+fi
+
+if [ pyproject.toml -nt .venv/.installed ]; then
+    say "pip install -e '.[dev]' into .venv"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1
+    .venv/bin/pip install -q --root-user-action=ignore -e '.[dev]'
+    touch .venv/.installed
+else
+    say ".venv up to date (pyproject.toml older than .venv/.installed)"
+fi

@@ -1,0 +1,227 @@
+"""End to end through real parts: simulator -> agent -> mosquitto -> collector -> InfluxDB.
+
+Every process is the real program started as a subprocess; the broker, InfluxDB 1.6 and
+VictoriaMetrics are the real servers from the session fixtures in conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from derrick.broker import BrokerSettings
+from derrick.contract import TOPIC_ROOT, AlarmEvent
+from derrick.mqtt import MqttClient
+from derrick.profile import PROFILE_DIR
+from devstack.programs import Program, http_json, wait_for, write_yaml
+from devstack.services import free_port
+
+pytestmark = pytest.mark.integration
+
+# Exactly representable in float32 and in the profile's x10 utilisation register.
+PINNED = {
+    "hook_load": 12.5,
+    "safe_working_load": 25.0,
+    "boom_angle": 55.25,
+    "wind_speed": 7.75,
+    "utilisation": 50.0,
+    "overload_cutout": False,
+}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """One crane simulator, its Modbus port and its control URL."""
+    base = tmp_path_factory.mktemp("sim")
+    port, control = free_port(), free_port()
+    program = Program(
+        "sim",
+        [
+            "--port",
+            str(port),
+            "--control-port",
+            str(control),
+            "--no-demo-overload",
+            "--seed",
+            "7",
+            "--log-format",
+            "json",
+        ],
+        base / "sim.log",
+    ).start()
+    url = f"http://127.0.0.1:{control}"
+    wait_for(
+        lambda: http_json(f"{url}/health") is not None, 30, "simulator control", program=program
+    )
+    yield {"port": port, "control": url, "program": program}
+    assert program.stop() == 0, program.log_tail()
+
+
+def start_pipeline(tmp_path, sim, mosquitto, influx):
+    """Agent and collector for a fresh site name, so tests sharing servers never mix."""
+    site = f"t{uuid.uuid4().hex[:8]}"
+    broker = {"host": "127.0.0.1", "port": mosquitto.port}
+    agent_cfg = write_yaml(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {"id": f"gw-{site}", "site": site},
+            "broker": broker,
+            "devices": [
+                {
+                    "name": "lmi",
+                    "asset": "crane-01",
+                    "profile": "crane",
+                    "host": "127.0.0.1",
+                    "port": sim["port"],
+                    "interval_s": 0.2,
+                }
+            ],
+            "log": {"format": "json"},
+        },
+    )
+    collector_cfg = write_yaml(
+        tmp_path / "collector.yaml",
+        {
+            "collector": {"id": f"col-{site}"},
+            "broker": broker,
+            "influx": influx,
+            "batch": {"max_lines": 500, "max_delay_s": 0.1},
+            "rules": str(PROFILE_DIR.parent / "rules" / "crane.yaml"),
+            "stats_interval_s": 1,
+            "log": {"format": "json"},
+        },
+    )
+    collector = Program(
+        "collector", ["--config", str(collector_cfg)], tmp_path / "collector.log"
+    ).start()
+    agent = Program("agent", ["--config", str(agent_cfg)], tmp_path / "agent.log").start()
+    return site, agent, collector
+
+
+def stop_all(*programs):
+    codes = {p.name: p.stop() for p in programs}
+    for program in programs:
+        assert codes[program.name] == 0, (
+            f"{program.name} exit {codes[program.name]}:\n{program.log_tail()}"
+        )
+
+
+def influx1_latest(influx1, db, site):
+    result = influx1.query(
+        f"SELECT * FROM telemetry WHERE site='{site}' ORDER BY time DESC LIMIT 1", db=db
+    )
+    series = result["results"][0].get("series")
+    if not series:
+        return None
+    return dict(zip(series[0]["columns"], series[0]["values"][0], strict=True))
+
+
+def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, influx1):
+    db = f"db_{uuid.uuid4().hex[:8]}"
+    influx = {"api": "v1", "url": influx1.url, "database": db, "create_database": True}
+    http_json(f"{sim['control']}/hold", PINNED)
+    site, agent, collector = start_pipeline(tmp_path, sim, mosquitto, influx)
+    try:
+
+        def pinned_row():
+            row = influx1_latest(influx1, db, site)
+            return row if row and row.get("hook_load") == PINNED["hook_load"] else None
+
+        row = wait_for(pinned_row, 30, "pinned values in InfluxDB 1.6", program=collector)
+        served = http_json(f"{sim['control']}/values")
+        for tag, value in PINNED.items():
+            assert row[tag] == value, tag
+            assert served[tag] == value, tag
+        assert (row["site"], row["asset"], row["device"], row["kind"]) == (
+            site,
+            "crane-01",
+            "lmi",
+            "crane",
+        )
+        assert not any(key.endswith("_q") and row[key] for key in row), row
+        # Nanosecond stamps survive the trip: not all ten are whole microseconds.
+        precise = influx1.query(
+            f"SELECT hook_load FROM telemetry WHERE site='{site}' ORDER BY time DESC LIMIT 10",
+            db=db,
+            epoch="ns",
+        )
+        stamps = [row[0] for row in precise["results"][0]["series"][0]["values"]]
+        assert any(stamp % 1000 for stamp in stamps), stamps
+    finally:
+        http_json(f"{sim['control']}/release", {})
+        stop_all(agent, collector)
+
+
+def test_values_reach_victoriametrics_through_v2_write_api(tmp_path, sim, mosquitto, victoria):
+    influx = {"api": "v2", "url": victoria.url, "org": "derrick", "bucket": "derrick"}
+    http_json(f"{sim['control']}/hold", PINNED)
+    site, agent, collector = start_pipeline(tmp_path, sim, mosquitto, influx)
+    try:
+
+        def pinned_series():
+            series = victoria.export(f'{{__name__=~"telemetry_.*",site="{site}"}}')
+            latest = {
+                s["metric"]["__name__"].removeprefix("telemetry_"): s["values"][-1] for s in series
+            }
+            return latest if latest.get("hook_load") == PINNED["hook_load"] else None
+
+        latest = wait_for(pinned_series, 30, "pinned values in VictoriaMetrics", program=collector)
+        for tag, value in PINNED.items():
+            assert latest[tag] == float(value), tag
+    finally:
+        http_json(f"{sim['control']}/release", {})
+        stop_all(agent, collector)
+
+
+async def _next_alarm(client: MqttClient, timeout: float) -> AlarmEvent:
+    message = await asyncio.wait_for(client.inbox.get(), timeout)
+    return AlarmEvent.model_validate_json(message.payload)
+
+
+async def _overload_scenario(broker: BrokerSettings, site: str, control: str):
+    listener = MqttClient(broker, client_id=f"listener-{site}", persistent=False)
+    await listener.subscribe(f"{TOPIC_ROOT}/{site}/+/alarm/+")
+    await listener.start()
+    try:
+        await listener.wait_connected(10)
+        await asyncio.sleep(1.0)  # the agent is publishing normal lifts by now
+        assert listener.inbox.empty(), "alarm before any overload"
+        await asyncio.to_thread(http_json, f"{control}/overload", {"active": True})
+        raised = await _next_alarm(listener, 15)
+        await asyncio.to_thread(http_json, f"{control}/overload", {"active": False})
+        cleared = await _next_alarm(listener, 30)
+        await asyncio.sleep(1.0)
+        extra = [
+            json.loads(listener.inbox.get_nowait().payload) for _ in range(listener.inbox.qsize())
+        ]
+        return raised, cleared, extra
+    finally:
+        await listener.stop()
+
+
+def test_overload_raises_then_clears_one_alarm(tmp_path, sim, mosquitto, influx1):
+    db = f"db_{uuid.uuid4().hex[:8]}"
+    influx = {"api": "v1", "url": influx1.url, "database": db, "create_database": True}
+    site, agent, collector = start_pipeline(tmp_path, sim, mosquitto, influx)
+    broker = BrokerSettings(host="127.0.0.1", port=mosquitto.port)
+    try:
+        wait_for(lambda: influx1_latest(influx1, db, site), 30, "first readings", program=collector)
+        raised, cleared, extra = asyncio.run(_overload_scenario(broker, site, sim["control"]))
+    finally:
+        http_json(f"{sim['control']}/overload", {"active": False})
+        stop_all(agent, collector)
+    assert (raised.rule, raised.state.value, raised.priority) == (
+        "crane_overload",
+        "raised",
+        "critical",
+    )
+    assert raised.value > raised.limit
+    assert (cleared.state.value, cleared.asset) == ("cleared", "crane-01")
+    assert cleared.value < cleared.limit * 0.95
+    assert extra == [], "one overload must give exactly one raise and one clear"
+    timeline = influx1.query(f"SELECT state, rule FROM alarms WHERE site='{site}'", db=db)
+    states = [row[1] for row in timeline["results"][0]["series"][0]["values"]]
+    assert states == ["raised", "cleared"]
