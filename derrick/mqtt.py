@@ -69,6 +69,7 @@ class MqttClient:
         self._disconnected = asyncio.Event()
         self._disconnected.set()
         self._last_refusal = ""
+        self._stopping = False
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: dict[str, int] = {}
         self._client = paho.Client(
@@ -126,6 +127,7 @@ class MqttClient:
                 await self.publish(final[0], final[1], retain=True, timeout=2.0)
             except MqttError:
                 log.warning("final message not acknowledged", topic=final[0])
+        self._stopping = True
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         for fut in self._pending.values():
@@ -222,7 +224,7 @@ class MqttClient:
         self._last_refusal = ""
 
     def _set_disconnected(self, reason: str) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping:
             log.warning("broker disconnected", broker=self.settings.url, reason=reason)
         self._connected.clear()
         self._disconnected.set()
