@@ -108,7 +108,7 @@ def encode(
     number = float(value) if code in "fd" else round(float(value))
     try:
         raw = struct.pack(f">{code}", number)
-    except struct.error as exc:
+    except (struct.error, OverflowError) as exc:  # float32 beyond 3.4e38 overflows
         raise CodecError(f"{value!r} does not fit {datatype}") from exc
     return _bytes_to_words(raw, byte_order, word_order)
 

@@ -104,8 +104,8 @@ def wait_for(
                 f"{program.name} exited while waiting for {what}:\n{program.log_tail()}"
             )
         try:
-            result = check()
-        except (OSError, ValueError, KeyError, IndexError) as exc:
+            result, last_error = check(), None
+        except (OSError, ValueError, LookupError, RuntimeError) as exc:  # not there yet
             last_error, result = exc, None
         if result:
             return result

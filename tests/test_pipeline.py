@@ -102,21 +102,30 @@ def start_pipeline(tmp_path, sim, mosquitto, influx):
 
 
 def stop_all(*programs):
-    codes = {p.name: p.stop() for p in programs}
-    for program in programs:
-        assert codes[program.name] == 0, (
-            f"{program.name} exit {codes[program.name]}:\n{program.log_tail()}"
-        )
+    """Stop every program; a clean shutdown (SIGTERM handled) exits 0."""
+    return {p.name: (p.stop(), p.log_tail()) for p in programs}
+
+
+def assert_clean_exit(codes):
+    for name, (code, tail) in codes.items():
+        assert code == 0, f"{name} exit {code}:\n{tail}"
 
 
 def influx1_latest(influx1, db, site):
-    result = influx1.query(
-        f"SELECT * FROM telemetry WHERE site='{site}' ORDER BY time DESC LIMIT 1", db=db
-    )
+    """The newest value of every field (each Modbus request has its own timestamp)."""
+    result = influx1.query(f"SELECT last(*) FROM telemetry WHERE site='{site}'", db=db)
     series = result["results"][0].get("series")
     if not series:
         return None
-    return dict(zip(series[0]["columns"], series[0]["values"][0], strict=True))
+    row = dict(zip(series[0]["columns"], series[0]["values"][0], strict=True))
+    return {key.removeprefix("last_"): value for key, value in row.items()}
+
+
+def influx1_tags(influx1, db, site):
+    result = influx1.query(f"SELECT * FROM telemetry WHERE site='{site}' LIMIT 1", db=db)
+    series = result["results"][0]["series"][0]
+    row = dict(zip(series["columns"], series["values"][0], strict=True))
+    return row["site"], row["asset"], row["device"], row["kind"]
 
 
 def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, influx1):
@@ -135,13 +144,8 @@ def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, i
         for tag, value in PINNED.items():
             assert row[tag] == value, tag
             assert served[tag] == value, tag
-        assert (row["site"], row["asset"], row["device"], row["kind"]) == (
-            site,
-            "crane-01",
-            "lmi",
-            "crane",
-        )
-        assert not any(key.endswith("_q") and row[key] for key in row), row
+        assert influx1_tags(influx1, db, site) == (site, "crane-01", "lmi", "crane")
+        assert not any(key.endswith("_q") for key in row), row
         # Nanosecond stamps survive the trip: not all ten are whole microseconds.
         precise = influx1.query(
             f"SELECT hook_load FROM telemetry WHERE site='{site}' ORDER BY time DESC LIMIT 10",
@@ -152,7 +156,8 @@ def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, i
         assert any(stamp % 1000 for stamp in stamps), stamps
     finally:
         http_json(f"{sim['control']}/release", {})
-        stop_all(agent, collector)
+        codes = stop_all(agent, collector)
+    assert_clean_exit(codes)
 
 
 def test_values_reach_victoriametrics_through_v2_write_api(tmp_path, sim, mosquitto, victoria):
@@ -173,7 +178,8 @@ def test_values_reach_victoriametrics_through_v2_write_api(tmp_path, sim, mosqui
             assert latest[tag] == float(value), tag
     finally:
         http_json(f"{sim['control']}/release", {})
-        stop_all(agent, collector)
+        codes = stop_all(agent, collector)
+    assert_clean_exit(codes)
 
 
 async def _next_alarm(client: MqttClient, timeout: float) -> AlarmEvent:
@@ -212,7 +218,8 @@ def test_overload_raises_then_clears_one_alarm(tmp_path, sim, mosquitto, influx1
         raised, cleared, extra = asyncio.run(_overload_scenario(broker, site, sim["control"]))
     finally:
         http_json(f"{sim['control']}/overload", {"active": False})
-        stop_all(agent, collector)
+        codes = stop_all(agent, collector)
+    assert_clean_exit(codes)
     assert (raised.rule, raised.state.value, raised.priority) == (
         "crane_overload",
         "raised",

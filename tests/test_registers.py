@@ -66,6 +66,8 @@ def test_wrong_word_count_is_an_error_not_garbage():
 def test_out_of_range_value_is_an_error():
     with pytest.raises(CodecError, match="does not fit uint16"):
         encode(70000, DataType.UINT16)
+    with pytest.raises(CodecError, match="does not fit float32"):
+        encode(1e39, DataType.FLOAT32)
 
 
 @pytest.mark.parametrize(
