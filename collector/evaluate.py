@@ -96,8 +96,15 @@ def _event(
     ts_ns: int,
     suffix: str,
 ) -> AlarmEvent:
-    verb = "above" if state is AlarmState.RAISED else "back below"
-    what = f"{rule.limit_percent:g} % of {rule.limit_tag}" if rule.limit_tag else "the limit"
+    if state is AlarmState.RAISED:
+        what = f"{rule.limit_percent:g} % of {rule.limit_tag}" if rule.limit_tag else "limit"
+        text = f"{rule.tag} {value:.2f} above {what} ({limit:.2f})"
+    else:
+        clear_at = limit * rule.clear_percent / 100
+        text = (
+            f"{rule.tag} {value:.2f} back below {rule.clear_percent:g} % of the limit "
+            f"({clear_at:.2f} of {limit:.2f})"
+        )
     return AlarmEvent(
         event_id=f"{rule.name}:{message.site}:{message.asset}:{message.device}:{suffix}",
         rule=rule.name,
@@ -106,7 +113,7 @@ def _event(
         device=message.device,
         state=state,
         priority=rule.priority,
-        message=f"{rule.tag} {value:.2f} {verb} {what} ({limit:.2f})",
+        message=text,
         value=value,
         limit=limit,
         ts_ns=ts_ns,

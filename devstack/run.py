@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from derrick import logs
 from derrick.broker import BrokerSettings
 from derrick.contract import ALARM_SUBSCRIPTION, AlarmEvent
 from derrick.mqtt import MqttClient
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, help="stop by itself after this many seconds")
     args = parser.parse_args(argv)
+    logs.configure("console", "warning")  # this script's own MQTT listener: problems only
     return run(args.seconds)
 
 

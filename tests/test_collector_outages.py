@@ -26,19 +26,31 @@ def payloads(site: str, first: int, count: int) -> list[bytes]:
     out = []
     for seq in range(first, first + count):
         ts = now_ns()
-        out.append(Telemetry(
-            site=site, asset="crane-01", device="lmi", kind="crane", agent="gw", boot="b",
-            seq=seq, readings=[Reading(tag=f"t{i}", value=seq + i, ts_ns=ts)
-                               for i in range(TAGS)],
-        ).model_dump_json().encode())
+        out.append(
+            Telemetry(
+                site=site,
+                asset="crane-01",
+                device="lmi",
+                kind="crane",
+                agent="gw",
+                boot="b",
+                seq=seq,
+                readings=[Reading(tag=f"t{i}", value=seq + i, ts_ns=ts) for i in range(TAGS)],
+            )
+            .model_dump_json()
+            .encode()
+        )
         time.sleep(0.0005)  # distinct timestamps
     return out
 
 
 def publish(port: int, site: str, messages: list[bytes]) -> None:
     async def run() -> None:
-        client = MqttClient(BrokerSettings(host="127.0.0.1", port=port),
-                            client_id=f"pub-{uuid.uuid4().hex[:6]}", persistent=False)
+        client = MqttClient(
+            BrokerSettings(host="127.0.0.1", port=port),
+            client_id=f"pub-{uuid.uuid4().hex[:6]}",
+            persistent=False,
+        )
         await client.start()
         await client.wait_connected(10)
         topic = telemetry_topic(site, "crane-01", "lmi")
@@ -55,20 +67,32 @@ def stored_seqs(influx1, db: str, site: str) -> list[float]:
 
 
 def collector(tmp_path, mosquitto, influx1, db: str, client_id: str) -> Program:
-    config = write_yaml(tmp_path / "collector.yaml", {
-        "collector": {"id": client_id},
-        "broker": {"host": "127.0.0.1", "port": mosquitto.port},
-        "influx": {"api": "v1", "url": influx1.url, "database": db, "create_database": True,
-                   "timeout_s": 2},
-        "batch": {"max_lines": 50, "max_delay_s": 0.05},
-        "log": {"format": "json"},
-    })
+    config = write_yaml(
+        tmp_path / "collector.yaml",
+        {
+            "collector": {"id": client_id},
+            "broker": {"host": "127.0.0.1", "port": mosquitto.port},
+            "influx": {
+                "api": "v1",
+                "url": influx1.url,
+                "database": db,
+                "create_database": True,
+                "timeout_s": 2,
+            },
+            "batch": {"max_lines": 50, "max_delay_s": 0.05},
+            "log": {"format": "json"},
+        },
+    )
     return Program("collector", ["--config", str(config)], tmp_path / "collector.log")
 
 
 def wait_subscribed(program: Program) -> None:
-    wait_for(lambda: "broker connected" in program.log_tail(50), 15, "collector connected",
-             program=program)
+    wait_for(
+        lambda: "broker connected" in program.log_tail(50),
+        15,
+        "collector connected",
+        program=program,
+    )
 
 
 def test_influxdb_outage_loses_nothing(tmp_path, mosquitto, influx1, influx_db):
@@ -84,8 +108,12 @@ def test_influxdb_outage_loses_nothing(tmp_path, mosquitto, influx1, influx_db):
             time.sleep(3)  # the collector is retrying by now
         finally:
             influx1.start()
-        seqs = wait_for(lambda: (s := stored_seqs(influx1, influx_db, site)) and
-                        len(s) == 300 and s, 60, "all 300 after the outage", program=program)
+        seqs = wait_for(
+            lambda: (s := stored_seqs(influx1, influx_db, site)) and len(s) == 300 and s,
+            60,
+            "all 300 after the outage",
+            program=program,
+        )
         assert sorted(seqs) == [float(i) for i in range(300)]
         assert "influxdb unavailable, retrying" in program.log_tail(200)
         assert "influxdb writable again" in program.log_tail(200)
@@ -93,8 +121,9 @@ def test_influxdb_outage_loses_nothing(tmp_path, mosquitto, influx1, influx_db):
         assert program.stop() == 0, program.log_tail()
 
 
-def test_collector_killed_with_unacked_messages_loses_nothing(tmp_path, mosquitto, influx1,
-                                                              influx_db):
+def test_collector_killed_with_unacked_messages_loses_nothing(
+    tmp_path, mosquitto, influx1, influx_db
+):
     site = f"t{uuid.uuid4().hex[:8]}"
     client_id = f"col-{site}"
     first = collector(tmp_path, mosquitto, influx1, influx_db, client_id).start()
@@ -109,8 +138,12 @@ def test_collector_killed_with_unacked_messages_loses_nothing(tmp_path, mosquitt
     assert stored_seqs(influx1, influx_db, site) == []
     second = collector(tmp_path, mosquitto, influx1, influx_db, client_id).start()
     try:
-        seqs = wait_for(lambda: (s := stored_seqs(influx1, influx_db, site)) and
-                        len(s) == 150 and s, 60, "redelivered after SIGKILL", program=second)
+        seqs = wait_for(
+            lambda: (s := stored_seqs(influx1, influx_db, site)) and len(s) == 150 and s,
+            60,
+            "redelivered after SIGKILL",
+            program=second,
+        )
         assert sorted(seqs) == [float(i) for i in range(150)]
     finally:
         assert second.stop() == 0, second.log_tail()

@@ -73,6 +73,14 @@ def test_each_device_has_its_own_state():
     assert len(evaluator.evaluate(poll(30, asset="crane-02"))) == 1
 
 
+def test_clear_message_names_the_clear_threshold():
+    evaluator = Evaluator([RULE])
+    evaluator.evaluate(poll(25, ts=1))
+    [cleared] = evaluator.evaluate(poll(15, ts=2))
+    assert cleared.message == "hook_load 15.00 back below 95 % of the limit (19.00 of 20.00)"
+    assert cleared.event_id == "crane_overload:yard:crane-01:lmi:1-clear"
+
+
 def test_fixed_limit():
     rule = ThresholdRule(name="heavy", tag="hook_load", limit=50, clear_percent=90)
     assert states(Evaluator([rule]), [49, 51, 46, 44]) == [("raised", 2), ("cleared", 4)]
