@@ -67,7 +67,7 @@ def alarm_line(event: AlarmEvent) -> str:
 
 async def watch(
     broker: BrokerSettings, influx: Influx1, programs: list[Program], seconds: float | None
-) -> dict[str, int]:
+) -> tuple[dict[str, int], float]:
     counts = {"raised": 0, "cleared": 0}
     listener = MqttClient(broker, client_id="derrick-run-listener", persistent=False)
     await listener.subscribe(ALARM_SUBSCRIPTION)
@@ -95,7 +95,7 @@ async def watch(
                 say(await summary(influx, counts, loop.time() - started))
     finally:
         await listener.stop()
-    return counts
+    return counts, loop.time() - started
 
 
 async def summary(influx: Influx1, counts: dict[str, int], elapsed: float) -> str:
@@ -150,10 +150,10 @@ def run(seconds: float | None) -> int:
                 + (f" for {seconds:g} s" if seconds else "; Ctrl-C stops")
             )
             broker = BrokerSettings(host="127.0.0.1", port=broker_srv.port)
-            counts = asyncio.run(watch(broker, influx, programs, seconds))
+            counts, elapsed = asyncio.run(watch(broker, influx, programs, seconds))
             for program in reversed(programs):
                 program.stop()
-            say(asyncio.run(summary(influx, counts, seconds or 0)).replace("--", "summary:"))
+            say(asyncio.run(summary(influx, counts, elapsed)).replace("--", "summary:"))
         except (RuntimeError, TimeoutError) as exc:
             say(f"error: {exc}")
             for program in programs:
