@@ -7,21 +7,19 @@ tests.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from derrick import configfile
 from derrick.broker import BrokerSettings
+from derrick.configfile import StrictModel
 from derrick.contract import Ident
+from derrick.logs import LogSettings
 from derrick.profile import Profile, Register, load_profile
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Device(_Strict):
+class Device(StrictModel):
     """One PLC (one Modbus unit id) and what to read from it."""
 
     name: Ident
@@ -82,17 +80,12 @@ class Device(_Strict):
         return [reg for reg in regs if reg.tag in wanted]
 
 
-class AgentIdentity(_Strict):
+class AgentIdentity(StrictModel):
     id: Ident = Field(description="unique per gateway; the MQTT client id and payload 'agent'")
     site: Ident
 
 
-class LogSettings(_Strict):
-    format: Literal["auto", "console", "json"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class AgentConfig(_Strict):
+class AgentConfig(StrictModel):
     agent: AgentIdentity
     broker: BrokerSettings = BrokerSettings()
     devices: list[Device] = Field(min_length=1)

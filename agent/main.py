@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -16,15 +15,12 @@ from agent.plan import plan_reads
 from agent.poll import DevicePoller
 from agent.publish import announce_forever, publish_forever, status_payload
 from derrick import logs
+from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
 from derrick.contract import agent_status_topic
 from derrick.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger("agent")
-
-
-class Shutdown(Exception):
-    """Raised inside the TaskGroup to stop every task on SIGINT/SIGTERM."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,10 +67,6 @@ async def run(config: AgentConfig) -> None:
         client_id=config.agent.id,
         will=(topic, status_payload(config.agent.id, outbox.boot, "offline")),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await client.start()
     log.info(
         "agent started",
@@ -84,15 +76,15 @@ async def run(config: AgentConfig) -> None:
         broker=config.broker.url,
         devices=len(config.devices),
     )
+
+    def start_tasks(group: asyncio.TaskGroup) -> None:
+        group.create_task(publish_forever(outbox, client, config.publish_timeout_s))
+        group.create_task(announce_forever(client, config.agent.id, outbox.boot))
+        for device in config.devices:
+            group.create_task(_poll_device(device, outbox))
+
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(publish_forever(outbox, client, config.publish_timeout_s))
-            tg.create_task(announce_forever(client, config.agent.id, outbox.boot))
-            for device in config.devices:
-                tg.create_task(_poll_device(device, outbox))
-            await stop.wait()
-            raise Shutdown
-    except* Shutdown:
+        await run_until_signalled(start_tasks)
         log.info("agent stopping", queued=outbox.qsize(), dropped=outbox.dropped)
     finally:
         await client.wait_published(timeout=2.0)

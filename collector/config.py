@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
@@ -19,14 +17,12 @@ from pydantic import (
 
 from derrick import configfile
 from derrick.broker import BrokerSettings
+from derrick.configfile import StrictModel
 from derrick.contract import Ident
+from derrick.logs import LogSettings
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Secret(_Strict):
+class _Secret(StrictModel):
     """A secret is named by an environment variable or a file, never written in config."""
 
     def _secret(self, env: str | None, file: Path | None) -> SecretStr | None:
@@ -74,12 +70,12 @@ class InfluxV2(_Secret):
 InfluxSettings = Annotated[InfluxV1 | InfluxV2, Field(discriminator="api")]
 
 
-class BatchSettings(_Strict):
+class BatchSettings(StrictModel):
     max_lines: int = Field(default=5000, ge=1, le=100_000)
     max_delay_s: float = Field(default=0.5, gt=0, le=60)
 
 
-class ThresholdRule(_Strict):
+class ThresholdRule(StrictModel):
     """Alarm when ``tag`` goes above a limit: fixed, or a percentage of another tag.
 
     ``clear_percent`` is the deadband: the alarm clears only when the value falls below
@@ -110,7 +106,7 @@ class ThresholdRule(_Strict):
         return fnmatchcase(kind, self.kind) and fnmatchcase(asset, self.asset)
 
 
-class RuleSet(_Strict):
+class RuleSet(StrictModel):
     rules: list[ThresholdRule] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -122,16 +118,11 @@ class RuleSet(_Strict):
         return self
 
 
-class CollectorIdentity(_Strict):
+class CollectorIdentity(StrictModel):
     id: Ident = Field(description="MQTT client id; keep it stable so the session persists")
 
 
-class LogSettings(_Strict):
-    format: Literal["auto", "console", "json"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class CollectorConfig(_Strict):
+class CollectorConfig(StrictModel):
     collector: CollectorIdentity
     broker: BrokerSettings = BrokerSettings()
     influx: InfluxSettings

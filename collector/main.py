@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -18,15 +17,15 @@ from collector.receive import receive_forever
 from collector.stats import Stats
 from collector.store import Batchable, Store
 from derrick import logs
+from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
 from derrick.contract import TELEMETRY_SUBSCRIPTION, AlarmEvent
 from derrick.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger("collector")
 
-
-class Shutdown(Exception):
-    """Raised inside the TaskGroup to stop every task on SIGINT/SIGTERM."""
+# Alarm transitions waiting for the broker; only a long broker outage fills it.
+EVENT_QUEUE_SIZE = 10_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,12 +65,8 @@ async def run(config: CollectorConfig) -> None:
         config.broker, client_id=config.collector.id, manual_ack=True, inbox_size=config.queue_size
     )
     store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
-    events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+    events: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
     store = Store(writer, client.ack, stats, config.batch.max_lines, config.batch.max_delay_s)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await client.subscribe(TELEMETRY_SUBSCRIPTION, qos=1)
     await client.start()
     log.info(
@@ -82,17 +77,16 @@ async def run(config: CollectorConfig) -> None:
         api=config.influx.api,
         rules=len(config.rules.rules),
     )
+    evaluator = Evaluator(config.rules.rules)
+
+    def start_tasks(group: asyncio.TaskGroup) -> None:
+        group.create_task(receive_forever(client, store_queue, evaluator, events, stats))
+        group.create_task(store.run(store_queue))
+        group.create_task(notify_forever(events, client, store_queue, stats))
+        group.create_task(report_forever(stats, store_queue, config.stats_interval_s))
+
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                receive_forever(client, store_queue, Evaluator(config.rules.rules), events, stats)
-            )
-            tg.create_task(store.run(store_queue))
-            tg.create_task(notify_forever(events, client, store_queue, stats))
-            tg.create_task(report_forever(stats, store_queue, config.stats_interval_s))
-            await stop.wait()
-            raise Shutdown
-    except* Shutdown:
+        await run_until_signalled(start_tasks)
         log.info("collector stopping", **stats.snapshot())
     finally:
         await client.stop()

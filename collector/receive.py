@@ -45,5 +45,18 @@ async def receive_forever(
             continue
         stats.readings += len(result.readings)
         for event in evaluator.evaluate(result):
-            events.put_nowait(event)
+            _queue_event(events, event, stats)
         await store_queue.put(Batchable(encode_telemetry(result), inbound))
+
+
+def _queue_event(events: asyncio.Queue[AlarmEvent], event: AlarmEvent, stats: Stats) -> None:
+    """Hand an alarm transition to notify; if the broker has been away that long, say so."""
+    try:
+        events.put_nowait(event)
+    except asyncio.QueueFull:
+        stats.alarms_dropped += 1
+        log.error(
+            "alarm queue full, event dropped",
+            event_id=event.event_id,
+            dropped_total=stats.alarms_dropped,
+        )

@@ -15,6 +15,7 @@ class Stats:
     batches: int = 0
     alarms_raised: int = 0
     alarms_cleared: int = 0
+    alarms_dropped: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from derrick.configfile import StrictModel
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(StrictModel):
     """Where the broker is and how to log in. Secrets come from the environment or a file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)

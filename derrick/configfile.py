@@ -6,9 +6,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, loaded values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ConfigError(Exception):

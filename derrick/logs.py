@@ -13,7 +13,16 @@ from typing import Literal
 
 import structlog
 
+from derrick.configfile import StrictModel
+
 LogFormat = Literal["auto", "console", "json"]
+
+
+class LogSettings(StrictModel):
+    """The ``log`` section of every program's config."""
+
+    format: LogFormat = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:

@@ -10,9 +10,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from derrick import configfile
+from derrick.configfile import StrictModel
 from derrick.contract import Ident
 from derrick.registers import DataType, Order, register_count
 
@@ -30,10 +31,8 @@ class Table(StrEnum):
         return self in (Table.COIL, Table.DISCRETE)
 
 
-class Register(BaseModel):
+class Register(StrictModel):
     """One tag: where it lives in the PLC and how to turn its words into a value."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     tag: Ident
     table: Table
@@ -67,9 +66,7 @@ class Register(BaseModel):
         return register_count(self.type, self.length)
 
 
-class Profile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Profile(StrictModel):
     kind: Ident = Field(description="equipment kind, stored as the InfluxDB tag 'kind'")
     description: str = ""
     registers: list[Register] = Field(min_length=1)

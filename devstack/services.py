@@ -334,6 +334,21 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
 # -- MQTT ---------------------------------------------------------------------------
 
 
+def _post_lines(url: str, lines: str | bytes, what: str, timeout: float) -> None:
+    """POST line protocol; any HTTP error becomes a ServiceError naming ``what``."""
+    data = lines.encode() if isinstance(lines, str) else lines
+    req = urllib.request.Request(url, data=data, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            body = exc.read()
+        raise ServiceError(
+            f"{what}: HTTP {exc.code}: {body.decode(errors='replace').strip()}"
+        ) from exc
+
+
 def _mqtt_string(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(2, "big") + raw
@@ -595,19 +610,8 @@ bind-address = "{self.host}:{self.rpc_port}"
         self, db: str, lines: str | bytes, *, precision: str = "ns", timeout: float = 10.0
     ) -> None:
         """POST line protocol to /write (expects 204)."""
-        data = lines.encode() if isinstance(lines, str) else lines
         qs = urllib.parse.urlencode({"db": db, "precision": precision})
-        req = urllib.request.Request(f"{self.url}/write?{qs}", data=data, method="POST")  # noqa: S310
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                body = exc.read()
-            raise ServiceError(
-                f"influxdb {self.url} /write db={db}: HTTP {exc.code}: "
-                f"{body.decode(errors='replace').strip()}"
-            ) from exc
+        _post_lines(f"{self.url}/write?{qs}", lines, f"influxdb {self.url} /write db={db}", timeout)
 
 
 # -- VictoriaMetrics ---------------------------------------------------------------------
@@ -686,18 +690,9 @@ class VictoriaMetrics(Service):
 
     def write(self, lines: str | bytes, *, timeout: float = 10.0) -> None:
         """POST InfluxDB line protocol (ns timestamps) to /api/v2/write."""
-        data = lines.encode() if isinstance(lines, str) else lines
-        req = urllib.request.Request(f"{self.url}/api/v2/write", data=data, method="POST")  # noqa: S310
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                body = exc.read()
-            raise ServiceError(
-                f"victoria-metrics {self.url}/api/v2/write: HTTP {exc.code}: "
-                f"{body.decode(errors='replace').strip()}"
-            ) from exc
+        _post_lines(
+            f"{self.url}/api/v2/write", lines, f"victoria-metrics {self.url}/api/v2/write", timeout
+        )
 
     def export(
         self,

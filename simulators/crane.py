@@ -211,3 +211,16 @@ class CraneModel:
     @property
     def held(self) -> dict[str, float | bool]:
         return dict(self._held)
+
+
+# A calibration set: values every crane register holds exactly (float32, and utilisation
+# x10 in a uint16). Pin them with ``hold`` and they read back bit for bit at the far end,
+# which is how the end-to-end tests compare PLC and InfluxDB.
+EXACT_VALUES: dict[str, float | bool] = {
+    "hook_load": 12.5,
+    "safe_working_load": 25.0,
+    "boom_angle": 55.25,
+    "wind_speed": 7.75,
+    "utilisation": 50.0,
+    "overload_cutout": False,
+}

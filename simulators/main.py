@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from contextlib import AsyncExitStack
 
 import structlog
 
 from derrick import logs
+from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
 from derrick.profile import Profile, load_profile
 from simulators import control, modbus_server
@@ -53,10 +53,6 @@ examples:
 exit status: 0 after SIGINT/SIGTERM, 1 when a port cannot be bound, 2 on bad arguments
 or profile.
 """
-
-
-class Shutdown(Exception):
-    """Raised inside the TaskGroup to stop every task on SIGINT/SIGTERM."""
 
 
 def _port(text: str) -> int:
@@ -138,10 +134,6 @@ async def watch_overload(plc: SimulatedPlc, interval: float = WATCH_INTERVAL_S) 
 
 
 async def run(args: argparse.Namespace, plc: SimulatedPlc) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         port = await stack.enter_async_context(
             modbus_server.serving(plc, args.host, args.port, args.unit_id)
@@ -163,13 +155,8 @@ async def run(args: argparse.Namespace, plc: SimulatedPlc) -> None:
             demo_overload=not args.no_demo_overload,
             overload_forced=plc.overload_forced,
         )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(watch_overload(plc))
-                await stop.wait()
-                raise Shutdown
-        except* Shutdown:
-            log.info("simulator stopping")
+        await run_until_signalled(lambda group: group.create_task(watch_overload(plc)))
+        log.info("simulator stopping")
 
 
 def build_plc(args: argparse.Namespace) -> SimulatedPlc:

@@ -18,18 +18,11 @@ from derrick.mqtt import MqttClient
 from derrick.profile import PROFILE_DIR
 from devstack.programs import Program, http_json, wait_for, write_yaml
 from devstack.services import free_port
+from simulators.crane import EXACT_VALUES
 
 pytestmark = pytest.mark.integration
 
-# Exactly representable in float32 and in the profile's x10 utilisation register.
-PINNED = {
-    "hook_load": 12.5,
-    "safe_working_load": 25.0,
-    "boom_angle": 55.25,
-    "wind_speed": 7.75,
-    "utilisation": 50.0,
-    "overload_cutout": False,
-}
+PINNED = EXACT_VALUES
 
 
 @pytest.fixture(scope="module")

@@ -27,20 +27,12 @@ from derrick.registers import DataType, Order, decode, encode, scaled, unscaled
 from devstack.programs import Program, http_json, wait_for
 from devstack.services import free_port
 from simulators import control, crane, modbus_server
-from simulators.crane import CraneModel
+from simulators.crane import EXACT_VALUES, CraneModel
 from simulators.plc import SimulatedPlc
 
 CRANE = load_profile("crane")
 
-# Exactly representable in float32 and in the x10 utilisation register.
-PINNED = {
-    "hook_load": 12.5,
-    "safe_working_load": 25.0,
-    "boom_angle": 55.25,
-    "wind_speed": 7.75,
-    "utilisation": 50.0,
-    "overload_cutout": False,
-}
+PINNED = EXACT_VALUES
 SEEDS = [0, 1, 7, 12345]
 
 
