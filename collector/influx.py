@@ -47,7 +47,8 @@ class Writer(Protocol):
 
 
 def _classify(status: int, body: str, url: str) -> StoreError:
-    if status in (0, 429) or status >= 500:
+    """4xx is bad data, except 404 (database or bucket missing: fix the server, keep data)."""
+    if status in (0, 404, 429) or status >= 500:
         return StoreUnavailable(f"{url}: HTTP {status}: {body[:300]}")
     return DataRejected(f"{url}: HTTP {status}: {body[:300]}")
 
@@ -93,21 +94,26 @@ class V1Writer:
             raise StoreUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
 
     def _post_lines(self, lines: list[str]) -> None:
-        status, body = self._request("POST", self._path, "\n".join(lines).encode(), self._headers)
+        data = "\n".join(lines).encode()
+        status, body = self._request("POST", self._path, data, self._headers)
+        if status == 404 and self.settings.create_database:
+            self._create_database_sync()  # InfluxDB was down at start-up, or lost it
+            status, body = self._request("POST", self._path, data, self._headers)
         if status != 204:
             raise _classify(status, body, self.url)
 
     async def write(self, lines: list[str]) -> None:
         await asyncio.to_thread(self._post_lines, lines)
 
-    async def create_database(self) -> None:
+    def _create_database_sync(self) -> None:
         query = urllib.parse.urlencode({"q": f'CREATE DATABASE "{self.settings.database}"'})
         headers = {**self._headers, "Content-Type": "application/x-www-form-urlencoded"}
-        status, body = await asyncio.to_thread(
-            self._request, "POST", "/query", query.encode(), headers
-        )
+        status, body = self._request("POST", "/query", query.encode(), headers)
         if status != 200 or '"error"' in body:
             raise _classify(status if status != 200 else 400, body, self.url)
+
+    async def create_database(self) -> None:
+        await asyncio.to_thread(self._create_database_sync)
 
     async def close(self) -> None:
         if self._conn is not None:

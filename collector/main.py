@@ -60,7 +60,12 @@ async def run(config: CollectorConfig) -> None:
     stats = Stats()
     writer = make_writer(config.influx)
     if isinstance(writer, V1Writer) and config.influx.create_database:
-        await writer.create_database()
+        try:
+            await writer.create_database()
+        except StoreError as exc:  # InfluxDB may come later: the store stage retries
+            log.warning(
+                "could not create database", database=writer.settings.database, reason=str(exc)
+            )
     client = MqttClient(
         config.broker, client_id=config.collector.id, manual_ack=True, inbox_size=config.queue_size
     )

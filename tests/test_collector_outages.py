@@ -147,3 +147,30 @@ def test_collector_killed_with_unacked_messages_loses_nothing(
         assert sorted(seqs) == [float(i) for i in range(150)]
     finally:
         assert second.stop() == 0, second.log_tail()
+
+
+def test_collector_started_while_influxdb_is_down_waits_for_it(tmp_path, mosquitto, influx1):
+    site = f"t{uuid.uuid4().hex[:8]}"
+    db = f"db_{uuid.uuid4().hex[:8]}"  # the collector itself must create it
+    influx1.stop()
+    try:
+        program = collector(tmp_path, mosquitto, influx1, db, f"col-{site}").start()
+        wait_subscribed(program)
+        publish(mosquitto.port, site, payloads(site, 0, 20))
+        time.sleep(1)
+        assert program.alive, program.log_tail()
+    finally:
+        influx1.start()
+    try:
+        # The first write after InfluxDB returns finds no database: the collector creates
+        # it and writes, instead of dropping the points as bad data.
+        seqs = wait_for(
+            lambda: (s := stored_seqs(influx1, db, site)) and len(s) == 20 and s,
+            60,
+            "stored once InfluxDB is up",
+            program=program,
+        )
+        assert sorted(seqs) == [float(i) for i in range(20)]
+        assert "could not create database" in program.log_tail(100)
+    finally:
+        assert program.stop() == 0, program.log_tail()

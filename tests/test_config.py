@@ -118,19 +118,48 @@ def test_bad_rules_file_is_named(tmp_path):
     assert "rules.yaml: rules.0: Value error, give either 'limit'" in str(caught.value)
 
 
-@pytest.mark.parametrize("program", ["agent.main", "collector.main"])
-def test_cli_exits_non_zero_with_file_key_reason(tmp_path, program):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("agent: {id: gw, site: s}\ncollector: {id: c}\nbroker: {port: 99999}\n")
+CLI_CASES = {
+    "unknown key": (
+        "broker: {port: 1883, colour: red}\n",
+        "broker.colour",
+        "Extra inputs are not permitted",
+    ),
+    "wrong type": ("broker: {port: many}\n", "broker.port", "valid integer"),
+    "missing device": ("broker: {port: 1883}\n", "devices", "Field required"),
+    "unreadable file": (None, "", "cannot read file: No such file or directory"),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=list(CLI_CASES))
+def test_agent_cli_exits_non_zero_naming_file_key_and_reason(tmp_path, case):
+    text, key, reason = CLI_CASES[case]
+    path = tmp_path / "agent.yaml"
+    if text is not None:
+        path.write_text("agent: {id: gw, site: s}\n" + text)
     done = subprocess.run(
-        [sys.executable, "-m", program, "--config", str(path)],
+        [sys.executable, "-m", "agent.main", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert done.returncode == 2
-    assert f"{path}: broker.port: Input should be less than or equal to 65535" in done.stderr
+    assert f"{path}: {key}{': ' if key else ''}" in done.stderr
+    assert reason in done.stderr
+
+
+def test_collector_cli_exits_non_zero_naming_file_key_and_reason(tmp_path):
+    path = tmp_path / "collector.yaml"
+    path.write_text("collector: {id: c}\ninflux: {api: v3}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.main", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{path}: influx: Input tag 'v3' found using 'api' does not match" in done.stderr
 
 
 @pytest.mark.parametrize("program", ["agent.main", "collector.main", "simulators.main"])
