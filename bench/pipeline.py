@@ -21,6 +21,7 @@ from agent.decode import decode_request
 from agent.plan import plan_reads
 from collector.lineproto import encode_telemetry
 from collector.validate import validate
+from derrick import logs
 from derrick.broker import BrokerSettings
 from derrick.contract import Reading, Telemetry, now_ns, telemetry_topic
 from derrick.mqtt import MqttClient
@@ -111,6 +112,7 @@ def pipeline() -> float:
 
 
 def main() -> None:
+    logs.configure("console", "warning")
     print(f"pipeline_readings_per_s: {pipeline():.0f} readings/s")
     print(f"collector_us_per_reading: {collector_hot_path():.2f} us")
     print(f"agent_decode_us_per_reading: {agent_decode():.2f} us")
