@@ -23,7 +23,7 @@ from derrick import logs
 from derrick.broker import BrokerSettings
 from derrick.contract import ALARM_SUBSCRIPTION, AlarmEvent
 from derrick.mqtt import MqttClient
-from devstack.programs import REPO, Program, http_json, wait_for, write_yaml
+from devstack.programs import REPO, Program, start_simulator, write_yaml
 from devstack.services import Influx1, Mosquitto, free_port
 
 CONFIG = REPO / "config"
@@ -110,33 +110,15 @@ def run(seconds: float | None) -> int:
     base = Path(tempfile.mkdtemp(prefix="derrick-run-"))
     programs: list[Program] = []
     with Mosquitto(base) as broker_srv, Influx1(base) as influx:
-        sim_port, control_port = free_port(), free_port()
+        sim_port = free_port()
         agent_cfg, collector_cfg = make_configs(base, broker_srv.port, influx.url, sim_port)
         say(f"broker:    {broker_srv.url}")
         say(f"influxdb:  {influx.url}  database: {DATABASE}  (InfluxQL: {influx.url}/query)")
-        say(f"simulator: modbus tcp 127.0.0.1:{sim_port}, control http://127.0.0.1:{control_port}")
         say(f"logs and configs: {base}")
         try:
-            programs.append(
-                Program(
-                    "sim",
-                    [
-                        "--port",
-                        str(sim_port),
-                        "--control-port",
-                        str(control_port),
-                        "--log-format",
-                        "json",
-                    ],
-                    base / "sim.log",
-                ).start()
-            )
-            wait_for(
-                lambda: http_json(f"http://127.0.0.1:{control_port}/health"),
-                30,
-                "simulator",
-                program=programs[0],
-            )
+            simulator = start_simulator(base, port=sim_port)
+            programs.append(simulator.program)
+            say(f"simulator: modbus tcp 127.0.0.1:{sim_port}, control {simulator.control}")
             programs.append(
                 Program(
                     "collector", ["--config", str(collector_cfg)], base / "collector.log"

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
 
 import pytest
 
-from derrick.profile import PROFILE_DIR
-from devstack.programs import Program, http_json, wait_for, write_yaml
+from devstack.programs import start_pipeline, start_simulator, wait_for
 from devstack.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -22,64 +20,8 @@ pytestmark = pytest.mark.integration
 INTERVAL_S = 0.2
 
 
-def start_sim(tmp_path, port: int) -> tuple[Program, str]:
-    control = free_port()
-    program = Program(
-        "sim",
-        [
-            "--port",
-            str(port),
-            "--control-port",
-            str(control),
-            "--no-demo-overload",
-            "--log-format",
-            "json",
-        ],
-        tmp_path / "sim.log",
-    ).start()
-    url = f"http://127.0.0.1:{control}"
-    wait_for(lambda: http_json(f"{url}/health"), 30, "simulator", program=program)
-    return program, url
-
-
-def start_pipeline(tmp_path, mosquitto, influx1, db: str, plc_port: int):
-    site = f"t{uuid.uuid4().hex[:8]}"
-    broker = {"host": "127.0.0.1", "port": mosquitto.port, "reconnect_max_s": 2}
-    agent_cfg = write_yaml(
-        tmp_path / "agent.yaml",
-        {
-            "agent": {"id": f"gw-{site}", "site": site},
-            "broker": broker,
-            "devices": [
-                {
-                    "name": "lmi",
-                    "asset": "crane-01",
-                    "profile": "crane",
-                    "host": "127.0.0.1",
-                    "port": plc_port,
-                    "interval_s": INTERVAL_S,
-                    "timeout_s": 0.3,
-                }
-            ],
-            "log": {"format": "json"},
-        },
-    )
-    collector_cfg = write_yaml(
-        tmp_path / "collector.yaml",
-        {
-            "collector": {"id": f"col-{site}"},
-            "broker": broker,
-            "influx": {"api": "v1", "url": influx1.url, "database": db},
-            "batch": {"max_lines": 200, "max_delay_s": 0.1},
-            "rules": str(PROFILE_DIR.parent / "rules" / "crane.yaml"),
-            "log": {"format": "json"},
-        },
-    )
-    collector = Program(
-        "collector", ["--config", str(collector_cfg)], tmp_path / "collector.log"
-    ).start()
-    agent = Program("agent", ["--config", str(agent_cfg)], tmp_path / "agent.log").start()
-    return site, agent, collector
+def influx(influx1, db: str) -> dict:
+    return {"api": "v1", "url": influx1.url, "database": db}
 
 
 def bad_marks(influx1, db, site):
@@ -98,13 +40,17 @@ def good_values(influx1, db, site):
     return series[0]["values"] if series else []
 
 
-def stop_all(*programs):
-    return {p.name: (p.stop(), p.log_tail()) for p in programs}
-
-
 def test_dead_plc_is_stored_as_bad_quality_and_recovers(tmp_path, mosquitto, influx1, influx_db):
     plc_port = free_port()  # nothing listens here yet: the PLC is "off"
-    site, agent, collector = start_pipeline(tmp_path, mosquitto, influx1, influx_db, plc_port)
+    pipe = start_pipeline(
+        tmp_path,
+        mosquitto.port,
+        influx(influx1, influx_db),
+        plc_port,
+        interval_s=INTERVAL_S,
+        timeout_s=0.3,
+    )
+    site, agent, collector = pipe.site, pipe.agent, pipe.collector
     sim = None
     try:
         wait_for(
@@ -114,7 +60,7 @@ def test_dead_plc_is_stored_as_bad_quality_and_recovers(tmp_path, mosquitto, inf
             program=collector,
         )
         assert good_values(influx1, influx_db, site) == []
-        sim, _ = start_sim(tmp_path, plc_port)  # PLC powered on
+        sim = start_simulator(tmp_path, "--no-demo-overload", port=plc_port).program  # power on
         wait_for(
             lambda: len(good_values(influx1, influx_db, site)) >= 3,
             60,
@@ -125,15 +71,25 @@ def test_dead_plc_is_stored_as_bad_quality_and_recovers(tmp_path, mosquitto, inf
         assert log.count('"device down"') == 1, log
         assert log.count('"device up"') == 1, log
     finally:
-        codes = stop_all(agent, collector, *([sim] if sim else []))
+        codes = pipe.stop()
+        if sim is not None:
+            codes["sim"] = (sim.stop(), sim.log_tail())
     for name, (code, tail) in codes.items():
         assert code == 0, f"{name}: {code}\n{tail}"
 
 
 def test_broker_restart_leaves_no_hole_in_stored_readings(tmp_path, mosquitto, influx1, influx_db):
-    sim, _ = start_sim(tmp_path, free_port())
-    plc_port = int(sim.args[sim.args.index("--port") + 1])
-    site, agent, collector = start_pipeline(tmp_path, mosquitto, influx1, influx_db, plc_port)
+    simulator = start_simulator(tmp_path, "--no-demo-overload")
+    plc_port = simulator.port
+    pipe = start_pipeline(
+        tmp_path,
+        mosquitto.port,
+        influx(influx1, influx_db),
+        plc_port,
+        interval_s=INTERVAL_S,
+        timeout_s=0.3,
+    )
+    site, agent, collector = pipe.site, pipe.agent, pipe.collector
     try:
         wait_for(
             lambda: len(good_values(influx1, influx_db, site)) >= 5,
@@ -161,6 +117,7 @@ def test_broker_restart_leaves_no_hole_in_stored_readings(tmp_path, mosquitto, i
     finally:
         if not mosquitto.running:
             mosquitto.start()
-        codes = stop_all(agent, collector, sim)
+        codes = pipe.stop()
+        codes["sim"] = (simulator.program.stop(), simulator.program.log_tail())
     for name, (code, tail) in codes.items():
         assert code == 0, f"{name}: {code}\n{tail}"

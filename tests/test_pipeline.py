@@ -15,9 +15,7 @@ import pytest
 from derrick.broker import BrokerSettings
 from derrick.contract import TOPIC_ROOT, AlarmEvent
 from derrick.mqtt import MqttClient
-from derrick.profile import PROFILE_DIR
-from devstack.programs import Program, http_json, wait_for, write_yaml
-from devstack.services import free_port
+from devstack.programs import http_json, start_pipeline, start_simulator, wait_for
 from simulators.crane import EXACT_VALUES
 
 pytestmark = pytest.mark.integration
@@ -27,76 +25,10 @@ PINNED = EXACT_VALUES
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    """One crane simulator, its Modbus port and its control URL."""
-    base = tmp_path_factory.mktemp("sim")
-    port, control = free_port(), free_port()
-    program = Program(
-        "sim",
-        [
-            "--port",
-            str(port),
-            "--control-port",
-            str(control),
-            "--no-demo-overload",
-            "--seed",
-            "7",
-            "--log-format",
-            "json",
-        ],
-        base / "sim.log",
-    ).start()
-    url = f"http://127.0.0.1:{control}"
-    wait_for(
-        lambda: http_json(f"{url}/health") is not None, 30, "simulator control", program=program
-    )
-    yield {"port": port, "control": url, "program": program}
-    assert program.stop() == 0, program.log_tail()
-
-
-def start_pipeline(tmp_path, sim, mosquitto, influx):
-    """Agent and collector for a fresh site name, so tests sharing servers never mix."""
-    site = f"t{uuid.uuid4().hex[:8]}"
-    broker = {"host": "127.0.0.1", "port": mosquitto.port}
-    agent_cfg = write_yaml(
-        tmp_path / "agent.yaml",
-        {
-            "agent": {"id": f"gw-{site}", "site": site},
-            "broker": broker,
-            "devices": [
-                {
-                    "name": "lmi",
-                    "asset": "crane-01",
-                    "profile": "crane",
-                    "host": "127.0.0.1",
-                    "port": sim["port"],
-                    "interval_s": 0.2,
-                }
-            ],
-            "log": {"format": "json"},
-        },
-    )
-    collector_cfg = write_yaml(
-        tmp_path / "collector.yaml",
-        {
-            "collector": {"id": f"col-{site}"},
-            "broker": broker,
-            "influx": influx,
-            "batch": {"max_lines": 500, "max_delay_s": 0.1},
-            "rules": str(PROFILE_DIR.parent / "rules" / "crane.yaml"),
-            "stats_interval_s": 1,
-            "log": {"format": "json"},
-        },
-    )
-    collector = Program(
-        "collector", ["--config", str(collector_cfg)], tmp_path / "collector.log"
-    ).start()
-    agent = Program("agent", ["--config", str(agent_cfg)], tmp_path / "agent.log").start()
-    return site, agent, collector
-
-
-def stop_all(*programs):
-    """Stop every program; a clean shutdown (SIGTERM handled) exits 0."""
-    return {p.name: (p.stop(), p.log_tail()) for p in programs}
+    """One crane simulator without the scripted demo overload."""
+    simulator = start_simulator(tmp_path_factory.mktemp("sim"), "--no-demo-overload", "--seed", "7")
+    yield simulator
+    assert simulator.program.stop() == 0, simulator.program.log_tail()
 
 
 def assert_clean_exit(codes):
@@ -124,8 +56,9 @@ def influx1_tags(influx1, db, site):
 def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, influx1):
     db = f"db_{uuid.uuid4().hex[:8]}"
     influx = {"api": "v1", "url": influx1.url, "database": db, "create_database": True}
-    http_json(f"{sim['control']}/hold", PINNED)
-    site, agent, collector = start_pipeline(tmp_path, sim, mosquitto, influx)
+    http_json(f"{sim.control}/hold", PINNED)
+    pipe = start_pipeline(tmp_path, mosquitto.port, influx, sim.port)
+    site, collector = pipe.site, pipe.collector
     try:
 
         def pinned_row():
@@ -133,7 +66,7 @@ def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, i
             return row if row and row.get("hook_load") == PINNED["hook_load"] else None
 
         row = wait_for(pinned_row, 30, "pinned values in InfluxDB 1.6", program=collector)
-        served = http_json(f"{sim['control']}/values")
+        served = http_json(f"{sim.control}/values")
         for tag, value in PINNED.items():
             assert row[tag] == value, tag
             assert served[tag] == value, tag
@@ -148,15 +81,16 @@ def test_values_reach_influxdb1_through_v1_write_api(tmp_path, sim, mosquitto, i
         stamps = [row[0] for row in precise["results"][0]["series"][0]["values"]]
         assert any(stamp % 1000 for stamp in stamps), stamps
     finally:
-        http_json(f"{sim['control']}/release", {})
-        codes = stop_all(agent, collector)
+        http_json(f"{sim.control}/release", {})
+        codes = pipe.stop()
     assert_clean_exit(codes)
 
 
 def test_values_reach_victoriametrics_through_v2_write_api(tmp_path, sim, mosquitto, victoria):
     influx = {"api": "v2", "url": victoria.url, "org": "derrick", "bucket": "derrick"}
-    http_json(f"{sim['control']}/hold", PINNED)
-    site, agent, collector = start_pipeline(tmp_path, sim, mosquitto, influx)
+    http_json(f"{sim.control}/hold", PINNED)
+    pipe = start_pipeline(tmp_path, mosquitto.port, influx, sim.port)
+    site, collector = pipe.site, pipe.collector
     try:
 
         def pinned_series():
@@ -170,8 +104,8 @@ def test_values_reach_victoriametrics_through_v2_write_api(tmp_path, sim, mosqui
         for tag, value in PINNED.items():
             assert latest[tag] == float(value), tag
     finally:
-        http_json(f"{sim['control']}/release", {})
-        codes = stop_all(agent, collector)
+        http_json(f"{sim.control}/release", {})
+        codes = pipe.stop()
     assert_clean_exit(codes)
 
 
@@ -204,14 +138,15 @@ async def _overload_scenario(broker: BrokerSettings, site: str, control: str):
 def test_overload_raises_then_clears_one_alarm(tmp_path, sim, mosquitto, influx1):
     db = f"db_{uuid.uuid4().hex[:8]}"
     influx = {"api": "v1", "url": influx1.url, "database": db, "create_database": True}
-    site, agent, collector = start_pipeline(tmp_path, sim, mosquitto, influx)
+    pipe = start_pipeline(tmp_path, mosquitto.port, influx, sim.port)
+    site, collector = pipe.site, pipe.collector
     broker = BrokerSettings(host="127.0.0.1", port=mosquitto.port)
     try:
         wait_for(lambda: influx1_latest(influx1, db, site), 30, "first readings", program=collector)
-        raised, cleared, extra = asyncio.run(_overload_scenario(broker, site, sim["control"]))
+        raised, cleared, extra = asyncio.run(_overload_scenario(broker, site, sim.control))
     finally:
-        http_json(f"{sim['control']}/overload", {"active": False})
-        codes = stop_all(agent, collector)
+        http_json(f"{sim.control}/overload", {"active": False})
+        codes = pipe.stop()
     assert_clean_exit(codes)
     assert (raised.rule, raised.state.value, raised.priority) == (
         "crane_overload",
