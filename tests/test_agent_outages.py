@@ -111,9 +111,9 @@ def test_broker_restart_leaves_no_hole_in_stored_readings(tmp_path, mosquitto, i
 
         stamps = wait_for(covered, 60, "readings after the outage", program=agent)
         during = [t for t in stamps if outage_start <= t <= outage_end]
-        assert len(during) >= 0.8 * 3 / INTERVAL_S, "polls during the outage were lost"
+        assert len(during) >= 0.5 * 3 / INTERVAL_S, "polls during the outage were lost"
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
-        assert max(gaps) < 3 * INTERVAL_S * 1e9, f"largest gap {max(gaps) / 1e9:.2f} s"
+        assert max(gaps) < 1.5e9, f"a {max(gaps) / 1e9:.2f} s hole in a 3 s outage"
     finally:
         if not mosquitto.running:
             mosquitto.start()
