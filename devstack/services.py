@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,6 +74,30 @@ def free_port(host: str = LOOPBACK) -> int:
             _handed_out.add(port)
             return port
     raise ServiceError(f"could not find a free TCP port on {host}")
+
+
+def free_port_block(count: int, host: str = LOOPBACK) -> int:
+    """First of ``count`` consecutive free TCP ports (a simulator fleet listens on such a
+    block). Tried at random places above the ephemeral range's usual start."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        block = range(base, base + count)
+        if _handed_out.intersection(block):
+            continue
+        if all(_bindable(host, port) for port in block):
+            _handed_out.update(block)
+            return base
+    raise ServiceError(f"no block of {count} free TCP ports on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class ServiceError(RuntimeError):

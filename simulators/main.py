@@ -1,4 +1,4 @@
-"""derrick-sim: a simulated crane PLC serving its device profile over Modbus TCP."""
+"""derrick-sim: simulated crane and rig PLCs serving their device profiles over Modbus TCP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import structlog
 
@@ -50,6 +51,13 @@ examples:
   curl -s -d '{"active": true}' http://127.0.0.1:8502/overload
   mbpoll -m tcp -a 1 -0 -r 0 -c 4 -t 4:float -B -1 -p 5020 127.0.0.1
 
+fleet (demos and load tests): --cranes N --rigs M runs N cranes then M rigs in one
+process; device i (from 0) serves Modbus on --port + i and, with --control-port, its
+control API on --control-port + i, with seed --seed + i. Log lines name the device
+(crane-00, crane-01, ..., rig-00, ...).
+  derrick-sim --cranes 2 --rigs 1 --port 5020     # cranes on 5020, 5021; rig on 5022
+  derrick-sim --cranes 50 --port 6000 --no-demo-overload
+
 exit status: 0 after SIGINT/SIGTERM, 1 when a port cannot be bound, 2 on bad arguments
 or profile.
 """
@@ -67,6 +75,13 @@ def _unit_id(text: str) -> int:
     if not 0 <= unit <= 255:
         raise argparse.ArgumentTypeError(f"{unit} is not a Modbus unit id (0-255)")
     return unit
+
+
+def _count(text: str) -> int:
+    count = int(text)
+    if not 0 <= count <= 500:
+        raise argparse.ArgumentTypeError(f"{count}: a fleet holds 0 to 500 devices of a kind")
+    return count
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,6 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start with an overload forced (hook load 110 %% of SWL) until POST /overload",
     )
     add("--no-demo-overload", action="store_true", help="no scripted overload lift")
+    add("--cranes", type=_count, default=0, help="fleet: number of crane PLCs (see below)")
+    add("--rigs", type=_count, default=0, help="fleet: number of drilling-rig PLCs")
     add("--log-format", choices=["auto", "console", "json"], default="auto")
     add("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser.parse_args(argv)
@@ -133,55 +150,105 @@ async def watch_overload(plc: SimulatedPlc, interval: float = WATCH_INTERVAL_S) 
         await asyncio.sleep(interval)
 
 
-async def run(args: argparse.Namespace, plc: SimulatedPlc) -> None:
-    async with AsyncExitStack() as stack:
-        port = await stack.enter_async_context(
-            modbus_server.serving(plc, args.host, args.port, args.unit_id)
-        )
-        control_port = None
-        if args.control_port:
-            control_port = await stack.enter_async_context(
-                control.serving(plc, args.control_host, args.control_port)
-            )
-        log.info(
-            "simulator ready",
-            host=args.host,
-            port=port,
-            unit_id=args.unit_id,
-            control_host=args.control_host if control_port else None,
-            control_port=control_port,
-            profile=plc.profile.kind,
-            seed=args.seed,
-            demo_overload=not args.no_demo_overload,
-            overload_forced=plc.overload_forced,
-        )
-        await run_until_signalled(lambda group: group.create_task(watch_overload(plc)))
-        log.info("simulator stopping")
+@dataclass(frozen=True)
+class Device:
+    """One simulated PLC of the fleet and where it listens."""
+
+    name: str
+    plc: SimulatedPlc
+    seed: int
+    port: int
+    control_port: int  # 0: no control API
 
 
-def build_plc(args: argparse.Namespace) -> SimulatedPlc:
-    """Profile and model; ConfigError or ValueError when they cannot be used."""
-    profile: Profile = load_profile(args.profile)
+def fleet_plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(device name, profile) for every device: the fleet, or the one --profile device."""
+    if not (args.cranes or args.rigs):
+        return [(args.profile, args.profile)]
+    return [(f"crane-{i:02d}", "crane") for i in range(args.cranes)] + [
+        (f"rig-{i:02d}", "rig") for i in range(args.rigs)
+    ]
+
+
+def build_fleet(args: argparse.Namespace) -> list[Device]:
+    """Profiles and models; ConfigError or ValueError when they cannot be used."""
+    devices = []
+    for index, (name, profile_name) in enumerate(fleet_plan(args)):
+        seed = args.seed + index
+        plc = build_plc(profile_name, seed, args)
+        port = args.port + index if args.port else 0
+        control_port = args.control_port + index if args.control_port else 0
+        if port > 65535 or control_port > 65535:
+            raise ValueError(f"device {name}: port {max(port, control_port)} is beyond 65535")
+        devices.append(Device(name, plc, seed, port, control_port))
+    return devices
+
+
+def build_plc(profile_name: str, seed: int, args: argparse.Namespace) -> SimulatedPlc:
+    profile: Profile = load_profile(profile_name)
     model_class = MODELS.get(profile.kind)
     if model_class is None:
         raise ValueError(f"no simulator for kind {profile.kind!r}; have: {', '.join(MODELS)}")
-    model = model_class(seed=args.seed, demo_overload=not args.no_demo_overload)
-    plc = SimulatedPlc(profile, model)
+    plc = SimulatedPlc(profile, model_class(seed=seed, demo_overload=not args.no_demo_overload))
     if args.overload:
         plc.overload(True)
     return plc
+
+
+async def serve_device(stack: AsyncExitStack, device: Device, args: argparse.Namespace) -> None:
+    port = await stack.enter_async_context(
+        modbus_server.serving(device.plc, args.host, device.port, args.unit_id)
+    )
+    control_port = None
+    if device.control_port:
+        control_port = await stack.enter_async_context(
+            control.serving(device.plc, args.control_host, device.control_port)
+        )
+    log.info(
+        "simulator ready",
+        device=device.name,
+        host=args.host,
+        port=port,
+        unit_id=args.unit_id,
+        control_host=args.control_host if control_port else None,
+        control_port=control_port,
+        profile=device.plc.profile.kind,
+        seed=device.seed,
+        demo_overload=not args.no_demo_overload,
+        overload_forced=device.plc.overload_forced,
+    )
+
+
+async def watch_device(device: Device) -> None:
+    with structlog.contextvars.bound_contextvars(device=device.name):
+        await watch_overload(device.plc)
+
+
+async def run(args: argparse.Namespace, devices: list[Device]) -> None:
+    async with AsyncExitStack() as stack:
+        for device in devices:
+            await serve_device(stack, device, args)
+        if len(devices) > 1:
+            log.info("fleet ready", devices=len(devices), cranes=args.cranes, rigs=args.rigs)
+
+        def start_tasks(group: asyncio.TaskGroup) -> None:
+            for device in devices:
+                group.create_task(watch_device(device))
+
+        await run_until_signalled(start_tasks)
+        log.info("simulator stopping", devices=len(devices))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     try:
-        plc = build_plc(args)
+        devices = build_fleet(args)
     except (ConfigError, ValueError) as exc:
-        sys.stderr.write(f"derrick-sim: unusable profile {args.profile!r}\n{exc}\n")
+        sys.stderr.write(f"derrick-sim: cannot build the simulated devices\n{exc}\n")
         return 2
     try:
-        asyncio.run(run(args, plc))
+        asyncio.run(run(args, devices))
     except (ModbusServerError, ControlError) as exc:
         log.error("simulator failed", error=str(exc))
         return 1
