@@ -19,10 +19,16 @@ from simulators.control import ControlError
 from simulators.crane import DEMO_LIFT, DEMO_START_S, LIFT_S, CraneModel
 from simulators.modbus_server import ModbusServerError
 from simulators.plc import SimulatedPlc
+from simulators.rig import RigModel
 
 log = structlog.get_logger("sim")
 
-MODELS = {"crane": CraneModel}  # profile kind -> model
+MODELS = {"crane": CraneModel, "rig": RigModel}  # profile kind -> model
+# profile kind -> (overload alarm tag, utilisation tag, rated-load tag) for the state log
+OVERLOAD_TAGS = {
+    "crane": ("overload_cutout", "utilisation", "safe_working_load"),
+    "rig": ("overpull_alarm", "hook_load_utilisation", "rated_hook_load"),
+}
 WATCH_INTERVAL_S = 0.2
 
 DESCRIPTION = f"""\
@@ -131,19 +137,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def watch_overload(plc: SimulatedPlc, interval: float = WATCH_INTERVAL_S) -> None:
-    """Log each start and end of an overload once, whether or not anyone polls."""
+    """Log each start and end of an overload (crane) or overpull (rig) once, polled or not."""
+    tags = OVERLOAD_TAGS.get(plc.profile.kind)
+    if tags is None:
+        return  # a model without a load alarm: nothing to watch
+    alarm_tag, utilisation_tag, rated_tag = tags
     active = False
     while True:
         now = plc.model.values(plc.now())
-        if "overload_cutout" not in now:
-            return  # a model without an LMI: nothing to watch
-        if now["overload_cutout"] != active:
-            active = bool(now["overload_cutout"])
+        if bool(now[alarm_tag]) != active:
+            active = bool(now[alarm_tag])
             log.info(
                 "overload started" if active else "overload ended",
-                utilisation=round(float(now["utilisation"]), 1),
+                utilisation=round(float(now[utilisation_tag]), 1),
                 hook_load=round(float(now["hook_load"]), 2),
-                safe_working_load=round(float(now["safe_working_load"]), 2),
+                rated=round(float(now[rated_tag]), 2),
                 forced=plc.overload_forced,
                 t=round(plc.now(), 1),
             )

@@ -40,13 +40,13 @@ def start_fleet(tmp_path, cranes: int, *extra: str) -> tuple[Program, int, int]:
     return program, base, control
 
 
-async def read_all(port: int) -> dict[str, object]:
-    """Every tag of one crane, read the way the agent reads it."""
+async def read_all(port: int, profile=CRANE) -> dict[str, object]:
+    """Every tag of one device, read the way the agent reads it."""
     connection = ModbusConnection("127.0.0.1", port, timeout_s=5)
     await connection.connect()
     try:
         values = {}
-        for request in plan_reads(CRANE.registers):
+        for request in plan_reads(profile.registers):
             data = await connection.read(request.table, request.address, request.count, 1)
             values |= {r.tag: r.value for r in decode_request(request, data, 0)}
         return values
@@ -90,3 +90,25 @@ def test_fleet_ports_beyond_65535_are_refused(tmp_path):
     done = Program("sim", ["--cranes", "3", "--port", "65534"], tmp_path / "x.log").start()
     assert done.process.wait(30) == 2
     assert "port 65536 is beyond 65535" in done.log_tail()
+
+
+def test_mixed_fleet_serves_each_kind_its_own_map(tmp_path):
+    base = free_port_block(3)
+    program = Program(
+        "sim",
+        ["--cranes", "2", "--rigs", "1", "--port", str(base), "--log-format", "json"],
+        tmp_path / "mixed.log",
+    ).start()
+    try:
+        wait_for(lambda: '"fleet ready"' in program.log_tail(5), 60, "fleet ready", program=program)
+        rig = load_profile("rig")
+
+        rig_values = asyncio.run(read_all(base + 2, rig))
+        assert set(rig_values) == {r.tag for r in rig.registers}
+        assert rig_values["rig_state"] in {0.0, 1.0, 2.0, 3.0}
+        assert rig_values["hole_depth"] >= rig_values["bit_depth"] > 0
+        cranes = asyncio.run(read_fleet(base, 2))
+        assert all("safe_working_load" in crane for crane in cranes)
+        assert '"device": "rig-00"' in program.log_tail(10)
+    finally:
+        assert program.stop() == 0, program.log_tail()
