@@ -106,7 +106,9 @@ def test_mixed_fleet_serves_each_kind_its_own_map(tmp_path):
         rig_values = asyncio.run(read_all(base + 2, rig))
         assert set(rig_values) == {r.tag for r in rig.registers}
         assert rig_values["rig_state"] in {0.0, 1.0, 2.0, 3.0}
-        assert rig_values["hole_depth"] >= rig_values["bit_depth"] > 0
+        # bit_depth is float32, hole_depth float64: on bottom they agree to float32 precision
+        assert rig_values["hole_depth"] >= rig_values["bit_depth"] - 1e-3
+        assert rig_values["bit_depth"] > 0
         cranes = asyncio.run(read_fleet(base, 2))
         assert all("safe_working_load" in crane for crane in cranes)
         assert '"device": "rig-00"' in program.log_tail(10)
