@@ -143,6 +143,43 @@ def _release(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
     return {"held": plc.held, "took_effect_ns": took_effect_ns}
 
 
+def _fault(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
+    """{"latency_s": 0.5} | {"silent": true} | {"reset": true}, any combination."""
+    data = _json_body(body)
+    allowed = {"latency_s", "silent", "reset"}
+    if not isinstance(data, dict) or not data or set(data) - allowed:
+        raise HttpError(400, f"body must be an object with some of {sorted(allowed)}")
+    latency = data.get("latency_s", plc.faults.latency_s)
+    if isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency <= 60:
+        raise HttpError(400, "latency_s must be a number of seconds from 0 to 60")
+    if not all(isinstance(data.get(k, False), bool) for k in ("silent", "reset")):
+        raise HttpError(400, "silent and reset must be true or false")
+    plc.faults.latency_s = float(latency)
+    plc.faults.silent = data.get("silent", plc.faults.silent)
+    dropped = plc.faults.reset() if data.get("reset") else 0
+    took_effect_ns = time.time_ns()
+    log.info("faults set", dropped_connections=dropped, **plc.faults.describe())
+    return {
+        **plc.faults.describe(),
+        "dropped_connections": dropped,
+        "took_effect_ns": took_effect_ns,
+    }
+
+
+def _scenario(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
+    """{"name": "kick", "active": true}: a scenario the model offers, switched now."""
+    data = _json_body(body)
+    name = data.get("name") if isinstance(data, dict) else None
+    active = data.get("active") if isinstance(data, dict) else None
+    offered = plc.scenarios()
+    if not isinstance(active, bool) or name not in offered:
+        raise HttpError(400, f'body must be {{"name": one of {offered}, "active": true|false}}')
+    plc.scenario(name, active)
+    took_effect_ns = time.time_ns()
+    log.info("scenario started" if active else "scenario ended", scenario=name)
+    return {"name": name, "active": active, "took_effect_ns": took_effect_ns}
+
+
 Handler = Callable[[SimulatedPlc, bytes], dict[str, object]]
 ROUTES: dict[str, dict[str, Handler]] = {
     "/health": {"GET": _health},
@@ -150,6 +187,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/overload": {"POST": _overload},
     "/hold": {"POST": _hold},
     "/release": {"POST": _release},
+    "/fault": {"POST": _fault},
+    "/scenario": {"POST": _scenario},
 }
 
 

@@ -47,6 +47,11 @@ overload and pin exact values:
   GET  /health, GET /values
   POST /overload {{"active": true|false}}
   POST /hold {{"hook_load": 12.5, ...}}    POST /release
+  POST /scenario {{"name": "kick", "active": true}}   (the model's scenarios: crane
+       overload; rig overload (overpull), kick, pump_washout, h2s_release)
+  POST /fault {{"latency_s": 0.5}} | {{"silent": true}} | {{"reset": true}}
+       (late replies, no replies, every connection dropped with a TCP reset)
+Every POST answers with "took_effect_ns", when the change took effect.
 """
 
 EPILOG = """\

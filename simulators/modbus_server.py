@@ -13,6 +13,8 @@ whose measured values cannot be written.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -82,6 +84,7 @@ async def _serve_request(  # noqa: PLR0917 - pymodbus calls it positionally
     16-bit units and ``_count`` is a register count, not the bits asked for, so only the
     first requested bit can be checked against the profile.
     """
+    await plc.faults.before_reply()
     table = _TABLE_OF[func_code]
     if set_values is not None:
         return ExcCodes.ILLEGAL_ADDRESS
@@ -136,7 +139,22 @@ async def serving(plc: SimulatedPlc, host: str, port: int, unit_id: int = 1) -> 
             f"cannot listen for Modbus TCP on {host}:{port} (port in use or address "
             f"not available): {exc}"
         ) from exc
+    plc.faults.on_reset(partial(_reset_connections, server))
     try:
         yield server.transport.sockets[0].getsockname()[1]
     finally:
         await server.shutdown()
+
+
+def _reset_connections(server: ModbusTcpServer) -> int:
+    """Abort every client connection with a TCP RST (SO_LINGER 0), as a dropped session."""
+    connections = list(server.active_connections.values())
+    for connection in connections:
+        transport = connection.transport
+        if transport is None:
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return len(connections)

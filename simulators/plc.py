@@ -15,6 +15,7 @@ from typing import Protocol
 
 from derrick.profile import Profile, Register, Table
 from derrick.registers import CodecError, DataType, encode, unscaled
+from simulators.faults import Faults
 
 Value = float | bool | str
 
@@ -28,6 +29,10 @@ _INT_RANGE = {
     DataType.INT64: (-(2**63), 2**63 - 1),
     DataType.UINT64: (0, 2**64 - 1),
 }
+
+
+# Scenario methods a model may offer, each ``method(active: bool)``.
+SCENARIOS = ("overload", "wind_gust", "hydraulic_overheat", "kick", "pump_washout", "h2s_release")
 
 
 class Model(Protocol):
@@ -67,6 +72,7 @@ class SimulatedPlc:
     ) -> None:
         self.profile = profile
         self.model = model
+        self.faults = Faults()
         self._clock = clock
         self._start = clock()
         missing = set(self._tags) - set(model.values(0.0))
@@ -134,6 +140,18 @@ class SimulatedPlc:
 
     def release(self) -> None:
         self.model.release()
+
+    def scenarios(self) -> list[str]:
+        """The scenarios this model can play: the scenario methods it has."""
+        return [name for name in SCENARIOS if callable(getattr(self.model, name, None))]
+
+    def scenario(self, name: str, active: bool) -> None:
+        """Start or end a scenario now (ValueError for one the model does not offer)."""
+        if name not in self.scenarios():
+            raise ValueError(
+                f"no scenario {name!r} for {self.profile.kind}; have: {', '.join(self.scenarios())}"
+            )
+        getattr(self.model, name)(active)
 
     @property
     def held(self) -> dict[str, float | bool]:
