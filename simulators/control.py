@@ -180,6 +180,23 @@ def _scenario(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
     return {"name": name, "active": active, "took_effect_ns": took_effect_ns}
 
 
+def _sensor(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
+    """{"tag": "wind_speed", "stuck": true} or {"tag": "hook_load", "out_of_range": true}."""
+    data = _json_body(body)
+    if not isinstance(data, dict) or len(data) != 2 or not isinstance(data.get("tag"), str):
+        raise HttpError(400, 'body must be {"tag": ..., "stuck"|"out_of_range": true|false}')
+    fault, active = next((k, v) for k, v in data.items() if k != "tag")
+    if fault not in ("stuck", "out_of_range") or not isinstance(active, bool):
+        raise HttpError(400, 'body must be {"tag": ..., "stuck"|"out_of_range": true|false}')
+    try:
+        (plc.stick if fault == "stuck" else plc.out_of_range)(data["tag"], active)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from exc
+    took_effect_ns = time.time_ns()
+    log.info("sensor fault set", tag=data["tag"], fault=fault, active=active)
+    return {**plc.sensor_faults(), "took_effect_ns": took_effect_ns}
+
+
 Handler = Callable[[SimulatedPlc, bytes], dict[str, object]]
 ROUTES: dict[str, dict[str, Handler]] = {
     "/health": {"GET": _health},
@@ -189,6 +206,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/release": {"POST": _release},
     "/fault": {"POST": _fault},
     "/scenario": {"POST": _scenario},
+    "/sensor": {"POST": _sensor},
 }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -14,12 +15,13 @@ from derrick import logs
 from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
 from derrick.profile import Profile, load_profile
-from simulators import control, modbus_server
+from simulators import control, modbus_server, scenario
 from simulators.control import ControlError
 from simulators.crane import DEMO_LIFT, DEMO_START_S, LIFT_S, CraneModel
 from simulators.modbus_server import ModbusServerError
 from simulators.plc import SimulatedPlc
 from simulators.rig import RigModel
+from simulators.scenario import Script
 
 log = structlog.get_logger("sim")
 
@@ -32,7 +34,8 @@ OVERLOAD_TAGS = {
 WATCH_INTERVAL_S = 0.2
 
 DESCRIPTION = f"""\
-Play one crane PLC over Modbus TCP: hook load, safe working load (from the load chart
+Play crane and drilling-rig PLCs over Modbus TCP. A crane (the default profile) serves
+hook load, safe working load (from the load chart
 at the current radius), boom angle and wind speed as float32 holding registers that
 change over time through repeated lift cycles, utilisation (x10 uint16) and the LMI
 overload cut-out (discrete input), all at the addresses of the device profile
@@ -69,6 +72,9 @@ control API on --control-port + i, with seed --seed + i. Log lines name the devi
   derrick-sim --cranes 2 --rigs 1 --port 5020     # cranes on 5020, 5021; rig on 5022
   derrick-sim --cranes 50 --port 6000 --no-demo-overload
 
+scenarios: --scenario config/scenarios/kick.yaml --profile rig --speed 10 plays a
+timeline of scenarios, faults and sensor failures (see config/scenarios/).
+
 exit status: 0 after SIGINT/SIGTERM, 1 when a port cannot be bound, 2 on bad arguments
 or profile.
 """
@@ -86,6 +92,13 @@ def _unit_id(text: str) -> int:
     if not 0 <= unit <= 255:
         raise argparse.ArgumentTypeError(f"{unit} is not a Modbus unit id (0-255)")
     return unit
+
+
+def _speed(text: str) -> float:
+    speed = float(text)
+    if not 0.01 <= speed <= 1000:
+        raise argparse.ArgumentTypeError(f"{speed}: speed must be from 0.01 to 1000")
+    return speed
 
 
 def _count(text: str) -> int:
@@ -134,6 +147,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start with an overload forced (hook load 110 %% of SWL) until POST /overload",
     )
     add("--no-demo-overload", action="store_true", help="no scripted overload lift")
+    add(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        help="time acceleration: simulated seconds per wall second (default: %(default)s)",
+    )
+    add(
+        "--scenario",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="play a scenario file (config/scenarios/*.yaml) on every device of its kind; "
+        "repeatable",
+    )
     add("--cranes", type=_count, default=0, help="fleet: number of crane PLCs (see below)")
     add("--rigs", type=_count, default=0, help="fleet: number of drilling-rig PLCs")
     add("--log-format", choices=["auto", "console", "json"], default="auto")
@@ -202,7 +230,8 @@ def build_plc(profile_name: str, seed: int, args: argparse.Namespace) -> Simulat
     model_class = MODELS.get(profile.kind)
     if model_class is None:
         raise ValueError(f"no simulator for kind {profile.kind!r}; have: {', '.join(MODELS)}")
-    plc = SimulatedPlc(profile, model_class(seed=seed, demo_overload=not args.no_demo_overload))
+    model = model_class(seed=seed, demo_overload=not args.no_demo_overload)
+    plc = SimulatedPlc(profile, model, speed=args.speed)
     if args.overload:
         plc.overload(True)
     return plc
@@ -232,12 +261,29 @@ async def serve_device(stack: AsyncExitStack, device: Device, args: argparse.Nam
     )
 
 
+async def play_on(device: Device, script: Script) -> None:
+    with structlog.contextvars.bound_contextvars(device=device.name):
+        await scenario.play(device.plc, script)
+
+
 async def watch_device(device: Device) -> None:
     with structlog.contextvars.bound_contextvars(device=device.name):
         await watch_overload(device.plc)
 
 
-async def run(args: argparse.Namespace, devices: list[Device]) -> None:
+def load_scripts(args: argparse.Namespace, devices: list[Device]) -> list[Script]:
+    """Scenario files, each checked against every device of its kind."""
+    scripts = [scenario.load_script(path) for path in args.scenario]
+    for script in scripts:
+        targets = [d for d in devices if d.plc.profile.kind == script.kind]
+        if not targets:
+            raise ValueError(f"scenario {script.name!r} is for {script.kind}: no such device")
+        for device in targets:
+            scenario.check(script, device.plc)
+    return scripts
+
+
+async def run(args: argparse.Namespace, devices: list[Device], scripts: list[Script]) -> None:
     async with AsyncExitStack() as stack:
         for device in devices:
             await serve_device(stack, device, args)
@@ -247,6 +293,9 @@ async def run(args: argparse.Namespace, devices: list[Device]) -> None:
         def start_tasks(group: asyncio.TaskGroup) -> None:
             for device in devices:
                 group.create_task(watch_device(device))
+                for script in scripts:
+                    if script.kind == device.plc.profile.kind:
+                        group.create_task(play_on(device, script))
 
         await run_until_signalled(start_tasks)
         log.info("simulator stopping", devices=len(devices))
@@ -257,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
         devices = build_fleet(args)
+        scripts = load_scripts(args, devices)
     except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"derrick-sim: cannot build the simulated devices\n{exc}\n")
         return 2
     try:
-        asyncio.run(run(args, devices))
+        asyncio.run(run(args, devices, scripts))
     except (ModbusServerError, ControlError) as exc:
         log.error("simulator failed", error=str(exc))
         return 1

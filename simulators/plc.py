@@ -31,6 +31,10 @@ _INT_RANGE = {
 }
 
 
+# What a failed 4-20 mA transmitter reads once the PLC scales it: far below any real
+# value. Integer registers saturate at their type's range (see register_words).
+OUT_OF_RANGE = -9999.0
+
 # Scenario methods a model may offer, each ``method(active: bool)``.
 SCENARIOS = ("overload", "wind_gust", "hydraulic_overheat", "kick", "pump_washout", "h2s_release")
 
@@ -68,11 +72,18 @@ class SimulatedPlc:
     """A model on a monotonic clock, served as the register tables of one profile."""
 
     def __init__(
-        self, profile: Profile, model: Model, clock: Callable[[], float] = time.monotonic
+        self,
+        profile: Profile,
+        model: Model,
+        clock: Callable[[], float] = time.monotonic,
+        speed: float = 1.0,
     ) -> None:
         self.profile = profile
         self.model = model
         self.faults = Faults()
+        self.speed = speed
+        self._stuck: dict[str, float | bool | str] = {}
+        self._out_of_range: set[str] = set()
         self._clock = clock
         self._start = clock()
         missing = set(self._tags) - set(model.values(0.0))
@@ -87,13 +98,41 @@ class SimulatedPlc:
         return [reg.tag for reg in self.profile.registers]
 
     def now(self) -> float:
-        """Seconds since the simulator started."""
-        return self._clock() - self._start
+        """Simulated seconds since the start: wall seconds times ``speed``."""
+        return (self._clock() - self._start) * self.speed
 
     def values(self) -> dict[str, float | bool]:
-        """The profile's tags now, in engineering units."""
+        """The profile's tags now, in engineering units, as the sensors report them."""
         current = self.model.values(self.now())
-        return {tag: current[tag] for tag in self._tags}
+        reported = {tag: current[tag] for tag in self._tags}
+        reported.update(self._stuck)
+        for tag in self._out_of_range:
+            reported[tag] = OUT_OF_RANGE
+        return reported
+
+    def stick(self, tag: str, active: bool) -> None:
+        """A stuck sensor: the tag keeps the value it has now until released."""
+        self._check_numeric(tag)
+        if active:
+            self._stuck.setdefault(tag, self.values()[tag])
+        else:
+            self._stuck.pop(tag, None)
+
+    def out_of_range(self, tag: str, active: bool) -> None:
+        """A failed transmitter: the tag reads OUT_OF_RANGE until released."""
+        self._check_numeric(tag)
+        if active:
+            self._out_of_range.add(tag)
+        else:
+            self._out_of_range.discard(tag)
+
+    def sensor_faults(self) -> dict[str, list[str]]:
+        return {"stuck": sorted(self._stuck), "out_of_range": sorted(self._out_of_range)}
+
+    def _check_numeric(self, tag: str) -> None:
+        reg = next((r for r in self.profile.registers if r.tag == tag), None)
+        if reg is None or reg.type in (DataType.BOOL, DataType.STRING):
+            raise ValueError(f"{tag!r} is not a numeric tag of {self.profile.kind}")
 
     def registers(self, table: Table) -> list[Register]:
         return [reg for reg in self.profile.registers if reg.table is table]
