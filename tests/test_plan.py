@@ -49,6 +49,12 @@ def test_tables_are_planned_apart_in_address_order():
     ]
 
 
-def test_crane_profile_needs_two_requests():
+def test_crane_profile_plan_skips_the_undefined_register():
+    # holding 9 is undefined on the crane PLC (it answers exception 02): never read through
     plan = plan_reads(load_profile("crane").registers)
-    assert spans(plan) == [("holding", 0, 9), ("discrete", 0, 1)]
+    assert spans(plan) == [
+        ("holding", 0, 9),
+        ("holding", 10, 20),
+        ("input", 0, 1),
+        ("discrete", 0, 5),
+    ]

@@ -28,7 +28,7 @@ from devstack.programs import Program, http_json, wait_for
 from devstack.services import free_port
 from simulators import control, crane, modbus_server
 from simulators.crane import EXACT_VALUES, CraneModel
-from simulators.plc import SimulatedPlc
+from simulators.plc import SimulatedPlc, register_words
 
 CRANE = load_profile("crane")
 
@@ -106,6 +106,14 @@ def test_motion_is_continuous_and_plausible(seed):
         "boom_angle": 0.3,
         "safe_working_load": 0.3,
         "wind_speed": 0.1,
+        "wind_gust": 0.1,
+        "radius": 0.3,
+        "slew_angle": 1.0,
+        "hoist_speed": 0.05,
+        "hydraulic_pressure": 2.0,
+        "hoist_motor_current": 5.0,
+        "hydraulic_oil_temperature": 0.05,
+        "gearbox_vibration": 0.1,
     }
     for (_, before), (t, now) in itertools.pairwise(run):
         for tag, limit in largest_step.items():
@@ -163,6 +171,13 @@ def test_hold_pins_exact_values_even_over_a_forced_overload(t):
             {"utilisation": 25.0, "overload_cutout": False},
         ),
         ({"hook_load": 10.0, "overload_cutout": True}, {"overload_cutout": True}),
+        ({"boom_length": 30.0, "boom_angle": 60.0}, {"radius": 17.0}),
+        (
+            {"power_on": True, "estop": True, "lmi_bypass": True, "brake_engaged": False},
+            {"status_word": 11.0},
+        ),
+        ({"hook_load": 30.0, "safe_working_load": 20.0, "power_on": False}, {"status_word": 20.0}),
+        ({"status_word": 0.0, "radius": 10.0}, {"status_word": 0.0, "radius": 10.0}),
     ],
 )
 def test_held_measurements_drive_derived_tags(pins, derived):
@@ -183,6 +198,11 @@ def test_held_measurements_drive_derived_tags(pins, derived):
         ({"overload_cutout": 1}, "overload_cutout must be true or false"),
         ({"safe_working_load": 0}, "safe_working_load must be above 0"),
         ({"hook_load": 1.0, "nope": 2.0}, "unknown tag 'nope'"),
+        ({"brake_engaged": "yes"}, "brake_engaged must be true or false"),
+        ({"boom_length": 0.0}, "boom_length must be above 0"),
+        ({"lift_count": 12.5}, "lift_count must be a whole number"),
+        ({"status_word": 3.5}, "status_word must be a whole number"),
+        ({"running_hours": -1.0}, "running_hours must be >= 0"),
     ],
 )
 def test_hold_rejects_bad_values_and_pins_nothing(pins, error):
@@ -190,6 +210,157 @@ def test_hold_rejects_bad_values_and_pins_nothing(pins, error):
     with pytest.raises(ValueError, match=re.escape(error)):
         model.hold(pins)
     assert model.held == {}
+
+
+# --- the wider signal set ------------------------------------------------------------------
+
+
+def test_exact_values_are_consistent():
+    v = EXACT_VALUES
+    assert v["utilisation"] == 100.0 * v["hook_load"] / v["safe_working_load"]
+    assert v["radius"] == pytest.approx(crane.radius(v["boom_angle"], v["boom_length"]), abs=0.01)
+    assert v["status_word"] == crane.status_word(v)
+    assert v["hoist_motor_current"] == crane.motor_current(v["hook_load"], v["hoist_speed"])
+    assert v["hydraulic_pressure"] == pytest.approx(
+        crane.luffing_pressure(v["hook_load"], v["radius"], v["boom_angle"], v["boom_length"]),
+        abs=0.1,
+    )
+    assert v["wind_gust"] >= v["wind_speed"]
+    assert v["brake_engaged"] == (v["hoist_speed"] == 0.0)
+    assert v["overload_cutout"] == (v["utilisation"] >= 100.0)
+    # every pinned value fits its register exactly: encode, decode, scale back
+    for reg in CRANE.registers:
+        if not reg.table.is_bits:
+            raw = decode(register_words(reg, v[reg.tag]), reg.type, reg.byte_order, reg.word_order)
+            assert scaled(raw, reg.scale, reg.offset) == v[reg.tag], reg.tag
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_lift_raises_hook_load_motor_current_and_pressure_together(seed):
+    model = CraneModel(seed, demo_overload=False)
+    for slot in (0, 3, 17):
+        start = slot * crane.SLOT_S
+        empty = model.values(start + 1.0)  # before the pick: empty hook
+        loaded = model.values(start + crane.LIFT_START_S + 0.5 * crane.LIFT_S)  # mid-lift
+        assert loaded["hook_load"] > empty["hook_load"] + 5.0
+        assert loaded["hoist_motor_current"] > empty["hoist_motor_current"] + 40.0
+        assert loaded["hydraulic_pressure"] > empty["hydraulic_pressure"] + 40.0
+    run = run_model(model, 0.0, 200.0, 0.1)
+    for tag in ("hoist_motor_current", "hydraulic_pressure"):
+        loads = [v["hook_load"] for _, v in run]
+        other = [v[tag] for _, v in run]
+        n = len(run)
+        mean_l, mean_o = sum(loads) / n, sum(other) / n
+        cov = sum((a - mean_l) * (b - mean_o) for a, b in zip(loads, other, strict=True))
+        var_l = sum((a - mean_l) ** 2 for a in loads)
+        var_o = sum((b - mean_o) ** 2 for b in other)
+        assert cov / math.sqrt(var_l * var_o) > 0.8, tag
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hoist_moves_only_with_the_brake_released(seed):
+    run = run_model(CraneModel(seed), 0.0, 200.0, 0.05)
+    for t, v in run:
+        if v["brake_engaged"]:
+            assert v["hoist_speed"] == 0.0, t
+        assert v["status_word"] == crane.status_word(v)
+    moving = [v for _, v in run if not v["brake_engaged"]]
+    assert moving
+    assert max(v["hoist_speed"] for v in moving) > 1.0  # hoisting the load up
+    assert min(v["hoist_speed"] for v in moving) < -1.0  # and setting it down
+    # while hoisting, the motor draws more than with the same load held on the brake
+    for slot in range(5):
+        into = slot * crane.SLOT_S + crane.LIFT_START_S
+        hoisting = CraneModel(seed).values(into + 0.1 * crane.LIFT_S)
+        assert hoisting["hoist_motor_current"] > crane.motor_current(hoisting["hook_load"], 0.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_radius_follows_boom_length_and_angle_and_sets_the_chart_capacity(seed):
+    model = CraneModel(seed, demo_overload=False)
+    for t, v in run_model(model, 0.0, 300.0, 0.7):
+        expected = crane.PEDESTAL_OFFSET_M + v["boom_length"] * math.cos(
+            math.radians(v["boom_angle"])
+        )
+        assert v["radius"] == pytest.approx(expected), t
+        assert v["safe_working_load"] == pytest.approx(crane.safe_working_load(v["radius"])), t
+        assert v["utilisation"] == pytest.approx(100 * v["hook_load"] / v["safe_working_load"])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_counters_count_up_and_one_lift_per_slot(seed):
+    model = CraneModel(seed)
+    run = run_model(model, 0.0, 7200.0, 0.5)
+    hours = [v["running_hours"] for _, v in run]
+    lifts = [v["lift_count"] for _, v in run]
+    assert hours == sorted(hours)
+    assert lifts == sorted(lifts)
+    assert hours[-1] - hours[0] == pytest.approx(2.0, abs=0.11)
+    assert lifts[-1] - lifts[0] == 7200 / crane.SLOT_S  # t = 7199.5: the last one set down
+    assert all(h == round(h, 1) and n == int(n) for h, n in zip(hours, lifts, strict=True))
+    # the counter steps when the load is set down, not before
+    slot_end = crane.LIFT_START_S + crane.LIFT_S
+    assert (
+        model.values(slot_end + 0.01)["lift_count"]
+        == model.values(slot_end - 0.01)["lift_count"] + 1
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_value_fits_its_register_for_two_hours(seed):
+    plc_regs = [reg for reg in CRANE.registers if not reg.table.is_bits]
+    model = CraneModel(seed)
+    low = dict.fromkeys((r.tag for r in plc_regs), math.inf)
+    high = dict.fromkeys((r.tag for r in plc_regs), -math.inf)
+    for _, v in run_model(model, 0.0, 7200.0, 1.3):
+        for reg in plc_regs:
+            register_words(reg, v[reg.tag])  # raises CodecError when out of range
+            low[reg.tag] = min(low[reg.tag], v[reg.tag])
+            high[reg.tag] = max(high[reg.tag], v[reg.tag])
+        assert v["wind_gust"] >= v["wind_speed"]
+        assert v["power_on"] and not v["estop"] and not v["lmi_bypass"]
+    plausible = {
+        "hook_load": (crane.HOOK_BLOCK_T - 1e-9, 60.0),
+        "safe_working_load": (10.5, 50.0),
+        "boom_angle": (30.0, 85.0),
+        "wind_speed": (0.0, 30.0),
+        "utilisation": (0.0, 110.0),
+        "boom_length": (crane.BOOM_LENGTH_M, crane.BOOM_LENGTH_M),
+        "radius": (2.0, 42.0),
+        "slew_angle": (0.0, 360.0),
+        "hoist_speed": (-1.5, 1.5),
+        "wind_gust": (0.0, 35.0),
+        "hydraulic_pressure": (30.0, 320.0),
+        "hoist_motor_current": (30.0, 900.0),
+        "hydraulic_oil_temperature": (20.0, 60.0),
+        "status_word": (0.0, 31.0),
+        "running_hours": (1000.0, 40_003.0),
+        "lift_count": (5000.0, 200_400.0),
+        "gearbox_vibration": (0.5, 5.0),
+    }
+    assert set(plausible) == set(low)
+    for tag, (lo, hi) in plausible.items():
+        assert lo <= low[tag] <= high[tag] <= hi, (tag, low[tag], high[tag])
+    for tag in ("slew_angle", "hoist_speed", "hydraulic_pressure", "gearbox_vibration"):
+        assert high[tag] - low[tag] > 0.5, f"{tag} does not move"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_oil_warms_up_towards_its_running_temperature(seed):
+    model = CraneModel(seed)
+    temps = [model.values(t)["hydraulic_oil_temperature"] for t in (0.0, 1800.0, 7200.0)]
+    assert temps[0] < temps[1] < temps[2]
+    assert temps[2] - temps[0] > 8.0
+
+
+def test_forced_overload_raises_pressure_and_current_and_sets_status_bit():
+    model, reference = CraneModel(3, demo_overload=False), CraneModel(3, demo_overload=False)
+    model.overload(True)
+    forced, normal = model.values(10.0), reference.values(10.0)
+    assert forced["hydraulic_pressure"] > normal["hydraulic_pressure"]
+    assert forced["hoist_motor_current"] > normal["hoist_motor_current"]
+    assert int(forced["status_word"]) & (1 << crane.Status.OVERLOAD_CUTOUT)
+    assert not int(normal["status_word"]) & (1 << crane.Status.OVERLOAD_CUTOUT)
 
 
 # --- the PLC image -----------------------------------------------------------------------
@@ -272,10 +443,10 @@ def test_plc_clock_and_profile_check():
     other = Profile.model_validate(
         {
             "kind": "crane",
-            "registers": [{"tag": "slew_angle", "table": "holding", "address": 0, "type": "int16"}],
+            "registers": [{"tag": "jib_length", "table": "holding", "address": 0, "type": "int16"}],
         }
     )
-    with pytest.raises(ValueError, match="slew_angle"):
+    with pytest.raises(ValueError, match="jib_length"):
         SimulatedPlc(other, CraneModel(0))
 
 
@@ -385,8 +556,17 @@ def test_every_register_reads_back_the_pinned_value(clean_sim):
             assert read_words(port, reg) == expected_words(reg, PINNED[reg.tag]), reg.tag
         assert read_value(port, reg) == pytest.approx(PINNED[reg.tag]), reg.tag
     # one request across all holding registers: one consistent snapshot
-    words = [int(w, 16) for w in mbpoll(port, Table.HOLDING, 0, 9, ":hex")]
-    assert words == [w for reg in CRANE.registers[:5] for w in expected_words(reg, PINNED[reg.tag])]
+    for start, count in ((0, 9), (10, 20)):
+        words = [int(w, 16) for w in mbpoll(port, Table.HOLDING, start, count, ":hex")]
+        block = [
+            reg
+            for reg in CRANE.registers
+            if reg.table is Table.HOLDING and start <= reg.address < start + count
+        ]
+        assert words == [w for reg in block for w in expected_words(reg, PINNED[reg.tag])]
+        assert sum(reg.count for reg in block) == count
+    bits = mbpoll(port, Table.DISCRETE, 0, 5)
+    assert bits == ["1" if PINNED[r.tag] else "0" for r in CRANE.registers if r.table.is_bits]
 
 
 @pytest.mark.integration
@@ -423,9 +603,10 @@ def test_read_only_image_and_other_unit_ids_refused(clean_sim):
     cases = [
         (mbpoll_run(port, Table.HOLDING, 0, writes=["5"]), "Illegal data address"),
         (mbpoll_run(port, Table.COIL, 0, writes=["1"]), "Illegal data address"),
-        (mbpoll_run(port, Table.INPUT, 0), "Illegal data address"),  # no input registers
-        (mbpoll_run(port, Table.DISCRETE, 1), "Illegal data address"),
-        (mbpoll_run(port, Table.HOLDING, 0, 10, ":hex"), "Illegal data address"),
+        (mbpoll_run(port, Table.INPUT, 1), "Illegal data address"),  # only input 0
+        (mbpoll_run(port, Table.DISCRETE, 5), "Illegal data address"),
+        (mbpoll_run(port, Table.HOLDING, 0, 10, ":hex"), "Illegal data address"),  # 9: gap
+        (mbpoll_run(port, Table.HOLDING, 28, 3, ":hex"), "Illegal data address"),
         (mbpoll_run(port, Table.HOLDING, 0, unit=2), "Target device failed to respond"),
     ]
     for done, error in cases:
