@@ -112,6 +112,13 @@ REST_ANGLE_DEG = 70.0  # boom angle at t = 0
 DEMO_SLOT = 1
 DEMO_START_S = DEMO_SLOT * SLOT_S + LIFT_START_S
 FORCED_RATIO = 1.10  # hook load over SWL while an overload is forced
+# Scenario "high_wind": a squall adds this much to the mean wind and to the gust, taking
+# typical offshore limits (about 20 m/s mean for lifting) well past the line.
+SQUALL_MEAN_MS = 14.0
+SQUALL_GUST_MS = 20.0
+# Scenario "hydraulic_overheat": oil climbs from its running value to this, over RAMP.
+OVERHEAT_C = 95.0
+OVERHEAT_RAMP_S = 120.0
 _GUST_PERIODS_S = ((2.0, 5.0), (5.0, 12.0), (12.0, 30.0), (30.0, 80.0), (80.0, 200.0))
 GUST_WINDOW_S = 20.0  # gust: the highest wind over this window (sampled every 0.5 s)
 _GUST_SAMPLES = 41
@@ -238,6 +245,9 @@ class CraneModel:
         self._oil_waves = _waves(rng, (60.0, 300.0))
         self._vibration_waves = _waves(rng, (0.3, 2.0))
         self._forced = False
+        self._squall = False
+        self._overheat = False
+        self._overheat_since: float | None = None
         self._held: dict[str, float | bool] = {}
 
     def slew(self, slot: int) -> tuple[float, float]:
@@ -317,6 +327,29 @@ class CraneModel:
             **self._counters(t, slot, into),
         }
 
+    #: Scenarios this model plays (SimulatedPlc.scenario -> method of the same name).
+    SCENARIOS = ("overload", "high_wind", "hydraulic_overheat")
+
+    def high_wind(self, active: bool) -> None:
+        """A squall: mean wind and gust well above the lifting limits until released."""
+        self._squall = active
+
+    def hydraulic_overheat(self, active: bool) -> None:
+        """Oil cooler failure: temperature ramps to OVERHEAT_C from the next reading on."""
+        self._overheat_since = None
+        self._overheat = active
+
+    def _weather_and_oil(self, t: float, values: dict[str, float | bool]) -> None:
+        if self._squall:
+            values["wind_speed"] = float(values["wind_speed"]) + SQUALL_MEAN_MS
+            values["wind_gust"] = float(values["wind_gust"]) + SQUALL_GUST_MS
+        if self._overheat:
+            if self._overheat_since is None:
+                self._overheat_since = t
+            share = min(1.0, max(0.0, (t - self._overheat_since) / OVERHEAT_RAMP_S))
+            running = float(values["hydraulic_oil_temperature"])
+            values["hydraulic_oil_temperature"] = running + share * (OVERHEAT_C - running)
+
     def values(self, t: float) -> dict[str, float | bool]:
         """Every tag at ``t`` seconds since start.
 
@@ -326,6 +359,7 @@ class CraneModel:
         pressure, status word) follow from the result unless pinned.
         """
         values = self._natural(t)
+        self._weather_and_oil(t, values)
         values.update((tag, v) for tag, v in self._held.items() if tag not in _DERIVED)
         if self._forced and "hook_load" not in self._held:
             values["hook_load"] = FORCED_RATIO * values["safe_working_load"]

@@ -51,7 +51,9 @@ overload and pin exact values:
   POST /overload {{"active": true|false}}
   POST /hold {{"hook_load": 12.5, ...}}    POST /release
   POST /scenario {{"name": "kick", "active": true}}   (the model's scenarios: crane
-       overload; rig overload (overpull), kick, pump_washout, h2s_release)
+       overload, high_wind, hydraulic_overheat; rig overload (overpull), kick,
+       pump_washout, h2s_release)
+  POST /sensor {{"tag": "wind_speed", "stuck": true}} (or "out_of_range")
   POST /fault {{"latency_s": 0.5}} | {{"silent": true}} | {{"reset": true}}
        (late replies, no replies, every connection dropped with a TCP reset)
 Every POST answers with "took_effect_ns", when the change took effect.

@@ -35,8 +35,6 @@ _INT_RANGE = {
 # value. Integer registers saturate at their type's range (see register_words).
 OUT_OF_RANGE = -9999.0
 
-# Scenario methods a model may offer, each ``method(active: bool)``.
-SCENARIOS = ("overload", "wind_gust", "hydraulic_overheat", "kick", "pump_washout", "h2s_release")
 
 
 class Model(Protocol):
@@ -181,8 +179,8 @@ class SimulatedPlc:
         self.model.release()
 
     def scenarios(self) -> list[str]:
-        """The scenarios this model can play: the scenario methods it has."""
-        return [name for name in SCENARIOS if callable(getattr(self.model, name, None))]
+        """The scenarios this model declares (``SCENARIOS``), each a method(active)."""
+        return list(getattr(self.model, "SCENARIOS", ()))
 
     def scenario(self, name: str, active: bool) -> None:
         """Start or end a scenario now (ValueError for one the model does not offer)."""

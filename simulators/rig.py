@@ -333,6 +333,9 @@ def _ripple(waves: tuple, t: float) -> float:
 class RigModel:
     """One rig's PLC readings as a function of time, plus the operator controls."""
 
+    #: Scenarios this model plays (SimulatedPlc.scenario -> method of the same name).
+    SCENARIOS = ("overload", "kick", "pump_washout", "h2s_release")
+
     def __init__(self, seed: int = 0, demo_overload: bool = True) -> None:
         self.seed = seed
         self.demo_overload = demo_overload

@@ -158,3 +158,34 @@ def test_cli_refuses_a_scenario_for_other_equipment():
     done = run_sim("--scenario", "config/scenarios/kick.yaml", timeout=30)
     assert done.returncode == 2
     assert "scenario 'kick' is for rig: no such device" in done.stderr
+
+
+def test_models_offer_only_what_they_declare():
+    assert plc_of("crane").scenarios() == ["overload", "high_wind", "hydraulic_overheat"]
+    assert plc_of("rig").scenarios() == ["overload", "kick", "pump_washout", "h2s_release"]
+    with pytest.raises(ValueError, match="no scenario 'wind_gust' for crane"):
+        plc_of("crane").scenario("wind_gust", True)  # a method of the model, not a scenario
+
+
+def test_high_wind_signature():
+    model = CraneModel(seed=2, demo_overload=False)
+    calm = model.values(30.0)
+    model.high_wind(True)
+    squall = model.values(30.0)
+    assert squall["wind_gust"] > 20 > calm["wind_gust"]
+    assert squall["wind_speed"] >= calm["wind_speed"] + 10
+    model.high_wind(False)
+    assert model.values(30.0) == calm
+
+
+def test_hydraulic_overheat_signature():
+    model = CraneModel(seed=2, demo_overload=False)
+    running = model.values(600.0)["hydraulic_oil_temperature"]
+    model.hydraulic_overheat(True)
+    start = model.values(600.0)["hydraulic_oil_temperature"]
+    hot = [model.values(600.0 + s)["hydraulic_oil_temperature"] for s in (30, 60, 120, 180)]
+    assert start == pytest.approx(running)
+    assert hot == sorted(hot)
+    assert hot[-1] >= 90 > running
+    model.hydraulic_overheat(False)
+    assert model.values(900.0)["hydraulic_oil_temperature"] < 90
