@@ -36,6 +36,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
+from simulators.signals import checked_number
+from simulators.signals import ease as _ease
+from simulators.signals import ripple as _ripple
+from simulators.signals import waves as _waves
+
 TAGS = (
     "hook_load",
     "safe_working_load",
@@ -184,12 +189,6 @@ def safe_working_load(radius_m: float) -> float:
     return swl0 + (swl1 - swl0) * (radius_m - r0) / (r1 - r0)
 
 
-def _ease(x: float) -> float:
-    """Smoothstep on [0, 1]: motion starts and stops without a jerk."""
-    x = min(max(x, 0.0), 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
 def _keyframe(keys: tuple[tuple[float, float], ...], x: float) -> float:
     if x <= keys[0][0]:
         return keys[0][1]
@@ -206,18 +205,6 @@ def _keyframe_rate(keys: tuple[tuple[float, float], ...], x: float) -> float:
             u = (x - x0) / (x1 - x0)
             return (y1 - y0) * 6.0 * u * (1.0 - u) / (x1 - x0)
     return 0.0
-
-
-def _waves(rng: random.Random, periods: tuple[float, float], count: int = 3) -> tuple:
-    """Seeded sines (angular speed, phase) for a small ripple on a sensor."""
-    return tuple(
-        (2 * math.pi / rng.uniform(*periods), rng.uniform(0, 2 * math.pi)) for _ in range(count)
-    )
-
-
-def _ripple(waves: tuple, t: float) -> float:
-    """Mean of the seeded sines at ``t``: a ripple in [-1, 1]."""
-    return sum(math.sin(w * t + phase) for w, phase in waves) / len(waves)
 
 
 class CraneModel:
@@ -429,10 +416,7 @@ def _checked(tag: str, value: object) -> float | bool:
         if not isinstance(value, bool):
             raise ValueError(f"{tag} must be true or false, not {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{tag} must be a number, not {value!r}")  # noqa: TRY004 - a 400
-    if not math.isfinite(value):
-        raise ValueError(f"{tag} must be finite, not {value!r}")
+    value = checked_number(tag, value)
     if tag == "safe_working_load" and value <= 0:
         raise ValueError("safe_working_load must be above 0 (utilisation divides by it)")
     if tag in _POSITIVE and value <= 0:

@@ -36,7 +36,6 @@ _INT_RANGE = {
 OUT_OF_RANGE = -9999.0
 
 
-
 class Model(Protocol):
     """What a simulator model offers (see :class:`simulators.crane.CraneModel`)."""
 

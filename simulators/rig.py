@@ -40,6 +40,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
+from simulators.signals import checked_number
+from simulators.signals import ease as _ease
+from simulators.signals import ripple as _ripple
+from simulators.signals import waves as _waves
+
 Value = float | bool | str
 
 TAGS = (
@@ -190,12 +195,6 @@ _RAW_WEIGHTS = tuple(math.exp(-lag / TRANSIT_S) for lag in _LAGS)
 _LAG_WEIGHTS = tuple(w / sum(_RAW_WEIGHTS) for w in _RAW_WEIGHTS)
 
 
-def _ease(x: float) -> float:
-    """Smoothstep on [0, 1]: motion starts and stops without a jerk."""
-    x = min(max(x, 0.0), 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
 def _eased_time(into: float, ramp: float) -> float:
     """Integral of ``_ease(s / ramp)`` over s in [0, into]: distance at an eased speed."""
     if ramp <= 0.0 or into >= ramp:
@@ -316,18 +315,6 @@ class Section:
     spm2: float
     circulate_s: float
     slips_s: float
-
-
-def _waves(rng: random.Random, periods: tuple[float, float], count: int = 3) -> tuple:
-    """Seeded sines (angular speed, phase) for a small ripple on a sensor."""
-    return tuple(
-        (2 * math.pi / rng.uniform(*periods), rng.uniform(0, 2 * math.pi)) for _ in range(count)
-    )
-
-
-def _ripple(waves: tuple, t: float) -> float:
-    """Mean of the seeded sines at ``t``: a ripple in [-1, 1]."""
-    return sum(math.sin(w * t + phase) for w, phase in waves) / len(waves)
 
 
 class RigModel:
@@ -682,10 +669,7 @@ def _checked(tag: str, value: object) -> Value:
         if len(value) > SERIAL_LENGTH:
             raise ValueError(f"serial_number holds at most {SERIAL_LENGTH} characters")
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{tag} must be a number, not {value!r}")  # noqa: TRY004 - a 400
-    if not math.isfinite(value):
-        raise ValueError(f"{tag} must be finite, not {value!r}")
+    value = checked_number(tag, value)
     if tag == "rated_hook_load" and value <= 0:
         raise ValueError("rated_hook_load must be above 0 (utilisation divides by it)")
     if tag == "rig_state" and value not in tuple(RigState):
