@@ -31,6 +31,11 @@ class Table(StrEnum):
         return self in (Table.COIL, Table.DISCRETE)
 
 
+# Leading digit of Modicon 1-based register numbers per table (coils, prefix 0, can't
+# be told apart from plain addresses).
+MODICON_PREFIX = {"discrete": 1, "input": 3, "holding": 4}
+
+
 class Register(StrictModel):
     """One tag: where it lives in the PLC and how to turn its words into a value."""
 
@@ -45,6 +50,31 @@ class Register(StrictModel):
     offset: float = 0.0
     unit: str = Field(default="", max_length=16)
     description: str = ""
+    protocol_address: bool = Field(
+        default=False,
+        description="the address is the 0-based protocol address even though it looks "
+        "like Modicon 1-based numbering (40001-style); skips that check",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_modicon_numbering(cls, data: object) -> object:
+        """Catch 40001-style addresses copied from a PLC manual where 0-based is meant."""
+        if not isinstance(data, dict) or data.get("protocol_address"):
+            return data
+        prefix = MODICON_PREFIX.get(str(data.get("table")))
+        address = data.get("address")
+        if prefix is None or not isinstance(address, int) or isinstance(address, bool):
+            return data
+        for base in (prefix * 10_000, prefix * 100_000):  # 5- and 6-digit forms
+            if base + 1 <= address <= base + (9_999 if base < 100_000 else 65_536):
+                raise ValueError(
+                    f"address {address} looks like 1-based Modicon numbering for a "
+                    f"{data.get('table')} register ({prefix}xxxx): the protocol address is "
+                    f"{address - base - 1}; if {address} really is the 0-based address, "
+                    "add protocol_address: true"
+                )
+        return data
 
     @model_validator(mode="after")
     def _fits_table(self) -> Self:

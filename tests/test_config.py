@@ -173,3 +173,53 @@ def test_every_program_has_help(program):
     )
     assert done.returncode == 0
     assert "usage:" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("table", "address", "protocol"),
+    [
+        ("holding", 40001, 0),
+        ("holding", 40110, 109),
+        ("holding", 400001, 0),
+        ("input", 30005, 4),
+        ("discrete", 10001, 0),
+    ],
+)
+def test_modicon_1_based_address_is_caught_with_the_fix(tmp_path, table, address, protocol):
+    type_ = "bool" if table == "discrete" else "uint16"
+    path = write_agent(
+        tmp_path,
+        lambda d: d["devices"][0].update(
+            profile=None,
+            kind="crane",
+            registers=[{"tag": "x", "table": table, "address": address, "type": type_}],
+        ),
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path)
+    message = str(caught.value)
+    assert f"{path}: devices.0.registers.0" in message
+    assert f"looks like 1-based Modicon numbering for a {table} register" in message
+    assert f"the protocol address is {protocol};" in message
+
+
+def test_a_real_high_protocol_address_can_be_declared(tmp_path):
+    path = write_agent(
+        tmp_path,
+        lambda d: d["devices"][0].update(
+            profile=None,
+            kind="crane",
+            registers=[
+                {
+                    "tag": "x",
+                    "table": "holding",
+                    "address": 40001,
+                    "type": "uint16",
+                    "protocol_address": True,
+                },
+                {"tag": "y", "table": "holding", "address": 39999, "type": "uint16"},
+            ],
+        ),
+    )
+    regs = load_agent_config(path).devices[0].selected_registers
+    assert [r.address for r in regs] == [40001, 39999]
