@@ -17,7 +17,7 @@ def decode_request(request: ReadRequest, data: list[int] | list[bool], ts_ns: in
                 value: bool | float | str = bool(data[offset])
             else:
                 raw = decode(
-                    list(data[offset : offset + reg.count]),
+                    data[offset : offset + reg.count],
                     reg.type,
                     reg.byte_order,
                     reg.word_order,

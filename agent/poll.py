@@ -38,7 +38,6 @@ class DevicePoller:
         self.failures = 0
         self.next_connect = 0.0
         self.refused_spans: set[tuple[str, int, int]] = set()
-        self.polls = 0
 
     async def run(self) -> None:
         """Poll forever on a fixed schedule; a late cycle skips ahead, it never bunches up."""
@@ -48,7 +47,6 @@ class DevicePoller:
         try:
             while True:
                 self.sink(await self.poll_once())
-                self.polls += 1
                 deadline += interval
                 now = loop.time()
                 if deadline < now:
