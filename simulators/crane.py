@@ -316,6 +316,8 @@ class CraneModel:
 
     #: Scenarios this model plays (SimulatedPlc.scenario -> method of the same name).
     SCENARIOS = ("overload", "high_wind", "hydraulic_overheat")
+    #: The load alarm the simulator logs: (alarm tag, utilisation tag, rated-load tag).
+    LOAD_ALARM = ("overload_cutout", "utilisation", "safe_working_load")
 
     def high_wind(self, active: bool) -> None:
         """A squall: mean wind and gust well above the lifting limits until released."""

@@ -26,11 +26,6 @@ from simulators.scenario import Script
 log = structlog.get_logger("sim")
 
 MODELS = {"crane": CraneModel, "rig": RigModel}  # profile kind -> model
-# profile kind -> (overload alarm tag, utilisation tag, rated-load tag) for the state log
-OVERLOAD_TAGS = {
-    "crane": ("overload_cutout", "utilisation", "safe_working_load"),
-    "rig": ("overpull_alarm", "hook_load_utilisation", "rated_hook_load"),
-}
 WATCH_INTERVAL_S = 0.2
 
 DESCRIPTION = f"""\
@@ -173,7 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def watch_overload(plc: SimulatedPlc, interval: float = WATCH_INTERVAL_S) -> None:
     """Log each start and end of an overload (crane) or overpull (rig) once, polled or not."""
-    tags = OVERLOAD_TAGS.get(plc.profile.kind)
+    tags = getattr(plc.model, "LOAD_ALARM", None)
     if tags is None:
         return  # a model without a load alarm: nothing to watch
     alarm_tag, utilisation_tag, rated_tag = tags

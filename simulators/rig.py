@@ -322,6 +322,8 @@ class RigModel:
 
     #: Scenarios this model plays (SimulatedPlc.scenario -> method of the same name).
     SCENARIOS = ("overload", "kick", "pump_washout", "h2s_release")
+    #: The load alarm the simulator logs: (alarm tag, utilisation tag, rated-load tag).
+    LOAD_ALARM = ("overpull_alarm", "hook_load_utilisation", "rated_hook_load")
 
     def __init__(self, seed: int = 0, demo_overload: bool = True) -> None:
         self.seed = seed
