@@ -1,22 +1,85 @@
 """Agent configuration: pydantic models, the one source of truth for every key.
 
-Every key is documented in docs/config.md; config/agent.example.yaml is validated by the
+Every key is documented in docs/config.md; every YAML in config/ is validated by the
 tests.
+
+A device's *effective* register map (:attr:`Device.selected_registers`) is its profile
+(or inline ``registers``) with the site's ``overrides`` applied and re-validated, cut
+down to ``tags``, with the device-level ``deadband`` / ``heartbeat_s`` filled in for tags
+that set none. It is computed once, at validation, so every error is a start-up error.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from derrick import configfile
 from derrick.broker import BrokerSettings
 from derrick.configfile import StrictModel
 from derrick.contract import Ident
 from derrick.logs import LogSettings
-from derrick.profile import Profile, Register, load_profile
+from derrick.profile import (
+    DEFAULT_GROUP,
+    DeadbandSetting,
+    Profile,
+    Register,
+    load_profile,
+    map_problems,
+)
+from derrick.registers import Order
+
+Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
+TCP_TRANSPORTS = ("tcp", "rtu-over-tcp")
+SERIAL_KEYS = ("baudrate", "parity", "stopbits", "bytesize")
+BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400)
+Interval = Annotated[float, Field(ge=0.05, le=3600)]
+
+
+class RegisterOverride(StrictModel):
+    """Per-site changes to one profile tag (a PLC programmed differently on this site).
+
+    Only the keys given change. ``deadband: null`` / ``heartbeat_s: null`` remove the
+    profile's value (the device default then applies).
+    """
+
+    address: int | None = Field(default=None, ge=0, le=65535)
+    protocol_address: bool | None = None
+    byte_order: Order | None = None
+    word_order: Order | None = None
+    scale: float | None = None
+    offset: float | None = None
+    unit: str | None = Field(default=None, max_length=16)
+    description: str | None = None
+    deadband: DeadbandSetting = None
+    heartbeat_s: float | None = Field(default=None, gt=0)
+    group: Ident | None = None
+
+    def changes(self) -> dict[str, object]:
+        """The keys this override sets (explicit nulls only where null means something)."""
+        return {
+            key: getattr(self, key)
+            for key in self.model_fields_set
+            if getattr(self, key) is not None or key in ("deadband", "heartbeat_s")
+        }
+
+
+def _apply(reg: Register, override: RegisterOverride) -> Register:
+    """``reg`` with ``override`` applied, validated again as a whole register."""
+    try:
+        return Register.model_validate({**reg.model_dump(exclude_unset=True), **override.changes()})
+    except ValidationError as exc:
+        raise ValueError(f"override of tag {reg.tag!r}: {configfile.one_line(exc)}") from None
 
 
 class Device(StrictModel):
@@ -24,17 +87,47 @@ class Device(StrictModel):
 
     name: Ident
     asset: Ident
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
+    transport: Transport = "tcp"
+    host: str | None = Field(default=None, min_length=1, description="tcp, rtu-over-tcp")
+    port: int | None = Field(default=None, ge=1, le=65535, description="default 502")
+    serial_port: str | None = Field(default=None, min_length=1, description="rtu: /dev/ttyS0")
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     unit_id: int = Field(default=1, ge=0, le=255)
-    interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+    interval_s: Interval = 1.0
+    poll_groups: dict[Ident, Interval] = Field(
+        default_factory=dict, description="group name -> interval; 'default' is interval_s"
+    )
     timeout_s: float = Field(default=1.0, gt=0, le=60)
+    retries: int = Field(default=1, ge=0, le=5)
+    breaker_failures: int = Field(default=3, ge=1, le=1000)
+    breaker_open_s: float = Field(default=30.0, ge=1, le=3600)
     max_registers: int = Field(default=125, ge=1, le=125)
     max_bits: int = Field(default=2000, ge=1, le=2000)
+    max_gap: int = Field(default=0, ge=0, le=124)
     profile: Profile | None = None
     kind: Ident | None = None
     registers: list[Register] | None = None
     tags: list[Ident] | None = Field(default=None, description="subset of the profile's tags")
+    overrides: dict[Ident, RegisterOverride] = Field(default_factory=dict)
+    deadband: DeadbandSetting = None
+    heartbeat_s: float | None = Field(default=None, gt=0)
+
+    _selected: tuple[Register, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_port(cls, data: object) -> object:
+        """TCP transports default to port 502; a serial device has no port."""
+        if (
+            isinstance(data, dict)
+            and data.get("transport", "tcp") in TCP_TRANSPORTS
+            and data.get("port") is None
+        ):
+            return {**data, "port": 502}
+        return data
 
     @field_validator("profile", mode="before")
     @classmethod
@@ -46,22 +139,97 @@ class Device(StrictModel):
         try:
             return load_profile(value, Path(config_path).parent if config_path else None)
         except configfile.ConfigError as exc:
-            raise ValueError(f"profile {value!r}: {exc}") from None
+            raise ValueError(configfile.nested(f"profile {value!r}:", exc)) from None
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baudrate(cls, value: int) -> int:
+        if value not in BAUDRATES:
+            raise ValueError(
+                f"baudrate {value} is not a standard rate: {', '.join(map(str, BAUDRATES))}"
+            )
+        return value
+
+    @field_validator("poll_groups")
+    @classmethod
+    def _no_default_group(cls, value: dict[str, float]) -> dict[str, float]:
+        if DEFAULT_GROUP in value:
+            raise ValueError(f"the {DEFAULT_GROUP!r} group's interval is interval_s")
+        return value
 
     @model_validator(mode="after")
-    def _profile_or_registers(self) -> Self:
+    def _check(self) -> Self:
+        self._check_link()
         if (self.profile is None) == (self.registers is None):
             raise ValueError("give either 'profile' (a register map by name) or 'registers'")
         if self.registers is not None and self.kind is None:
             raise ValueError("a device with inline 'registers' needs 'kind' (e.g. crane)")
-        if self.registers is not None:
-            Profile(kind=self.kind or "x", registers=self.registers)  # same overlap checks
+        regs = self._overridden(self._all_registers())
+        problems = map_problems(regs)
+        if problems:
+            raise ValueError("\n".join(problems))
         if self.tags is not None:
-            known = {reg.tag for reg in self._all_registers()}
+            known = {reg.tag for reg in regs}
             unknown = sorted(set(self.tags) - known)
             if unknown:
                 raise ValueError(f"tags not in the register map: {', '.join(unknown)}")
+            wanted = set(self.tags)
+            regs = [reg for reg in regs if reg.tag in wanted]
+        self._selected = tuple(self._with_defaults(reg) for reg in regs)
+        self._check_groups()
         return self
+
+    def _check_link(self) -> None:
+        given = self.model_fields_set
+        if self.transport in TCP_TRANSPORTS:
+            if self.host is None:
+                raise ValueError(f"transport {self.transport} needs host")
+            serial = [key for key in ("serial_port", *SERIAL_KEYS) if key in given]
+            if serial:
+                raise ValueError(
+                    f"{', '.join(serial)}: only for transport rtu (a serial line), "
+                    f"not {self.transport}"
+                )
+        else:
+            if self.serial_port is None:
+                raise ValueError("transport rtu needs serial_port (e.g. /dev/ttyS0)")
+            tcp = [key for key in ("host", "port") if key in given]
+            if tcp:
+                raise ValueError(f"{', '.join(tcp)}: not for transport rtu (use serial_port)")
+        if self.transport != "tcp" and not 1 <= self.unit_id <= 247:
+            raise ValueError(
+                f"unit_id {self.unit_id}: a serial (RTU) slave address is 1..247 "
+                "(0 is broadcast and never answers)"
+            )
+
+    def _overridden(self, regs: list[Register]) -> list[Register]:
+        known = {reg.tag for reg in regs}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise ValueError(f"overrides for tags not in the register map: {', '.join(unknown)}")
+        return [
+            _apply(reg, self.overrides[reg.tag]) if reg.tag in self.overrides else reg
+            for reg in regs
+        ]
+
+    def _with_defaults(self, reg: Register) -> Register:
+        update: dict[str, object] = {}
+        if reg.deadband is None and self.deadband is not None:
+            update["deadband"] = self.deadband
+        if reg.heartbeat_s is None and self.heartbeat_s is not None:
+            update["heartbeat_s"] = self.heartbeat_s
+        return reg.model_copy(update=update) if update else reg
+
+    def _check_groups(self) -> None:
+        known = {DEFAULT_GROUP, *self.poll_groups}
+        problems = [
+            f"tag {reg.tag!r} is in poll group {reg.group!r}, which device {self.name!r} "
+            f"does not define (poll_groups: {', '.join(sorted(self.poll_groups)) or 'none'})"
+            for reg in self._selected
+            if reg.group not in known
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
 
     def _all_registers(self) -> list[Register]:
         return list(self.profile.registers if self.profile else self.registers or [])
@@ -72,12 +240,42 @@ class Device(StrictModel):
 
     @property
     def selected_registers(self) -> list[Register]:
-        """The registers this agent reads: the profile's, or the chosen subset."""
-        regs = self._all_registers()
-        if self.tags is None:
-            return regs
-        wanted = set(self.tags)
-        return [reg for reg in regs if reg.tag in wanted]
+        """The registers this agent reads, as it reads them: the profile's (or the chosen
+        ``tags``), with ``overrides`` applied and the device's default deadband and
+        heartbeat filled in."""
+        return list(self._selected)
+
+    def group_intervals(self) -> dict[str, float]:
+        """Poll interval per group that has at least one selected tag."""
+        intervals = {DEFAULT_GROUP: self.interval_s, **self.poll_groups}
+        used = {reg.group for reg in self._selected}
+        return {name: interval for name, interval in intervals.items() if name in used}
+
+    def registers_in_group(self, name: str) -> list[Register]:
+        """Selected registers polled in group ``name``; KeyError for an undefined group."""
+        if name != DEFAULT_GROUP and name not in self.poll_groups:
+            raise KeyError(name)
+        return [reg for reg in self._selected if reg.group == name]
+
+    @property
+    def link_key(self) -> str:
+        """The physical link: devices with the same key share one TCP connection (a
+        gateway) or one serial port, and are told apart by unit_id.
+
+        ``tcp://host:port``, ``rtu-over-tcp://host:port`` or ``serial://`` and the resolved
+        port path (a /dev/serial/by-id link and its /dev/ttyUSB0 are one bus); the same
+        string as ``agent.modbus.connection_key`` gives for this device.
+        """
+        if self.transport == "rtu":
+            return f"serial://{os.path.realpath(str(self.serial_port))}"
+        return f"{self.transport}://{str(self.host).lower()}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """Where the device is, for logs: ``host:port`` or the serial port."""
+        if self.transport == "rtu":
+            return str(self.serial_port)
+        return f"{self.host}:{self.port}"
 
 
 class AgentIdentity(StrictModel):
@@ -85,23 +283,103 @@ class AgentIdentity(StrictModel):
     site: Ident
 
 
+class SpoolSettings(StrictModel):
+    """Store-and-forward file holding readings not yet acknowledged by the broker."""
+
+    path: Path = Field(
+        default=Path("state") / "derrick-agent.db",
+        description="default state/derrick-agent-<agent.id>.db next to the config file; "
+        "relative paths are relative to the config file's folder",
+    )
+    max_mb: float = Field(default=256.0, gt=0, le=1_000_000)
+    max_age_h: float = Field(default=168.0, gt=0, le=87_600)
+    fsync: Literal["telemetry", "status", "alarm", "never"] = Field(
+        default="status",
+        description="commit messages of this class and above with an fsync, so they survive "
+        "a power cut (a process kill never loses a committed message)",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
+        return _beside_config(value, info)
+
+
+def _beside_config(path: Path, info: ValidationInfo) -> Path:
+    """``path`` resolved against the folder of the config file being loaded."""
+    path = path.expanduser()
+    config_path = (info.context or {}).get("config_path")
+    if path.is_absolute() or not config_path:
+        return path
+    return Path(config_path).parent / path
+
+
 class AgentConfig(StrictModel):
     agent: AgentIdentity
     broker: BrokerSettings = BrokerSettings()
     devices: list[Device] = Field(min_length=1)
-    queue_size: int = Field(
-        default=1000, ge=1, le=1_000_000, description="messages held between poll and publish"
-    )
     publish_timeout_s: float = Field(default=10.0, gt=0)
+    publish_window: int = Field(
+        default=20, ge=1, le=100, description="messages awaiting PUBACK at once"
+    )
+    spool: SpoolSettings = SpoolSettings()
+    metrics_interval_s: float = Field(default=30.0, ge=5, le=3600)
     log: LogSettings = LogSettings()
 
-    @model_validator(mode="after")
-    def _unique_devices(self) -> Self:
-        names = [dev.name for dev in self.devices]
+    @field_validator("devices")
+    @classmethod
+    def _devices_fit_together(cls, devices: list[Device]) -> list[Device]:
+        names = [dev.name for dev in devices]
         dupes = sorted({name for name in names if names.count(name) > 1})
         if dupes:
             raise ValueError(f"device names must be unique: {', '.join(dupes)}")
-        return self
+        problems = _shared_link_problems(devices)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return devices
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_spool_path(cls, data: object, info: ValidationInfo) -> object:
+        """The spool defaults to ``state/derrick-agent-<agent.id>.db`` beside the config."""
+        if not isinstance(data, dict):
+            return data
+        spool = data.get("spool") or {}
+        agent = data.get("agent")
+        if not isinstance(spool, dict) or spool.get("path") is not None:
+            return data
+        if not isinstance(agent, dict) or not isinstance(agent.get("id"), str):
+            return data
+        spool = {**spool, "path": Path("state") / f"derrick-agent-{agent['id']}.db"}
+        return {**data, "spool": spool}
+
+
+def _shared_link_problems(devices: list[Device]) -> list[str]:
+    """Devices on one link need distinct unit ids; on one serial port, the same settings."""
+    problems = []
+    first: dict[str, Device] = {}
+    by_unit: dict[tuple[str, int], Device] = {}
+    for dev in devices:
+        key = dev.link_key
+        other = by_unit.setdefault((key, dev.unit_id), dev)
+        if other is not dev:
+            problems.append(
+                f"devices {other.name!r} and {dev.name!r} are both unit_id {dev.unit_id} "
+                f"on {key}: devices sharing a link need distinct unit ids"
+            )
+        leader = first.setdefault(key, dev)
+        if dev.transport == "rtu" and leader is not dev:
+            differ = [
+                f"{setting} {getattr(leader, setting)} vs {getattr(dev, setting)}"
+                for setting in SERIAL_KEYS
+                if getattr(leader, setting) != getattr(dev, setting)
+            ]
+            if differ:
+                problems.append(
+                    f"devices {leader.name!r} and {dev.name!r} share serial port "
+                    f"{dev.serial_port} but differ in {', '.join(differ)}"
+                )
+    return problems
 
 
 def load_config(path: Path | str) -> AgentConfig:

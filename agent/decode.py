@@ -4,25 +4,33 @@ from __future__ import annotations
 
 from agent.plan import ReadRequest
 from derrick.contract import Quality, Reading
-from derrick.registers import CodecError, DataType, decode, scaled
+from derrick.profile import Register
+from derrick.registers import CodecError, DataType, decode, decode_bit, scaled
+
+
+def decode_value(reg: Register, data: list[int] | list[bool], offset: int) -> bool | float | str:
+    """The value of ``reg`` whose first word (or bit) is ``data[offset]``.
+
+    Raises CodecError or IndexError when the data cannot be that tag.
+    """
+    if reg.type is DataType.BOOL:
+        return bool(data[offset])
+    if reg.type is DataType.BIT:
+        return decode_bit(int(data[offset]), reg.bit or 0, reg.byte_order)
+    words = data[offset : offset + reg.count]
+    if len(words) != reg.count:
+        raise IndexError(f"{reg.tag}: {len(words)} of {reg.count} registers")
+    raw = decode(words, reg.type, reg.byte_order, reg.word_order)  # type: ignore[arg-type]
+    return raw if isinstance(raw, str) else scaled(raw, reg.scale, reg.offset)
 
 
 def decode_request(request: ReadRequest, data: list[int] | list[bool], ts_ns: int) -> list[Reading]:
     """One reading per tag of the request. A tag whose words do not decode is bad, alone."""
     readings = []
     for reg in request.registers:
-        offset = reg.address - request.address
+        value: bool | float | str | None
         try:
-            if reg.type is DataType.BOOL:
-                value: bool | float | str = bool(data[offset])
-            else:
-                raw = decode(
-                    data[offset : offset + reg.count],
-                    reg.type,
-                    reg.byte_order,
-                    reg.word_order,
-                )
-                value = raw if isinstance(raw, str) else scaled(raw, reg.scale, reg.offset)
+            value = decode_value(reg, data, reg.address - request.address)
             quality = Quality.GOOD
         except (CodecError, IndexError):
             value, quality = None, Quality.BAD

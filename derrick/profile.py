@@ -6,11 +6,13 @@ registers: the simulator serves from it and the agent reads with it.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from derrick import configfile
 from derrick.configfile import StrictModel
@@ -18,6 +20,7 @@ from derrick.contract import Ident
 from derrick.registers import DataType, Order, register_count
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+DEFAULT_GROUP = "default"
 
 
 class Table(StrEnum):
@@ -35,6 +38,67 @@ class Table(StrEnum):
 # be told apart from plain addresses).
 MODICON_PREFIX = {"discrete": 1, "input": 3, "holding": 4}
 
+# Types that read a whole 16-bit word and may share it with ``bit`` tags (a status word
+# read both whole and per bit).
+WORD_TYPES = frozenset({DataType.INT16, DataType.UINT16})
+NUMERIC_TYPES = frozenset(DataType) - {DataType.BOOL, DataType.BIT, DataType.STRING}
+
+
+class Deadband(StrictModel):
+    """Report-by-exception threshold: publish a tag when it moved more than this.
+
+    ``percent`` false: ``value`` in engineering units; true: ``value`` percent of the
+    magnitude of the last published value. For bool, bit and string tags any deadband
+    means "publish on change".
+    """
+
+    value: float = Field(ge=0, allow_inf_nan=False)
+    percent: bool = False
+
+    def threshold(self, last: float) -> float:
+        """The change that must be exceeded, given the last published value."""
+        return abs(last) * self.value / 100 if self.percent else self.value
+
+    def exceeded(self, last: object, new: object) -> bool:
+        """True when ``new`` should be published after ``last`` was.
+
+        Numbers: ``|new - last| > threshold(last)`` (deadband 0: any change). Anything
+        else (bool, str, None for a failed read): on change.
+        """
+        if _is_number(last) and _is_number(new):
+            return abs(new - last) > self.threshold(last)  # type: ignore[operator]
+        return last != new or type(last) is not type(new)
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_deadband(value: object) -> object:
+    """``0.5`` / ``"0.5"`` absolute, ``"2%"`` percent of the last value, ``None`` none."""
+    if value is None or isinstance(value, Deadband | dict):
+        return value
+    if isinstance(value, bool):  # pydantic reports ValueError, not TypeError
+        raise ValueError(f"deadband {value!r}: give a number (0.5) or a percent ('2%')")  # noqa: TRY004
+    percent = isinstance(value, str) and value.strip().endswith("%")
+    text = value.strip().removesuffix("%").strip() if isinstance(value, str) else value
+    try:
+        number = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"deadband {value!r}: give a number (0.5) or a percent ('2%')") from None
+    if not math.isfinite(number):
+        raise ValueError(f"deadband {value!r} must be a finite number")
+    if number < 0:
+        raise ValueError(f"deadband {value!r} must not be negative")
+    return Deadband(value=number, percent=percent)
+
+
+DeadbandSetting = Annotated[Deadband | None, BeforeValidator(parse_deadband)]
+"""A deadband key: number, percent string or null."""
+
 
 class Register(StrictModel):
     """One tag: where it lives in the PLC and how to turn its words into a value."""
@@ -43,6 +107,9 @@ class Register(StrictModel):
     table: Table
     address: int = Field(ge=0, le=65535, description="0-based protocol address")
     type: DataType
+    bit: int | None = Field(
+        default=None, ge=0, le=15, description="type bit only: bit number, 0 = least significant"
+    )
     byte_order: Order = Order.BIG
     word_order: Order = Order.BIG
     length: int = Field(default=0, ge=0, le=240, description="characters, strings only")
@@ -55,6 +122,13 @@ class Register(StrictModel):
         description="the address is the 0-based protocol address even though it looks "
         "like Modicon 1-based numbering (40001-style); skips that check",
     )
+    deadband: DeadbandSetting = Field(
+        default=None, description="publish only on a change beyond this; none: every poll"
+    )
+    heartbeat_s: float | None = Field(
+        default=None, gt=0, description="longest silence before the tag is published anyway"
+    )
+    group: Ident = Field(default=DEFAULT_GROUP, description="poll group (the device's interval)")
 
     @model_validator(mode="before")
     @classmethod
@@ -78,22 +152,95 @@ class Register(StrictModel):
 
     @model_validator(mode="after")
     def _fits_table(self) -> Self:
+        if self.type is DataType.BIT:
+            if self.table.is_bits:
+                raise ValueError(
+                    f"type bit is one bit of a holding or input register; a {self.table} "
+                    "is a single bit already: use type bool"
+                )
+            if self.bit is None:
+                raise ValueError("type bit needs bit: 0..15 (0 = least significant)")
+        elif self.bit is not None:
+            raise ValueError(f"bit is only for type bit, not {self.type}")
         if self.table.is_bits and self.type is not DataType.BOOL:
             raise ValueError(
                 f"a {self.table} holds single bits: type must be bool, not {self.type}"
             )
         if not self.table.is_bits and self.type is DataType.BOOL:
-            raise ValueError(f"type bool needs a coil or discrete table, not {self.table}")
+            raise ValueError(
+                f"type bool needs a coil or discrete table, not {self.table} "
+                "(one bit of a register: type bit with bit: N)"
+            )
         if self.type is DataType.STRING and self.length == 0:
             raise ValueError("a string needs length (characters)")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
+        if self.type not in NUMERIC_TYPES and (self.scale != 1 or self.offset != 0):
+            raise ValueError(f"scale and offset apply to numbers, not to type {self.type}")
         return self
 
     @property
     def count(self) -> int:
         """Registers (or bits) this tag occupies."""
         return register_count(self.type, self.length)
+
+    @property
+    def is_numeric(self) -> bool:
+        """A number (deadbands compare magnitudes), not a bool, bit or string."""
+        return self.type in NUMERIC_TYPES
+
+
+def _wire_bit(reg: Register) -> int:
+    """The bit's position in the word as sent (byte order little swaps the bytes)."""
+    assert reg.bit is not None
+    return reg.bit if reg.byte_order is Order.BIG else reg.bit ^ 8
+
+
+def _may_share_word(a: Register, b: Register) -> bool:
+    if a.type is DataType.BIT and b.type is DataType.BIT:
+        return _wire_bit(a) != _wire_bit(b)
+    if a.type is DataType.BIT:
+        return b.type in WORD_TYPES
+    if b.type is DataType.BIT:
+        return a.type in WORD_TYPES
+    return False
+
+
+def map_problems(registers: Iterable[Register]) -> list[str]:
+    """Everything wrong with a register map as a whole: duplicate tags and overlaps.
+
+    Tags overlap when they use the same address of the same table, except ``bit`` tags,
+    which may share a word with other bits of it (distinct bit numbers) and with one
+    int16/uint16 tag reading the whole word.
+    """
+    problems: list[str] = []
+    tags: set[str] = set()
+    occupants: dict[tuple[Table, int], list[Register]] = {}
+    for reg in registers:
+        if reg.tag in tags:
+            problems.append(f"tag {reg.tag!r} defined twice")
+            continue
+        tags.add(reg.tag)
+        for addr in range(reg.address, reg.address + reg.count):
+            here = occupants.setdefault((reg.table, addr), [])
+            clash = next((other for other in here if not _may_share_word(reg, other)), None)
+            if clash is not None:
+                problems.append(_overlap(reg, clash, addr))
+                break
+            here.append(reg)
+    return problems
+
+
+def _overlap(reg: Register, other: Register, addr: int) -> str:
+    where = f"tag {reg.tag!r} overlaps tag {other.tag!r} at {reg.table} {addr}"
+    if reg.type is DataType.BIT and other.type is DataType.BIT:
+        return f"{where} bit {_wire_bit(reg)} (as sent)"
+    if DataType.BIT in (reg.type, other.type):
+        return (
+            f"{where}: a bit tag may share its word only with other bits and an "
+            "int16/uint16 tag of that word"
+        )
+    return where
 
 
 class Profile(StrictModel):
@@ -103,17 +250,9 @@ class Profile(StrictModel):
 
     @model_validator(mode="after")
     def _no_overlap(self) -> Self:
-        seen: dict[str, str] = {}
-        for reg in self.registers:
-            if reg.tag in seen.values():
-                raise ValueError(f"tag {reg.tag!r} defined twice")
-            for addr in range(reg.address, reg.address + reg.count):
-                key = f"{reg.table}:{addr}"
-                if key in seen:
-                    raise ValueError(
-                        f"tag {reg.tag!r} overlaps tag {seen[key]!r} at {reg.table} {addr}"
-                    )
-                seen[key] = reg.tag
+        problems = map_problems(self.registers)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def register(self, tag: str) -> Register:

@@ -10,6 +10,9 @@ Terms, as PLC manuals use them:
   16-bit word: BADC).
 * ``word_order`` ``big`` (high word first, Modicon default) or ``little`` (low word
   first, CDAB - common on Schneider, Siemens and many Chinese PLCs).
+
+``bool`` is one coil or discrete input; ``bit`` is one bit (0 = least significant) of a
+16-bit holding or input register, e.g. a flag of a bit-packed status word.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from enum import StrEnum
 
 class DataType(StrEnum):
     BOOL = "bool"
+    BIT = "bit"
     INT16 = "int16"
     UINT16 = "uint16"
     INT32 = "int32"
@@ -56,7 +60,7 @@ def register_count(datatype: DataType, length: int = 0) -> int:
     """Registers one value occupies; ``length`` is the string length in characters."""
     if datatype is DataType.STRING:
         return (length + 1) // 2
-    if datatype is DataType.BOOL:
+    if datatype in (DataType.BOOL, DataType.BIT):
         return 1
     return _STRUCT[datatype][1]
 
@@ -79,12 +83,17 @@ def decode(
     byte_order: Order = Order.BIG,
     word_order: Order = Order.BIG,
 ) -> int | float | str:
-    """Decode the register words of one value. Raises CodecError on a wrong word count."""
+    """Decode the register words of one value. Raises CodecError on a wrong word count.
+
+    Single bits (``bool``, ``bit``) are not words: see :func:`decode_bit`.
+    """
     if datatype is DataType.STRING:
         raw = struct.pack(f">{len(words)}H", *words)
         if byte_order is Order.LITTLE:
             raw = _swap_pairs(raw)
         return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").rstrip()
+    if datatype not in _STRUCT:
+        raise CodecError(f"{datatype} is a single bit, not register words: use decode_bit")
     code, count = _STRUCT[datatype]
     if len(words) != count:
         raise CodecError(f"{datatype} needs {count} registers, got {len(words)}")
@@ -104,6 +113,8 @@ def encode(
         if byte_order is Order.LITTLE:
             raw = _swap_pairs(raw)
         return list(struct.unpack(f">{len(raw) // 2}H", raw))
+    if datatype not in _STRUCT:
+        raise CodecError(f"{datatype} is a single bit, not register words: use encode_bit")
     code, _ = _STRUCT[datatype]
     number = float(value) if code in "fd" else round(float(value))
     try:
@@ -111,6 +122,33 @@ def encode(
     except (struct.error, OverflowError) as exc:  # float32 beyond 3.4e38 overflows
         raise CodecError(f"{value!r} does not fit {datatype}") from exc
     return _bytes_to_words(raw, byte_order, word_order)
+
+
+def _word_in_order(word: int, byte_order: Order) -> int:
+    if not 0 <= word <= 0xFFFF:
+        raise CodecError(f"{word!r} is not a 16-bit register word")
+    return word if byte_order is Order.BIG else ((word & 0xFF) << 8) | (word >> 8)
+
+
+def decode_bit(word: int, bit: int, byte_order: Order = Order.BIG) -> bool:
+    """Bit ``bit`` (0 = least significant) of one register word.
+
+    With ``byte_order`` little the PLC sends the word's two bytes swapped, so they are
+    swapped back before the bit is taken: bit 0 is then the lowest bit of the second byte
+    on the wire.
+    """
+    if not 0 <= bit <= 15:
+        raise CodecError(f"bit {bit} is not in 0..15")
+    return bool((_word_in_order(word, byte_order) >> bit) & 1)
+
+
+def encode_bit(word: int, bit: int, value: bool, byte_order: Order = Order.BIG) -> int:
+    """``word`` as sent by the PLC with bit ``bit`` set to ``value`` (inverse of decode_bit)."""
+    if not 0 <= bit <= 15:
+        raise CodecError(f"bit {bit} is not in 0..15")
+    plain = _word_in_order(word, byte_order)
+    plain = plain | (1 << bit) if value else plain & ~(1 << bit)
+    return _word_in_order(plain, byte_order)
 
 
 def _swap_pairs(raw: bytes) -> bytes:

@@ -84,11 +84,11 @@ def check(script: Script, plc: SimulatedPlc) -> None:
     for index, step in enumerate(script.steps):
         if step.scenario is not None and step.scenario not in plc.scenarios():
             raise ValueError(
-                f"steps.{index}: no scenario {step.scenario!r} for "
+                f"steps[{index}]: no scenario {step.scenario!r} for "
                 f"{plc.profile.kind}; have: {', '.join(plc.scenarios())}"
             )
         if step.sensor is not None and step.sensor.tag not in numeric:
-            raise ValueError(f"steps.{index}: {step.sensor.tag!r} is not a numeric tag")
+            raise ValueError(f"steps[{index}]: {step.sensor.tag!r} is not a numeric tag")
 
 
 def apply(plc: SimulatedPlc, step: Step) -> None:

@@ -4,7 +4,18 @@ import math
 
 import pytest
 
-from derrick.registers import CodecError, DataType, Order, decode, encode, scaled, unscaled
+from derrick.registers import (
+    CodecError,
+    DataType,
+    Order,
+    decode,
+    decode_bit,
+    encode,
+    encode_bit,
+    register_count,
+    scaled,
+    unscaled,
+)
 
 B, L = Order.BIG, Order.LITTLE
 
@@ -77,3 +88,58 @@ def test_out_of_range_value_is_an_error():
 def test_scaling_round_trips(raw, scale, offset, value):
     assert math.isclose(scaled(raw, scale, offset), value)
     assert math.isclose(unscaled(value, scale, offset), raw)
+
+
+# (word as the PLC sends it, byte order, bit, value): 0x1234 = 0001 0010 0011 0100
+BITS = [
+    (0x0001, B, 0, True),
+    (0x0001, B, 1, False),
+    (0x8000, B, 15, True),
+    (0x8000, B, 14, False),
+    (0x1234, B, 2, True),
+    (0x1234, B, 3, False),
+    (0x1234, B, 4, True),
+    (0x1234, B, 9, True),
+    (0x1234, B, 12, True),
+    (0x1234, B, 13, False),
+    (0xFFFF, B, 7, True),
+    (0x0000, B, 7, False),
+    # byte order little: the word arrives bytes swapped, 0x3412 is the value 0x1234
+    (0x3412, L, 2, True),
+    (0x3412, L, 3, False),
+    (0x3412, L, 12, True),
+    (0x0100, L, 0, True),  # bit 0 is the low bit of the second byte on the wire
+    (0x0001, L, 0, False),
+    (0x0001, L, 8, True),
+]
+
+
+@pytest.mark.parametrize(("word", "byte_order", "bit", "value"), BITS)
+def test_decode_bit_table(word, byte_order, bit, value):
+    assert decode_bit(word, bit, byte_order) is value
+
+
+@pytest.mark.parametrize(("word", "byte_order", "bit", "value"), BITS)
+def test_encode_bit_sets_only_that_bit(word, byte_order, bit, value):
+    flipped = encode_bit(word, bit, not value, byte_order)
+    assert decode_bit(flipped, bit, byte_order) is (not value)
+    assert encode_bit(flipped, bit, value, byte_order) == word
+    others = [b for b in range(16) if b != bit]
+    assert [decode_bit(flipped, b, byte_order) for b in others] == [
+        decode_bit(word, b, byte_order) for b in others
+    ]
+
+
+def test_bit_numbers_and_words_out_of_range_are_errors():
+    with pytest.raises(CodecError, match=r"bit 16 is not in 0\.\.15"):
+        decode_bit(0, 16)
+    with pytest.raises(CodecError, match="not a 16-bit register word"):
+        decode_bit(0x10000, 0)
+    with pytest.raises(CodecError, match="single bit"):
+        decode([1], DataType.BIT)
+    with pytest.raises(CodecError, match="single bit"):
+        encode(1, DataType.BOOL)
+
+
+def test_a_bit_occupies_one_register():
+    assert register_count(DataType.BIT) == register_count(DataType.BOOL) == 1

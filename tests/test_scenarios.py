@@ -41,12 +41,12 @@ def test_bad_scenario_files_name_file_step_and_reason(tmp_path):
     two.write_text(
         "name: x\nkind: crane\nsteps:\n  - {at_s: 1, scenario: overload, fault: {silent: true}}\n"
     )
-    with pytest.raises(ConfigError, match=r"two\.yaml: steps\.0: .*exactly one of"):
+    with pytest.raises(ConfigError, match=r"two\.yaml: steps\[0\]: .*exactly one of"):
         load_script(two)
     script = Script.model_validate(
         {"name": "x", "kind": "crane", "steps": [{"at_s": 1, "scenario": "kick"}]}
     )
-    with pytest.raises(ValueError, match=r"steps\.0: no scenario .kick. for crane"):
+    with pytest.raises(ValueError, match=r"steps\[0\]: no scenario .kick. for crane"):
         check(script, plc_of("crane"))
 
 
