@@ -3,17 +3,72 @@
 pymodbus errors become our small error tree, chained ``from exc``. A Modbus exception
 reply (the PLC answered "illegal data address", say) is data, returned as
 :class:`ExceptionReply`, not raised: the device is up, one span is not readable.
+
+Three transports, one class:
+
+* Modbus TCP (MBAP header, ``ModbusConnection.tcp(host, port, t)``): a PLC, or a
+  TCP-to-RTU gateway with several unit ids behind one socket.
+* RTU over TCP (``ModbusConnection.tcp(host, port, t, framer="rtu")``): RTU frames with
+  their CRC on a TCP socket, as transparent serial-to-Ethernet converters pass them.
+* Serial RTU (``ModbusConnection.serial(path, t, ...)``): an RS-485 bus on a tty.
+
+Sharing. One connection serves every unit id behind its endpoint (use
+:func:`connection_key` to find the one to share). :meth:`ModbusConnection.read` may be
+called from several asyncio tasks at once: requests are serialised by an asyncio.Lock
+and the timeout of a request starts only once it holds the lock, so waiting for the
+other units never counts against it. A silent unit therefore costs the others at most
+its own ``timeout_s`` per request while they queue (on RTU plus the drain below:
+``drain_s``, longer only while bytes keep arriving, ``timeout_s`` more at most). The
+first request of a task that queued behind it still gets its full ``timeout_s``.
+
+After a timeout:
+
+* Modbus TCP: the connection stays open. A late reply carries the transaction id of a
+  request nobody waits for and pymodbus skips it, so the other unit ids are not
+  affected. pymodbus' own "close after N requests without answer" is switched off:
+  whether a timeout means a dead link is the caller's decision.
+* RTU (serial or over TCP): frames have no transaction id, so a late reply could be
+  taken for the answer to the next request. The connection stays open, but the request
+  keeps the lock until the line has been quiet for ``drain_s`` (default
+  :data:`RTU_DRAIN_S`; a reply still streaming in extends it, by at most ``timeout_s``)
+  and everything received meanwhile is discarded. A reply later than that from another
+  unit id is skipped by pymodbus (unit id mismatch); one from the same unit would have
+  to match the next request's function code and length to pass, which :meth:`read`
+  checks. Closing instead would not help on serial (the bytes are still on the wire) and
+  a transparent converter forwards late bytes to the next TCP session too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from functools import partial
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
 
 from derrick.profile import Table
+
+try:
+    from termios import error as TtyError  # a tty refusing settings (not an OSError)
+except ImportError:  # pragma: no cover - not POSIX
+
+    class TtyError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+# Line quiet time that ends an RTU drain after a timeout (see module docstring).
+RTU_DRAIN_S = 0.1
+# pymodbus closes a TCP connection after this many requests in a row without an answer;
+# with one connection shared by several unit ids that is our decision, not pymodbus'.
+_NEVER = 2**31
+
+_FUNCTION_CODE = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 
 
 class ModbusError(Exception):
@@ -21,7 +76,7 @@ class ModbusError(Exception):
 
 
 class DeviceUnreachable(ModbusError):
-    """No TCP connection to the device (refused, reset, host down)."""
+    """No connection to the device (refused, reset, host down, serial port missing)."""
 
 
 class DeviceTimeout(ModbusError):
@@ -29,7 +84,7 @@ class DeviceTimeout(ModbusError):
 
 
 class BadReply(ModbusError):
-    """A reply that does not fit the request (wrong length)."""
+    """A reply that does not fit the request (wrong length or function)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,57 +97,281 @@ class ExceptionReply:
 ReadResult = list[int] | list[bool] | ExceptionReply
 
 
-class ModbusConnection:
-    """One TCP connection to a device (or a gateway with several unit ids behind it).
+class Framer(StrEnum):
+    """How frames travel on a TCP socket."""
 
-    pymodbus' own retries and reconnects are off: the poller decides when to retry, so
-    a dead device costs one timeout per cycle, not ``retries x timeout``.
+    SOCKET = "socket"  # Modbus TCP: MBAP header with transaction id
+    RTU = "rtu"  # RTU over TCP: unit id, PDU, CRC
+
+
+def connection_key(
+    *,
+    host: str | None = None,
+    port: int = 502,
+    framer: str = "socket",
+    serial_port: str | None = None,
+) -> str:
+    """The identity of an endpoint: devices with the same key must share one connection.
+
+    TCP: ``tcp://host:port`` or ``rtu-over-tcp://host:port``. Serial: ``serial://`` and
+    the resolved path, so a /dev/serial/by-id link and its /dev/ttyUSB0 are one bus (a
+    serial port opens exclusively: a second connection to it would fail).
+    """
+    if (host is None) == (serial_port is None):
+        raise ValueError("connection_key needs host (TCP) or serial_port, not both")
+    if serial_port is not None:
+        return f"serial://{os.path.realpath(serial_port)}"
+    scheme = "tcp" if Framer(framer) is Framer.SOCKET else "rtu-over-tcp"
+    return f"{scheme}://{host.lower()}:{port}"
+
+
+def _close_refused_port(exc: BaseException) -> None:
+    """Close the serial port pyserial opened (and locked) before the tty refused a setting.
+
+    pymodbus' half-built serial transport is reachable only from the traceback; left to
+    the garbage collector, its exclusive lock would fail the next connect() as "port in
+    use". (A Linux pty refuses parity E or O.)
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        port = getattr(tb.tb_frame.f_locals.get("self"), "sync_serial", None)
+        if port is not None:
+            port.close()
+        tb = tb.tb_next
+
+
+class _QuietPymodbus(logging.Filter):
+    """Drop pymodbus' per-request error lines for what read() reports itself.
+
+    Timeouts and skipped late replies are raised as DeviceTimeout (or silently drained)
+    here, and the poller logs state changes once; pymodbus would log each one at ERROR.
     """
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self.endpoint = f"{host}:{port}"
-        self.timeout_s = timeout_s
-        self._client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+    HANDLED = (
+        "No response received",  # a timeout: DeviceTimeout
+        "received pdu without a corresponding request",  # late reply, drained
+        "request ask for",  # late reply of another unit id / transaction, skipped
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.HANDLED)
+
+
+logging.getLogger("pymodbus.logging").addFilter(_QuietPymodbus())
+
+
+class ModbusConnection:
+    """One connection to a device, or to a gateway / bus with several unit ids behind it.
+
+    pymodbus' own retries and reconnects are off: the poller decides when to retry, so
+    a dead device costs one timeout per request, not ``retries x timeout``.
+
+    ``ModbusConnection(host, port, timeout_s)`` is Modbus TCP, the same as
+    :meth:`tcp` with the default framer.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout_s: float,
+        framer: str = "socket",
+        *,
+        drain_s: float = RTU_DRAIN_S,
+    ) -> None:
+        kind = Framer(framer)
+        self._setup(
+            new_client=partial(
+                AsyncModbusTcpClient,
+                host,
+                port=port,
+                framer=FramerType.RTU if kind is Framer.RTU else FramerType.SOCKET,
+                timeout=timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_packet=self._traced,
+            ),
+            endpoint=f"{host}:{port}" if kind is Framer.SOCKET else f"rtu-over-tcp {host}:{port}",
+            key=connection_key(host=host, port=port, framer=kind),
+            timeout_s=timeout_s,
+            rtu=kind is Framer.RTU,
+            drain_s=drain_s,
         )
+
+    @classmethod
+    def tcp(
+        cls,
+        host: str,
+        port: int,
+        timeout_s: float,
+        framer: str = "socket",
+        *,
+        drain_s: float = RTU_DRAIN_S,
+    ) -> ModbusConnection:
+        """Modbus TCP (``framer="socket"``) or RTU over TCP (``framer="rtu"``)."""
+        return cls(host, port, timeout_s, framer, drain_s=drain_s)
+
+    @classmethod
+    def serial(  # noqa: PLR0917 - the serial line settings, in their usual order
+        cls,
+        port_path: str,
+        timeout_s: float,
+        baudrate: int = 19200,
+        parity: str = "E",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        *,
+        drain_s: float = RTU_DRAIN_S,
+    ) -> ModbusConnection:
+        """Serial RTU on a tty (RS-485 adapter). 19200 8E1 is the Modbus default."""
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"parity must be N, E or O, not {parity!r}")
+        self = cls.__new__(cls)
+        self._setup(
+            new_client=partial(
+                AsyncModbusSerialClient,
+                port_path,
+                framer=FramerType.RTU,
+                baudrate=baudrate,
+                bytesize=bytesize,
+                parity=parity,
+                stopbits=stopbits,
+                timeout=timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_packet=self._traced,
+            ),
+            endpoint=f"{port_path} {baudrate} {bytesize}{parity}{stopbits}",
+            key=connection_key(serial_port=port_path),
+            timeout_s=timeout_s,
+            rtu=True,
+            drain_s=drain_s,
+        )
+        return self
+
+    def _setup(
+        self,
+        *,
+        new_client: Callable[[], AsyncModbusTcpClient | AsyncModbusSerialClient],
+        endpoint: str,
+        key: str,
+        timeout_s: float,
+        rtu: bool,
+        drain_s: float,
+    ) -> None:
+        """The pymodbus client is made by the first connect(): it needs a running loop,
+        and a connection may be built (and shared) before there is one."""
+        self.endpoint = endpoint  # for logs
+        self.key = key  # connection_key() of this endpoint
+        self.timeout_s = timeout_s
+        self.rtu = rtu
+        self.drain_s = drain_s
+        self._new_client = new_client
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._lock = asyncio.Lock()
+        self._last_rx = 0.0  # loop time of the last bytes received (RTU drain)
+
+    def _traced(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus packet trace: remember when bytes last arrived."""
+        if not sending:
+            self._last_rx = asyncio.get_running_loop().time()
+        return data
 
     @property
     def connected(self) -> bool:
-        return bool(self._client.connected)
+        return self._client is not None and bool(self._client.connected)
 
     async def connect(self) -> None:
-        try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                ok = await self._client.connect()
-        except TimeoutError as exc:
-            raise DeviceTimeout(f"{self.endpoint}: connect timed out") from exc
-        except (ModbusException, OSError) as exc:
-            raise DeviceUnreachable(f"{self.endpoint}: {exc}") from exc
-        if not ok:
-            raise DeviceUnreachable(f"{self.endpoint}: connection refused or unreachable")
+        """Open the connection; a no-op when it is open (safe from several tasks)."""
+        async with self._lock:
+            if self.connected:
+                return
+            if self._client is None:
+                self._client = self._new_client()
+                self._client.set_max_no_responses(_NEVER)
+            try:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    ok = await self._client.connect()
+            except TimeoutError as exc:
+                raise DeviceTimeout(f"{self.endpoint}: connect timed out") from exc
+            except (ModbusException, OSError) as exc:
+                raise DeviceUnreachable(f"{self.endpoint}: {exc}") from exc
+            except TtyError as exc:
+                _close_refused_port(exc)
+                raise DeviceUnreachable(
+                    f"{self.endpoint}: the tty refuses these line settings: {exc}"
+                ) from exc
+            if not ok:
+                what = (
+                    "cannot open the serial port (missing, in use or no permission)"
+                    if self.key.startswith("serial")
+                    else "connection refused or unreachable"
+                )
+                raise DeviceUnreachable(f"{self.endpoint}: {what}")
 
     def close(self) -> None:
-        self._client.close()
+        """Close (idempotent); requests fail with DeviceUnreachable until connect()."""
+        if self._client is not None:
+            self._client.close()
 
     async def read(self, table: Table, address: int, count: int, unit_id: int) -> ReadResult:
-        """Read one span. Returns words, bits, or the PLC's exception reply."""
+        """Read one span of unit ``unit_id``: words, bits, or the PLC's exception reply.
+
+        Safe to call from several tasks: they queue, and each request's timeout starts
+        when its turn comes.
+        """
+        client = self._client
+        if client is None:
+            raise DeviceUnreachable(f"{self.endpoint}: not connected")
         call = {
-            Table.HOLDING: self._client.read_holding_registers,
-            Table.INPUT: self._client.read_input_registers,
-            Table.COIL: self._client.read_coils,
-            Table.DISCRETE: self._client.read_discrete_inputs,
+            Table.HOLDING: client.read_holding_registers,
+            Table.INPUT: client.read_input_registers,
+            Table.COIL: client.read_coils,
+            Table.DISCRETE: client.read_discrete_inputs,
         }[table]
-        try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                reply = await call(address, count=count, device_id=unit_id)
-        except TimeoutError as exc:
-            raise DeviceTimeout(f"{self.endpoint}: no reply within {self.timeout_s} s") from exc
-        except ModbusIOException as exc:
-            raise DeviceTimeout(f"{self.endpoint}: {exc}") from exc
-        except (ConnectionException, OSError) as exc:
-            raise DeviceUnreachable(f"{self.endpoint}: {exc}") from exc
-        except ModbusException as exc:
-            raise BadReply(f"{self.endpoint}: {exc}") from exc
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout_s * 2):  # pymodbus times out first
+                    reply = await call(address, count=count, device_id=unit_id)
+            except (TimeoutError, ModbusIOException) as exc:
+                raise await self._timed_out(unit_id) from exc
+            except (ConnectionException, OSError) as exc:
+                raise DeviceUnreachable(f"{self.endpoint}: {exc}") from exc
+            except ModbusException as exc:
+                raise BadReply(f"{self.endpoint}: {exc}") from exc
+        return self._result(reply, table, count, unit_id)
+
+    async def _timed_out(self, unit_id: int) -> ModbusError:
+        """The error for a request without answer; on RTU, drain the line first."""
+        if not self.connected:  # dropped while waiting: say so, not "timeout"
+            return DeviceUnreachable(f"{self.endpoint}: connection lost")
+        if self.rtu:
+            await self._drain()
+        return DeviceTimeout(f"{self.endpoint}: unit {unit_id}: no reply within {self.timeout_s} s")
+
+    async def _drain(self) -> None:
+        """Hold the line (the lock is held) until it has been quiet for ``drain_s``."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            now = loop.time()
+            quiet = now - max(self._last_rx, start)
+            if quiet >= self.drain_s or now - start >= self.drain_s + self.timeout_s:
+                break
+            await asyncio.sleep(self.drain_s - quiet)
+        # pymodbus ignores a complete late frame (its request is gone); a partial one
+        # would sit in the receive buffer until the next send clears it. Clear it now.
+        if self._client is not None:
+            self._client.ctx.recv_buffer = b""
+
+    def _result(self, reply, table: Table, count: int, unit_id: int) -> ReadResult:
+        function = int(getattr(reply, "function_code", 0)) & 0x7F
+        if function != _FUNCTION_CODE[table]:
+            raise BadReply(
+                f"{self.endpoint}: unit {unit_id}: asked function {_FUNCTION_CODE[table]}, "
+                f"the reply is for function {function}"
+            )
         if reply.isError():
             return ExceptionReply(int(getattr(reply, "exception_code", 0)))
         values = reply.bits[:count] if table.is_bits else list(reply.registers)

@@ -3,7 +3,8 @@
 # is a quick no-op. Runs as root on a fresh Debian 12 (CI); elsewhere it uses sudo only
 # when something actually has to be installed.
 #
-#   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll
+#   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll, socat
+#      (socat makes the pty pairs of the serial Modbus RTU tests)
 #      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
 #      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
 #      tests and `make run` start their own copies on free loopback ports.
@@ -22,7 +23,7 @@ have() {
 
 packages=()
 for pair in mosquitto:mosquitto influxd:influxdb victoria-metrics:victoria-metrics \
-    mbpoll:mbpoll make:make; do
+    mbpoll:mbpoll socat:socat make:make; do
     have "${pair%%:*}" || packages+=("${pair#*:}")
 done
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -44,7 +45,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
-    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll)"
+    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat)"
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -116,6 +116,8 @@ def _overload(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
     active = data.get("active") if isinstance(data, dict) and len(data) == 1 else None
     if not isinstance(active, bool):
         raise HttpError(400, 'body must be {"active": true} or {"active": false}')
+    if getattr(plc.model, "LOAD_ALARM", None) is None:
+        raise HttpError(400, f"a {plc.profile.kind} simulator has no overload to force")
     if plc.overload(active):
         log.info("overload forced" if active else "overload force released", via="control")
     return {"active": active, "took_effect_ns": time.time_ns()}

@@ -1,6 +1,12 @@
-"""Modbus TCP server for a simulated PLC: the only simulator module importing pymodbus.
+"""Modbus server for simulated PLCs: the only simulator module importing pymodbus.
 
-The device is a pymodbus 3.16 ``SimDevice`` with four separate blocks (coils, discrete
+Transports: Modbus TCP, RTU over TCP (RTU frames with CRC on a TCP socket, as a
+transparent serial-to-Ethernet converter passes them) and serial RTU on a tty. One
+endpoint may serve several PLCs as different unit ids: the devices behind a gateway, or
+the slaves of one RS-485 bus. A unit id nobody serves gets exception 0B (gateway target
+failed to respond) on Modbus TCP and no answer at all on RTU (see :class:`_Handler`).
+
+Each PLC is a pymodbus 3.16 ``SimDevice`` with four separate blocks (coils, discrete
 inputs, holding, input registers), so every table starts at the profile's own address 0
 and a coil or discrete input is addressed per bit, as on a real PLC. The blocks only
 mark which addresses exist; their contents are rewritten from the model on every request
@@ -15,17 +21,31 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 
+import structlog
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from derrick.profile import Table
 from simulators.plc import SimulatedPlc
+
+log = structlog.get_logger(__name__)
+
+try:
+    from termios import error as TtyError  # a tty refusing settings (not an OSError)
+except ImportError:  # pragma: no cover - not POSIX
+
+    class TtyError(Exception):  # type: ignore[no-redef]
+        pass
 
 
 class ModbusServerError(Exception):
@@ -101,52 +121,192 @@ async def _serve_request(  # noqa: PLR0917 - pymodbus calls it positionally
     return None
 
 
-async def _absent_unit(*_args: object) -> ExcCodes:
-    """Requests for any other unit id: what a Modbus TCP gateway answers for a silent unit."""
-    return ExcCodes.GATEWAY_NO_RESPONSE
+class _Handler(ServerRequestHandler):
+    """pymodbus' request handler, with two changes a simulated gateway or bus needs.
 
-
-def build_devices(plc: SimulatedPlc, unit_id: int = 1) -> list[SimDevice]:
-    """The PLC as unit ``unit_id``; 0 answers every unit id.
-
-    pymodbus 3.16 fails an unknown unit id with a logged traceback and exception 04, so
-    a catch-all device (id 0) answers 0B (gateway target failed to respond) instead.
+    * The request is taken before the datastore is awaited. pymodbus reads
+      ``self.last_pdu`` again afterwards for the reply's transaction and unit id, so a
+      slow reply (latency or silence fault) went out with the ids of whatever request
+      came in meanwhile, and a client took it for the answer to that one.
+    * A unit id nobody serves: on Modbus TCP the gateway answers exception 0B (target
+      device failed to respond); on RTU (serial or over TCP) nobody answers at all, as
+      on an RS-485 bus, and the client times out.
     """
 
-    def blocks() -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
-        coils, discrete, holding, inputs = (_block(plc, table) for table in _BLOCK_ORDER)
-        return coils, discrete, holding, inputs
+    async def handle_request(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if not pdu:
+            return
+        server = self.server
+        if not server.serves(pdu.dev_id):
+            if server.rtu:
+                return
+            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        else:
+            try:
+                response = await pdu.datastore_update(server.context, pdu.dev_id)
+            except Exception as exc:  # noqa: BLE001 - a PLC answers 04, it does not crash
+                log.error("request failed", unit_id=pdu.dev_id, error=repr(exc))
+                response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        self.server_send(response, addr)
+
+
+class _Serving:
+    """Mixed into the pymodbus servers: our handler, and which unit ids answer."""
+
+    unit_ids: frozenset[int] = frozenset()
+    rtu: bool = False
+
+    def serves(self, unit_id: int) -> bool:
+        """Unit 0 in the set answers every id (pymodbus' fallback device)."""
+        return unit_id in self.unit_ids or 0 in self.unit_ids
+
+    def callback_new_connection(self) -> _Handler:
+        return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class _TcpServer(_Serving, ModbusTcpServer):
+    pass
+
+
+class _SerialServer(_Serving, ModbusSerialServer):
+    pass
+
+
+@dataclass(frozen=True)
+class TcpEndpoint:
+    """Listen on host:port; ``framer`` "socket" (Modbus TCP) or "rtu" (RTU over TCP)."""
+
+    host: str
+    port: int
+    framer: str = "socket"
+
+    def __post_init__(self) -> None:
+        if self.framer not in FRAMERS:
+            raise ValueError(f"framer must be one of {', '.join(FRAMERS)}, not {self.framer!r}")
+
+    def __str__(self) -> str:
+        where = f"{self.host}:{self.port}"
+        return where if self.framer == "socket" else f"rtu-over-tcp {where}"
+
+
+@dataclass(frozen=True)
+class SerialEndpoint:
+    """Serve serial RTU on a tty (a real port, or one end of a socat pty pair)."""
+
+    path: str
+    baudrate: int = 19200
+    parity: str = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+
+Endpoint = TcpEndpoint | SerialEndpoint
+FRAMERS = {"socket": FramerType.SOCKET, "rtu": FramerType.RTU}
+
+
+def build_devices(units: Mapping[int, SimulatedPlc]) -> list[SimDevice]:
+    """One SimDevice per unit id; unit 0 answers every id."""
+
+    def blocks(plc: SimulatedPlc) -> tuple[list[SimData], ...]:
+        return tuple(_block(plc, table) for table in _BLOCK_ORDER)
 
     try:
-        devices = [SimDevice(id=unit_id, simdata=blocks(), action=partial(_serve_request, plc))]
-        if unit_id != 0:
-            devices.append(SimDevice(id=0, simdata=blocks(), action=_absent_unit))
+        return [
+            SimDevice(id=unit_id, simdata=blocks(plc), action=partial(_serve_request, plc))
+            for unit_id, plc in units.items()
+        ]
     except (TypeError, ValueError) as exc:
         raise ModbusServerError(f"cannot build the Modbus device: {exc}") from exc
-    return devices
+
+
+def _server(devices: list[SimDevice], endpoint: Endpoint) -> _TcpServer | _SerialServer:
+    if isinstance(endpoint, SerialEndpoint):
+        server: _TcpServer | _SerialServer = _SerialServer(
+            devices,
+            framer=FramerType.RTU,
+            port=endpoint.path,
+            baudrate=endpoint.baudrate,
+            parity=endpoint.parity,
+            stopbits=endpoint.stopbits,
+            bytesize=endpoint.bytesize,
+        )
+        server.rtu = True
+    else:
+        server = _TcpServer(
+            devices, framer=FRAMERS[endpoint.framer], address=(endpoint.host, endpoint.port)
+        )
+        server.rtu = endpoint.framer == "rtu"
+    return server
 
 
 @asynccontextmanager
-async def serving(plc: SimulatedPlc, host: str, port: int, unit_id: int = 1) -> AsyncIterator[int]:
-    """Serve ``plc`` on ``host:port`` while the context is open; yields the bound port."""
-    devices = build_devices(plc, unit_id)
+async def serve(units: Mapping[int, SimulatedPlc], endpoint: Endpoint) -> AsyncIterator[Endpoint]:
+    """Serve each PLC as its unit id on ``endpoint`` while the context is open.
+
+    Yields the endpoint as bound (a TCP port 0 becomes the port the OS chose). Several
+    units on one endpoint are the PLCs behind one gateway, or the slaves of one bus.
+    """
+    if not units:
+        raise ModbusServerError("no unit to serve")
+    devices = build_devices(units)
     try:
-        server = ModbusTcpServer(devices, address=(host, port))
+        server = _server(devices, endpoint)
+        server.unit_ids = frozenset(units)
         await server.serve_forever(background=True)
+    except TtyError as exc:
+        _close_refused_port(exc)
+        raise ModbusServerError(
+            f"the tty refuses the line settings: {endpoint}: {exc} (a Linux pty takes "
+            "parity N only)"
+        ) from exc
     except (ModbusException, RuntimeError, OSError) as exc:
         # pymodbus logs the OSError and raises RuntimeError("Could not start listen ...").
-        raise ModbusServerError(
-            f"cannot listen for Modbus TCP on {host}:{port} (port in use or address "
-            f"not available): {exc}"
-        ) from exc
-    plc.faults.on_reset(partial(_reset_connections, server))
+        what = (
+            "cannot open the serial port (missing, or in use)"
+            if isinstance(endpoint, SerialEndpoint)
+            else "cannot listen (port in use or address not available)"
+        )
+        raise ModbusServerError(f"{what}: {endpoint}: {exc}") from exc
+    if isinstance(endpoint, TcpEndpoint):
+        for plc in units.values():
+            plc.faults.on_reset(partial(_reset_connections, server))
+        endpoint = replace(endpoint, port=server.transport.sockets[0].getsockname()[1])
     try:
-        yield server.transport.sockets[0].getsockname()[1]
+        yield endpoint
     finally:
         await server.shutdown()
 
 
-def _reset_connections(server: ModbusTcpServer) -> int:
+@asynccontextmanager
+async def serving(
+    plc: SimulatedPlc, host: str, port: int, unit_id: int = 1, framer: str = "socket"
+) -> AsyncIterator[int]:
+    """Serve one ``plc`` as ``unit_id`` on ``host:port``; yields the bound port."""
+    async with serve({unit_id: plc}, TcpEndpoint(host, port, framer)) as bound:
+        yield bound.port
+
+
+def _close_refused_port(exc: BaseException) -> None:
+    """Close the tty pyserial opened (and locked) before refusing a setting.
+
+    pymodbus' half-built serial transport is reachable only from the traceback; left to
+    the garbage collector, its exclusive lock would refuse the next try as "in use".
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        port = getattr(tb.tb_frame.f_locals.get("self"), "sync_serial", None)
+        if port is not None:
+            port.close()
+        tb = tb.tb_next
+
+
+def _reset_connections(server: _TcpServer) -> int:
     """Abort every client connection with a TCP RST (SO_LINGER 0), as a dropped session."""
     connections = list(server.active_connections.values())
     for connection in connections:
