@@ -5,11 +5,48 @@ each hands its event to the asyncio loop with ``call_soon_threadsafe`` and the l
 the rest, so there is no shared mutable state between threads.
 
 Errors from paho become :class:`MqttError` and its subclasses, chained ``from exc``.
+
+Connection failures
+-------------------
+paho retries by itself (``loop_start`` runs ``loop_forever(retry_first_connection=True)``),
+waiting ``reconnect_min_s`` doubling up to ``reconnect_max_s``. A failed attempt reaches
+us in one of three ways:
+
+* the broker refuses the CONNECT (bad user name or password, not authorised):
+  ``on_connect`` with a failure reason, then ``on_disconnect`` when it closes the socket;
+* an ``OSError`` while opening the connection -- refused, timed out, TLS handshake or
+  certificate verification: paho catches it and calls ``on_connect_fail`` from inside its
+  ``except OSError`` block, so ``sys.exception()`` there is the error (the callback gets
+  no argument for it);
+* the socket dies before a CONNACK. With TLS 1.3 a broker that rejects our client
+  certificate sends its alert *after* the handshake, so it shows up as a receive error:
+  paho logs it at ERROR through the logger handed to ``enable_logger`` (which we keep to
+  ourselves) and calls ``on_disconnect``.
+
+Every failed attempt counts in :attr:`MqttClient.connect_failures` and sets
+:attr:`MqttClient.last_error`. The log gets ONE line per distinct reason, not one per
+retry: an error for authentication and TLS problems (they do not heal by themselves), a
+warning for network ones (connection refused while the broker restarts). The password is
+never logged: paho keeps it and only sends it in the CONNECT packet.
+
+ACL denials (mosquitto 2.0, MQTT 3.1.1)
+---------------------------------------
+MQTT 3.1.1 cannot refuse a PUBLISH. mosquitto answers a QoS 1 publish to a topic the ACL
+denies with an ordinary PUBACK and drops the message, so :meth:`MqttClient.publish`
+succeeds and no subscriber receives it; a wrong ACL shows only as missing data (and as
+"Denied PUBLISH" in the broker's debug log). Reading is the same: mosquitto's acl_file
+grants every SUBSCRIBE (SUBACK "Granted QoS 1", checked with 2.0.11) and filters on
+delivery, so a client without read rights is subscribed and simply gets nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import ssl
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +78,78 @@ class InboundMessage:
     retain: bool
 
 
+# CONNACK refusals that mean the credentials (mosquitto 2.0 answers a wrong password
+# with "Not authorized").
+_LOGIN_REFUSALS = {"Bad user name or password", "Not authorized"}
+# Certificate verification codes (OpenSSL X509_V_ERR_*) that mean "not our CA".
+_UNTRUSTED_CODES = {2, 18, 19, 20, 21}
+# X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH_CODES = {62, 64}
+
+
+def describe_connect_error(exc: BaseException | None) -> tuple[str, bool]:
+    """A readable reason for an exception raised while connecting, and whether it is a
+    set-up problem (TLS: wrong CA, wrong name, no client certificate) rather than the
+    network. Never includes secrets: ssl and socket errors carry none."""
+    if isinstance(exc, ssl.SSLError):
+        return _describe_tls_error(exc), True
+    if isinstance(exc, OSError):
+        return _describe_network_error(exc), False
+    return "connection failed", False
+
+
+def _describe_tls_error(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"TLS certificate verify failed: {exc.verify_message}"
+        if exc.verify_code in _UNTRUSTED_CODES:
+            reason += " (the broker certificate is not signed by a CA in tls.ca_file)"
+        elif exc.verify_code in _NAME_MISMATCH_CODES:
+            reason += " (the broker certificate does not name the host in broker.host)"
+        return reason
+    reason = f"TLS handshake failed: {exc.strerror or exc}"
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        reason += " (is the port a TLS listener?)"
+    return reason
+
+
+def _describe_network_error(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror}"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the handshake fails.
+
+    paho (2.2) wraps the TCP socket and calls ``do_handshake()`` without closing the
+    socket if that raises (wrong CA, wrong name, not a TLS port), so every failed attempt
+    would leave an open socket for the garbage collector (a ResourceWarning). Installed
+    through ``SSLContext.sslsocket_class``.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+class _PahoErrors(logging.Handler):
+    """Hands paho's ERROR log lines (socket errors, e.g. a TLS alert) to a callback."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink(record.getMessage())
+
+
 class MqttClient:
     """An asyncio face on a paho client: await connect, publish (until PUBACK), subscribe.
 
@@ -48,6 +157,11 @@ class MqttClient:
     messages queued while we are away are delivered when we come back. ``manual_ack``
     withholds the PUBACK of inbound messages until :meth:`ack` is called, so the broker
     redelivers anything we had not safely stored when we died.
+
+    ``settings.tls`` switches to TLS (``tls_set_context``; TLS 1.2 or newer, the broker
+    certificate always verified). A failed connection attempt never raises: it is
+    counted (:attr:`connect_failures`), described (:attr:`last_error`), logged once per
+    reason, and retried with backoff.
     """
 
     def __init__(
@@ -64,14 +178,21 @@ class MqttClient:
         self.client_id = client_id
         self.inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=inbox_size)
         self.inbox_dropped = 0
+        self._last_error = ""
+        self._connect_failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
-        self._last_refusal = ""
+        self._logged_error = ""
+        self._attempt_open = False
+        self._socket_error = ""
         self._stopping = False
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: dict[str, int] = {}
+        self._unacked_subscribes: set[int] = set()  # SUBSCRIBE mids awaiting their SUBACK
+        self._all_subscribed = asyncio.Event()
+        self._all_subscribed.set()
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -81,29 +202,58 @@ class MqttClient:
         )
         self._client.max_inflight_messages_set(100)
         self._client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._client.connect_timeout = settings.connect_timeout_s
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.enable_logger(self._paho_logger())
+        self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+
+    def _paho_logger(self) -> logging.Logger:
+        """A logger of our own (not in logging's tree, so nothing else sees paho's chatter)
+        whose ERROR records -- the only ones it lets through -- come to the loop."""
+        logger = logging.Logger(f"{__name__}.paho.{self.client_id}", logging.ERROR)
+        logger.propagate = False
+        logger.addHandler(_PahoErrors(lambda text: self._call_in_loop(self._socket_failed, text)))
+        return logger
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start connecting in the background; paho reconnects by itself after a drop."""
+        """Start connecting in the background; paho reconnects by itself after a drop.
+
+        Raises MqttError only for local set-up problems (password or key passphrase not
+        readable, unusable certificate or key); a broker that refuses us or cannot be
+        reached is retried, see :attr:`last_error`.
+        """
         self._loop = asyncio.get_running_loop()
-        password = self.settings.password()
+        url = self.settings.url
+        try:
+            password = self.settings.password()
+        except (OSError, ValueError) as exc:
+            raise MqttError(f"password for {url}: {exc}") from exc
         if self.settings.username:
             self._client.username_pw_set(
                 self.settings.username, password.get_secret_value() if password else None
             )
+        if self.settings.tls is not None:
+            try:
+                context = self.settings.tls.context()
+                context.sslsocket_class = _ClosingSSLSocket
+                self._client.tls_set_context(context)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise MqttError(f"TLS set-up for {url} failed: {exc}") from exc
         try:
             self._client.connect_async(
                 self.settings.host, self.settings.port, self.settings.keepalive_s
             )
         except (OSError, ValueError) as exc:
-            raise MqttError(f"cannot connect to {self.settings.url}: {exc}") from exc
+            raise MqttError(f"cannot connect to {url}: {exc}") from exc
         self._client.loop_start()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -111,7 +261,25 @@ class MqttClient:
         try:
             await asyncio.wait_for(self._connected.wait(), limit)
         except TimeoutError as exc:
-            raise MqttTimeout(f"no connection to {self.settings.url} within {limit} s") from exc
+            why = f": {self.last_error}" if self.last_error else ""
+            raise MqttTimeout(
+                f"no connection to {self.settings.url} within {limit} s{why}"
+            ) from exc
+
+    async def wait_subscribed(self, timeout: float | None = None) -> None:
+        """Wait until connected and every subscription is confirmed by a SUBACK, i.e. the
+        broker will forward what is published from now on."""
+        limit = self.settings.connect_timeout_s if timeout is None else timeout
+
+        async def ready() -> None:
+            while not (self.connected and self._all_subscribed.is_set()):
+                await self._connected.wait()
+                await self._all_subscribed.wait()
+
+        try:
+            await asyncio.wait_for(ready(), limit)
+        except TimeoutError as exc:
+            raise MqttTimeout(f"subscriptions on {self.settings.url} not confirmed") from exc
 
     async def wait_disconnected(self) -> None:
         await self._disconnected.wait()
@@ -119,6 +287,16 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def last_error(self) -> str:
+        """Why the last connection attempt failed; "" once connected. No secrets in it."""
+        return self._last_error
+
+    @property
+    def connect_failures(self) -> int:
+        """Failed connection attempts since the last successful connection."""
+        return self._connect_failures
 
     async def stop(self, final: tuple[str, bytes] | None = None) -> None:
         """Optionally publish a last retained message, then disconnect cleanly."""
@@ -142,7 +320,8 @@ class MqttClient:
         """Hand a message to paho; the future completes on PUBACK (at once for QoS 0).
 
         While disconnected paho keeps the message and sends it again on reconnect, so a
-        future that is still pending is not lost, only not confirmed yet.
+        future that is still pending is not lost, only not confirmed yet. A PUBACK does
+        not mean the broker's ACL let the message through (see the module docstring).
         """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -184,7 +363,8 @@ class MqttClient:
         """Subscribe now and again after every reconnect."""
         self._subscriptions[topic] = qos
         if self.connected:
-            self._client.subscribe(topic, qos)
+            _rc, mid = self._client.subscribe(topic, qos)
+            self._subscribing([mid], reset=False)
 
     def ack(self, message: InboundMessage) -> None:
         """Acknowledge an inbound message (manual ack mode): the broker may forget it."""
@@ -196,13 +376,27 @@ class MqttClient:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(func, *args)
 
+    def _on_pre_connect(self, _c: paho.Client, _ud: Any) -> None:
+        self._call_in_loop(self._attempt_started)
+
     def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            self._call_in_loop(self._connect_failed, str(reason))
+            text = f"broker refused the connection: {reason}"
+            login = str(reason) in _LOGIN_REFUSALS
+            if login:
+                text += " (check broker.username and the password)"
+            self._call_in_loop(self._attempt_failed, text, login)
             return
-        for topic, qos in self._subscriptions.items():
-            client.subscribe(topic, qos)
+        mids = [client.subscribe(topic, qos)[1] for topic, qos in self._subscriptions.items()]
+        # Queued before any SUBACK can be read: this thread reads them, after we return.
+        self._call_in_loop(self._subscribing, mids, True)
         self._call_in_loop(self._set_connected)
+
+    def _on_connect_fail(self, _c: paho.Client, _ud: Any) -> None:
+        # paho calls this inside its `except OSError:` block: the error is the one being
+        # handled (see the module docstring).
+        reason, setup_problem = describe_connect_error(sys.exception())
+        self._call_in_loop(self._attempt_failed, reason, setup_problem)
 
     def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _p: Any) -> None:
         self._call_in_loop(self._set_disconnected, str(reason))
@@ -210,35 +404,85 @@ class MqttClient:
     def _on_publish(self, _c: paho.Client, _ud: Any, mid: int, _reason: Any, _p: Any) -> None:
         self._call_in_loop(self._published, mid)
 
+    def _on_subscribe(self, _c: paho.Client, _ud: Any, mid: int, _rcs: Any, _p: Any) -> None:
+        self._call_in_loop(self._subscribe_acked, mid)
+
     def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         message = InboundMessage(msg.topic, msg.payload, msg.qos, msg.mid, bool(msg.retain))
         self._call_in_loop(self._deliver, message)
 
     # -- the same events, now on the loop -----------------------------------------------
 
+    def _attempt_started(self) -> None:
+        self._attempt_open = True
+        self._socket_error = ""
+
     def _set_connected(self) -> None:
         if not self._connected.is_set():
-            log.info("broker connected", broker=self.settings.url, client_id=self.client_id)
+            log.info(
+                "broker connected",
+                broker=self.settings.url,
+                client_id=self.client_id,
+                failed_attempts=self.connect_failures,
+            )
         self._connected.set()
         self._disconnected.clear()
-        self._last_refusal = ""
+        self._attempt_open = False
+        self._logged_error = ""
+        self._last_error = ""
+        self._connect_failures = 0
 
     def _set_disconnected(self, reason: str) -> None:
         if self._connected.is_set() and not self._stopping:
-            log.warning("broker disconnected", broker=self.settings.url, reason=reason)
+            details = {"error": self._socket_error} if self._socket_error else {}
+            log.warning("broker disconnected", broker=self.settings.url, reason=reason, **details)
+        elif self._attempt_open and not self._stopping:
+            # The socket closed before any CONNACK (on_connect would have closed the attempt).
+            error = self._socket_error or reason
+            self._attempt_failed(f"connection lost before CONNACK: {error}", "SSL" in error)
         self._connected.clear()
         self._disconnected.set()
 
-    def _connect_failed(self, reason: str) -> None:
-        """Log a refusal once per reason; paho keeps retrying with backoff."""
-        if reason != self._last_refusal:
-            log.error(
-                "broker refused connection",
-                broker=self.settings.url,
-                reason=reason,
-                retry_max_s=self.settings.reconnect_max_s,
-            )
-        self._last_refusal = reason
+    def _subscribing(self, mids: list[int], reset: bool) -> None:
+        """SUBSCRIBEs sent; ``reset`` on a new connection, where older ones never return."""
+        if reset:
+            self._unacked_subscribes.clear()
+        self._unacked_subscribes.update(mids)
+        if self._unacked_subscribes:
+            self._all_subscribed.clear()
+        else:
+            self._all_subscribed.set()
+
+    def _subscribe_acked(self, mid: int) -> None:
+        self._unacked_subscribes.discard(mid)
+        if not self._unacked_subscribes:
+            self._all_subscribed.set()
+
+    def _socket_failed(self, text: str) -> None:
+        self._socket_error = text
+
+    def _attempt_failed(self, reason: str, setup_problem: bool) -> None:
+        """Count and describe a failed attempt; log it once per reason.
+
+        paho has already scheduled the retry, with backoff.
+        """
+        if self._stopping:
+            return
+        self._attempt_open = False
+        self._connect_failures += 1
+        self._last_error = reason
+        if reason == self._logged_error:
+            return
+        self._logged_error = reason
+        emit = log.error if setup_problem else log.warning
+        emit(
+            "broker connection failed",
+            broker=self.settings.url,
+            reason=reason,
+            client_id=self.client_id,
+            username=self.settings.username,
+            retry_max_s=self.settings.reconnect_max_s,
+        )
 
     def _published(self, mid: int) -> None:
         future = self._pending.pop(mid, None)

@@ -419,7 +419,25 @@ def mqtt_connack(
 
 
 class Mosquitto(Service):
-    """mosquitto 2.0 broker on 127.0.0.1:<port>, persistence in its own dir."""
+    """mosquitto 2.0 broker on 127.0.0.1:<port>, persistence in its own dir.
+
+    By default anonymous and plain. Optional security, all of it off unless asked for:
+
+    * ``users`` ({name: password}): a password file (hashed by ``mosquitto_passwd -U``)
+      and ``allow_anonymous false``;
+    * ``acl``: the text of an ACL file (``user x`` / ``topic read|write|readwrite t``);
+    * ``tls`` ((ca, cert, key) paths): two more listeners, TLS 1.2 or newer, with the
+      server certificate ``cert``: ``tls_port`` (clients verify the broker and log in
+      with username/password) and ``mtls_port`` (``require_certificate true``: clients
+      must show a certificate signed by ``ca``; its CN is their user name for the ACL,
+      no password).
+
+    The plain listener on ``port`` is always there; with ``users`` it asks for a login
+    too. The start-up probe and :meth:`ping` accept any CONNACK when ``users`` is set (an
+    anonymous probe is refused with "not authorised", which still proves the broker is
+    up). Change ``users`` or ``acl`` and call :meth:`reload` to apply it to a running
+    broker.
+    """
 
     name = "mosquitto"
     binary_name = "mosquitto"
@@ -431,6 +449,12 @@ class Mosquitto(Service):
         *,
         port: int | None = None,
         extra_config: str = "",
+        users: dict[str, str] | None = None,
+        acl: str | None = None,
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str], str | os.PathLike[str]]
+        | None = None,
+        tls_port: int | None = None,
+        mtls_port: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(base_dir, port=port, **kwargs)
@@ -438,6 +462,18 @@ class Mosquitto(Service):
         self.extra_config = extra_config
         self.config_path = self.dir / "mosquitto.conf"
         self.data_dir = self.dir / "data"
+        self.users = dict(users) if users else None
+        self.acl = acl
+        self.tls = tuple(Path(part).resolve() for part in tls) if tls else None
+        #: TLS listener ports (None without ``tls``).
+        self.tls_port = (tls_port or free_port(self.host)) if tls else None
+        self.mtls_port = (mtls_port or free_port(self.host)) if tls else None
+        self.password_path = self.dir / "passwords"
+        self.acl_path = self.dir / "acl"
+
+    @property
+    def tls_url(self) -> str | None:
+        return f"mqtts://{self.host}:{self.tls_port}" if self.tls_port else None
 
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -449,7 +485,7 @@ class Mosquitto(Service):
             f"""\
 # Written by devstack.services.Mosquitto -- regenerated on every start.
 listener {self.port} {self.host}
-allow_anonymous true
+{self._security_config()}
 {user}
 
 persistence true
@@ -479,19 +515,77 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 """
         )
 
+    def _security_config(self) -> str:
+        """Config lines for users, ACL and the TLS listeners; "allow_anonymous true" if none.
+
+        Without per_listener_settings, password_file, acl_file and allow_anonymous hold
+        for every listener.
+        """
+        lines = []
+        if self.users:
+            self._write_password_file(self.users)
+            lines += ["allow_anonymous false", f"password_file {self.password_path}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl is not None:
+            self.acl_path.write_text(self.acl)
+            self.acl_path.chmod(0o600)
+            lines.append(f"acl_file {self.acl_path}")
+        if self.tls:
+            ca, cert, key = self.tls
+            tls_lines = [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+            tls_lines.append("tls_version tlsv1.2")  # the lowest version accepted
+            lines += ["", f"listener {self.tls_port} {self.host}", *tls_lines]
+            lines += ["", f"listener {self.mtls_port} {self.host}", *tls_lines]
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        return "\n".join(lines)
+
+    def _write_password_file(self, users: dict[str, str]) -> None:
+        """``user:password`` lines, then hashed in place by mosquitto_passwd -U."""
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(f"{name}:{password}\n" for name, password in users.items())
+        tool = _find_binary("mosquitto_passwd")
+        done = subprocess.run(
+            [tool, "-U", str(self.password_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServiceStartError(
+                f"{self.name}: mosquitto_passwd -U failed: {(done.stderr or done.stdout).strip()}"
+            )
+
+    def reload(self) -> None:
+        """Rewrite the config, password and ACL files from ``users``/``acl`` and have the
+        running broker re-read them (SIGHUP). It does so a moment later, asynchronously;
+        listeners are not reopened."""
+        if self._proc is None or not self.running:
+            raise ServiceError(f"{self.name}: reload needs a running broker")
+        self._write_config()
+        self._proc.send_signal(signal.SIGHUP)
+
     def _command(self) -> list[str]:
         return [self.binary, "-c", str(self.config_path)]
 
+    def _connack_ok(self, timeout: float) -> bool:
+        code = mqtt_connack(self.host, self.port, timeout=timeout)
+        return code == 0 or bool(self.users)
+
     def _probe(self) -> bool:
+        # mosquitto opens every listener before it serves any, so a CONNACK on the plain
+        # one means the TLS listeners are up as well.
         try:
-            return mqtt_connack(self.host, self.port, timeout=1.0) == 0
+            return self._connack_ok(timeout=1.0)
         except OSError:
             return False
 
     def ping(self, timeout: float = 2.0) -> bool:
-        """True if the broker accepts an MQTT connection right now."""
+        """True if the broker answers an MQTT CONNECT right now (see the class docstring)."""
         try:
-            return mqtt_connack(self.host, self.port, timeout=timeout) == 0
+            return self._connack_ok(timeout)
         except OSError:
             return False
 
