@@ -5,19 +5,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
+from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import structlog
 
-from agent.config import AgentConfig, load_config
+from agent.config import AgentConfig, Device, load_config
+from agent.filter import ExceptionFilter
+from agent.metrics import AgentHealth
+from agent.modbus import ModbusConnection
 from agent.outbox import Outbox
-from agent.plan import plan_reads
+from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
-from agent.publish import announce_forever, publish_forever, status_payload
+from agent.publish import Publisher, announce_forever, status_payload
+from agent.spool import Priority, Spool, SpoolError
 from derrick import logs
 from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
-from derrick.contract import agent_status_topic
+from derrick.contract import DeviceState, Reading, agent_status_topic
 from derrick.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger("agent")
@@ -48,58 +55,167 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_plan(config: AgentConfig) -> None:
+    """The Modbus requests per device per cycle, group by group."""
+    total = 0
     for device in config.devices:
-        plan = plan_reads(device.selected_registers, device.max_registers, device.max_bits)
-        sys.stdout.write(
-            f"{device.name} ({device.host}:{device.port} unit {device.unit_id}): "
-            f"{len(plan)} requests per cycle every {device.interval_s} s\n"
+        link = device.link_key
+        sys.stdout.write(f"{device.name} ({link} unit {device.unit_id}):\n")
+        for group, interval in sorted(device.group_intervals().items()):
+            regs = device.registers_in_group(group)
+            plan = plan_reads(regs, device.max_registers, device.max_bits, device.max_gap)
+            total += len(plan)
+            fewest = min_requests(regs, device.max_registers, device.max_bits)
+            sys.stdout.write(
+                f"  group {group}: {len(plan)} requests every {interval} s"
+                f" (fewest possible {fewest}, max_gap {device.max_gap})\n"
+            )
+            for req in plan:
+                tags = ", ".join(reg.tag for reg in req.registers)
+                sys.stdout.write(f"    {req.table:<8} {req.address:>5} +{req.count:<4} {tags}\n")
+    sys.stdout.write(
+        f"{len(config.devices)} devices, {total} requests per cycle; spool {config.spool.path}\n"
+    )
+
+
+def open_link(device: Device) -> ModbusConnection:
+    """The Modbus connection a device is reached by (shared by units behind one link)."""
+    if device.transport == "rtu":
+        return ModbusConnection.serial(
+            str(device.serial_port),
+            device.timeout_s,
+            baudrate=device.baudrate,
+            parity=device.parity,
+            stopbits=device.stopbits,
+            bytesize=device.bytesize,
         )
-        for req in plan:
-            tags = ", ".join(reg.tag for reg in req.registers)
-            sys.stdout.write(f"  {req.table:<8} {req.address:>5} +{req.count:<4} {tags}\n")
+    framer = "rtu" if device.transport == "rtu-over-tcp" else "socket"
+    return ModbusConnection.tcp(str(device.host), device.port, device.timeout_s, framer=framer)
+
+
+class Agent:
+    """The stages of one agent process, wired together."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        settings = config.spool
+        self.spool = Spool(
+            settings.path,
+            int(settings.max_mb * 1e6),
+            settings.max_age_h * 3600,
+            fsync_from=None if settings.fsync == "never" else Priority[settings.fsync.upper()],
+        )
+        self.outbox = Outbox(config.agent.id, config.agent.site, self.spool)
+        self.status_topic = agent_status_topic(config.agent.id)
+        self.client = MqttClient(
+            config.broker,
+            client_id=config.agent.id,
+            will=(self.status_topic, self._status("offline")),
+        )
+        self.publisher = Publisher(
+            self.spool,
+            self.client,
+            window=config.publish_window,
+            ack_wait_s=config.publish_timeout_s,
+        )
+        self.outbox.stored_callback = self.publisher.wake
+        links: dict[str, ModbusConnection] = {}
+        users = Counter(device.link_key for device in config.devices)
+        self.pollers: dict[str, DevicePoller] = {}
+        self.filters: dict[str, ExceptionFilter] = {}
+        for device in config.devices:
+            if device.link_key not in links:
+                links[device.link_key] = open_link(device)
+            self.pollers[device.name] = DevicePoller(
+                device,
+                links[device.link_key],
+                partial(self._readings, device),
+                partial(self._state, device),
+                shares_link=users[device.link_key] > 1,
+            )
+            self.filters[device.name] = ExceptionFilter(device.selected_registers)
+        self.health = AgentHealth(self.outbox, self.pollers, self.publisher, self.client)
+
+    def _status(self, state: str) -> bytes:
+        return status_payload(self.config.agent.id, self.outbox.boot, state)
+
+    def _readings(self, device: Device, readings: list[Reading]) -> None:
+        chosen = self.filters[device.name].select(readings, time.monotonic())
+        if chosen:
+            self.health.readings_published[device.name] += len(chosen)
+            self.outbox.put_readings(device.asset, device.name, device.equipment_kind, chosen)
+
+    def _state(self, device: Device, state: DeviceState, reason: str) -> None:
+        endpoint = self.pollers[device.name].connection.endpoint
+        self.outbox.put_device_status(device.asset, device.name, state, reason, endpoint)
+
+    async def run(self) -> None:
+        await self.client.start()
+        stats = self.spool.stats()
+        log.info(
+            "agent started",
+            agent=self.config.agent.id,
+            site=self.config.agent.site,
+            boot=self.outbox.boot,
+            broker=self.config.broker.url,
+            devices=len(self.config.devices),
+            spool=str(self.config.spool.path),
+            stored=stats.depth,
+        )
+        try:
+            await run_until_signalled(self._start_tasks)
+        finally:
+            await self._shutdown()
+
+    def _start_tasks(self, group: asyncio.TaskGroup) -> None:
+        group.create_task(self.outbox.enforce_age_forever())
+        group.create_task(self.publisher.run())
+        group.create_task(announce_forever(self.client, self.config.agent.id, self.outbox.boot))
+        group.create_task(self.health.publish_forever(self.config.metrics_interval_s))
+        group.create_task(self._restate_forever())
+        for device in self.config.devices:
+            group.create_task(self._poll(device))
+
+    async def _restate_forever(self) -> None:
+        """After every (re)connect, publish each device's current status again.
+
+        The retained status lives on the broker; a broker that lost its store (killed,
+        replaced) would otherwise keep a stale state, or none, until the next change.
+        """
+        while True:
+            await self.client.wait_connected(timeout=float("inf"))
+            for device in self.config.devices:
+                poller = self.pollers[device.name]
+                if poller.state is not None:
+                    self._state(device, poller.state, poller.last_failure)
+            await self.client.wait_disconnected()
+
+    async def _poll(self, device: Device) -> None:
+        with structlog.contextvars.bound_contextvars(
+            site=self.config.agent.site, asset=device.asset, device=device.name
+        ):
+            await self.pollers[device.name].run()
+
+    async def _shutdown(self) -> None:
+        """Store what is queued, give PUBACKs in flight a moment, close cleanly."""
+        await self.client.wait_published(timeout=2.0)
+        await asyncio.sleep(0)  # let the PUBACK callbacks run
+        self.publisher.settle()
+        stats = self.spool.stats()
+        log.info(
+            "agent stopping",
+            stored=stats.depth,
+            published=self.publisher.published,
+            dropped=self.outbox.dropped_total(),
+        )
+        await self.client.stop(final=(self.status_topic, self._status("offline")))
+        for poller in self.pollers.values():
+            poller.connection.close()
+        self.spool.close()
 
 
 async def run(config: AgentConfig) -> None:
-    outbox = Outbox(config.agent.id, config.agent.site, config.queue_size)
-    topic = agent_status_topic(config.agent.id)
-    client = MqttClient(
-        config.broker,
-        client_id=config.agent.id,
-        will=(topic, status_payload(config.agent.id, outbox.boot, "offline")),
-    )
-    await client.start()
-    log.info(
-        "agent started",
-        agent=config.agent.id,
-        site=config.agent.site,
-        boot=outbox.boot,
-        broker=config.broker.url,
-        devices=len(config.devices),
-    )
-
-    def start_tasks(group: asyncio.TaskGroup) -> None:
-        group.create_task(publish_forever(outbox, client, config.publish_timeout_s))
-        group.create_task(announce_forever(client, config.agent.id, outbox.boot))
-        for device in config.devices:
-            group.create_task(_poll_device(device, outbox))
-
-    try:
-        await run_until_signalled(start_tasks)
-        log.info("agent stopping", queued=outbox.qsize(), dropped=outbox.dropped)
-    finally:
-        await client.wait_published(timeout=2.0)
-        await client.stop(final=(topic, status_payload(config.agent.id, outbox.boot, "offline")))
-
-
-async def _poll_device(device, outbox: Outbox) -> None:
-    with structlog.contextvars.bound_contextvars(
-        site=outbox.site, asset=device.asset, device=device.name
-    ):
-        poller = DevicePoller(
-            device,
-            lambda readings: outbox.put(device.asset, device.name, device.equipment_kind, readings),
-        )
-        await poller.run()
+    """Build the agent inside the event loop (pymodbus clients need a running loop)."""
+    await Agent(config).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_format or config.log.format, config.log.level)
     try:
         asyncio.run(run(config))
-    except (MqttError, ValueError) as exc:
+    except (MqttError, SpoolError, ValueError) as exc:
         log.error("agent failed", error=str(exc))
         return 1
     return 0

@@ -1,35 +1,64 @@
-"""Queue stage: a bounded queue between pollers and the publisher.
+"""Queue stage: messages from the pollers into the durable spool.
 
-When the broker is away longer than the queue lasts, the oldest message is dropped (and
-counted, and logged at powers of two) so that the newest state of every device gets
-through first when the link comes back. Sequence numbers are given here, in queue
-order, so the collector sees every drop as a gap.
+Every message is committed to the on-disk spool (SQLite, :mod:`agent.spool`) the moment
+it is made, in one short transaction, before its sequence number counts as given: a
+``kill -9`` can lose a poll that was in progress, never a message that had a number.
+Then the publisher is woken. Sequence numbers are given here, in spool order, so the
+collector sees every drop as a gap.
+
+The spool is bounded by bytes and age. At its bound it drops the oldest telemetry
+first; status and alarm-class messages go last. Every drop is counted, logged when
+dropping starts and stops (not per message), and published on the agent's events topic
+(at most once a minute while it lasts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 
-from derrick.contract import Reading, Telemetry
+from agent.spool import Dropped, Priority, Spool
+from derrick.contract import (
+    AgentEvent,
+    DeviceState,
+    DeviceStatus,
+    Reading,
+    Telemetry,
+    agent_events_topic,
+    device_status_topic,
+    now_ns,
+    telemetry_topic,
+)
 
 log = structlog.get_logger(__name__)
 
+ANNOUNCE_EVERY_S = 60.0
+
 
 class Outbox:
-    def __init__(self, agent_id: str, site: str, maxsize: int) -> None:
+    def __init__(self, agent_id: str, site: str, spool: Spool) -> None:
         self.agent_id = agent_id
         self.site = site
+        self.spool = spool
         self.boot = uuid.uuid4().hex
-        self.dropped = 0
+        self.spool_dropped = {priority: 0 for priority in Priority}
+        self.stored_callback: Callable[[], None] = lambda: None  # after every message stored
         self._seq = 0
-        self._queue: asyncio.Queue[Telemetry] = asyncio.Queue(maxsize=maxsize)
+        self._dropping = False
+        self._drop_reason = ""
+        self._unannounced = dict.fromkeys(Priority, 0)
+        self._announced_at = 0.0
 
-    def put(self, asset: str, device: str, kind: str, readings: list[Reading]) -> None:
+    # -- producers ----------------------------------------------------------------------
+
+    def put_readings(self, asset: str, device: str, kind: str, readings: list[Reading]) -> None:
         message = Telemetry.model_construct(
             v=1,
+            historical=False,
             site=self.site,
             asset=asset,
             device=device,
@@ -40,19 +69,85 @@ class Outbox:
             readings=readings,
         )
         self._seq += 1
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-            if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8 ...: a line, not a flood
-                log.warning(
-                    "outbox full, oldest message dropped",
-                    dropped_total=self.dropped,
-                    capacity=self._queue.maxsize,
-                )
-        self._queue.put_nowait(message)
+        topic = telemetry_topic(self.site, asset, device)
+        self.put(topic, message.model_dump_json().encode(), Priority.TELEMETRY)
 
-    async def get(self) -> Telemetry:
-        return await self._queue.get()
+    def put_device_status(
+        self, asset: str, device: str, state: DeviceState, reason: str, endpoint: str
+    ) -> None:
+        status = DeviceStatus(
+            site=self.site,
+            asset=asset,
+            device=device,
+            agent=self.agent_id,
+            state=state,
+            reason=reason[:500],
+            endpoint=endpoint,
+            ts_ns=now_ns(),
+        )
+        topic = device_status_topic(self.site, asset, device)
+        self.put(topic, status.model_dump_json().encode(), Priority.STATUS, retain=True)
 
-    def qsize(self) -> int:
-        return self._queue.qsize()
+    def put(self, topic: str, payload: bytes, priority: Priority, *, retain: bool = False) -> None:
+        """Commit one message to the spool now; SpoolError if the disk refuses."""
+        self._account(self.spool.append([(topic, payload, priority, retain, now_ns())]))
+        self.stored_callback()
+
+    async def enforce_age_forever(self, every_s: float = 5.0) -> None:
+        """Drop what outlived the spool's age bound, even while nothing new arrives; the
+        spool also gives disk space back here once it has drained."""
+        while True:
+            await asyncio.sleep(every_s)
+            self._account(self.spool.enforce(), from_append=False)
+
+    def _account(self, drops: list[Dropped], *, from_append: bool = True) -> None:
+        dropped_now = [drop for drop in drops if drop.total()]
+        for drop in dropped_now:
+            self._count(drop)
+        if dropped_now and not self._dropping:
+            log.warning(
+                "spool full, dropping oldest messages",
+                reason=self._drop_reason,
+                dropped=sum(drop.total() for drop in dropped_now),
+                policy="telemetry first, status and alarms last",
+            )
+            self._dropping = True
+            self._announce()
+        elif dropped_now and time.monotonic() - self._announced_at >= ANNOUNCE_EVERY_S:
+            self._announce()
+        elif not dropped_now and from_append and self._dropping:
+            log.info("spool no longer dropping", dropped_total=self.dropped_total())
+            self._dropping = False
+            self._announce()
+
+    def _count(self, drop: Dropped) -> None:
+        for priority, count in drop.by_priority.items():
+            self.spool_dropped[Priority(priority)] += count
+            self._unannounced[Priority(priority)] += count
+        if drop.total():
+            self._drop_reason = drop.reason
+
+    def dropped_total(self) -> int:
+        return sum(self.spool_dropped.values())
+
+    def _announce(self) -> None:
+        """Publish the drops not yet announced: at most one event per minute while dropping."""
+        if not any(self._unannounced.values()):
+            return
+        event = AgentEvent(
+            agent=self.agent_id,
+            site=self.site,
+            boot=self.boot,
+            event="spool_dropped",
+            reason=self._drop_reason,
+            dropped_telemetry=self._unannounced[Priority.TELEMETRY],
+            dropped_status=self._unannounced[Priority.STATUS],
+            dropped_alarm=self._unannounced[Priority.ALARM],
+            ts_ns=now_ns(),
+        )
+        self._unannounced = dict.fromkeys(Priority, 0)
+        self._announced_at = time.monotonic()
+        item = (agent_events_topic(self.agent_id), event.model_dump_json().encode())
+        for drop in self.spool.append([(*item, Priority.STATUS, False, now_ns())]):
+            self._count(drop)  # counted, and announced with the next batch of drops
+        self.stored_callback()

@@ -55,3 +55,27 @@ def _request(table: Table, group: list[Register]) -> ReadRequest:
     start = group[0].address
     end = max(r.address + r.count for r in group)
     return ReadRequest(table, start, end - start, tuple(group))
+
+
+def split_request(request: ReadRequest) -> list[ReadRequest]:
+    """Two smaller requests covering the tags of one the device refused (exception 02).
+
+    The cut goes at the widest hole between neighbouring tags (a hole read through is
+    the likeliest culprit), or between the middle tags when there is none. A request
+    holding a single tag cannot be split: it is returned as is.
+    """
+    regs = sorted(request.registers, key=lambda r: r.address)
+    if len(regs) < 2:
+        return [request]
+    holes = [
+        (regs[i + 1].address - (regs[i].address + regs[i].count), i) for i in range(len(regs) - 1)
+    ]
+    widest, at = max(holes)
+    cut = at + 1 if widest > 0 else len(regs) // 2
+    return [_request(request.table, regs[:cut]), _request(request.table, regs[cut:])]
+
+
+def min_requests(registers: list[Register], max_registers: int = 125, max_bits: int = 2000) -> int:
+    """Fewest requests that can cover these registers, if every hole could be read through."""
+    plan = plan_reads(registers, max_registers, max_bits, max_gap=max(max_registers, max_bits))
+    return len(plan)

@@ -1,129 +1,273 @@
-"""Poll stage: one asyncio task per device, on its own interval.
+"""Poll stage: one asyncio task per device (per unit id behind a gateway).
 
-A dead device costs its own task one timeout per cycle and nobody else anything. While
-it is down every cycle still yields readings, with quality ``bad`` and no value, so the
-outage is visible downstream instead of silent. Reconnects back off exponentially, with
-jitter, up to ``MAX_BACKOFF_S``.
+Each device reads its poll groups on their own intervals. A dead or slow device costs
+its own task its timeouts and nobody else anything: devices on different links share
+nothing, and devices behind one gateway share only the link, one request at a time.
+
+While a device fails, every cycle still yields its readings with quality ``bad`` and no
+value, so the outage is visible downstream instead of silent. A circuit breaker per unit
+id stops hammering a device that failed ``breaker_failures`` cycles in a row: it stays
+open (no requests, bad readings) for a backoff that doubles up to ``breaker_open_s``,
+with jitter, then lets one probe cycle through.
+
+A span the device refuses with exception 02 (illegal data address) is split in two and
+read again at once; the split is remembered for the rest of the run, so a hole in the
+map costs one extra request per cycle, not a refused span every cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
 from agent.config import Device
 from agent.decode import decode_request, failed_request
-from agent.modbus import ExceptionReply, ModbusConnection, ModbusError
-from agent.plan import ReadRequest, plan_reads
-from derrick.contract import Reading, now_ns
+from agent.modbus import DeviceUnreachable, ExceptionReply, ModbusConnection, ModbusError
+from agent.plan import ReadRequest, plan_reads, split_request
+from derrick.contract import DeviceState, Reading, now_ns
 
 log = structlog.get_logger(__name__)
 
-MAX_BACKOFF_S = 30.0
-Sink = Callable[[list[Reading]], None]
+ILLEGAL_DATA_ADDRESS = 2
+ReadingsSink = Callable[[list[Reading]], None]
+StateSink = Callable[[DeviceState, str], None]
+
+
+@dataclass(slots=True)
+class PollCounters:
+    """What one device's task did since start; read by the metrics stage."""
+
+    cycles_ok: int = 0
+    cycles_failed: int = 0
+    requests: int = 0
+    readings: int = 0
+    last_cycle_ms: float = 0.0
+    last_cycle_requests: int = 0
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Circuit breaker of one unit id: closed, open until ``reopen_at``, or half-open."""
+
+    failures_to_open: int
+    max_open_s: float
+    base_open_s: float
+    failures: int = 0
+    opened: int = 0
+    reopen_at: float = 0.0
+
+    def allows(self, now: float) -> bool:
+        return self.failures < self.failures_to_open or now >= self.reopen_at
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened = 0
+
+    def failure(self, now: float) -> bool:
+        """Count a failed cycle; True when this failure opened (or re-opened) the breaker."""
+        self.failures += 1
+        if self.failures < self.failures_to_open:
+            return False
+        open_s = min(self.max_open_s, self.base_open_s * 2**self.opened)
+        self.opened = min(self.opened + 1, 20)
+        self.reopen_at = now + open_s * random.uniform(0.5, 1.0)
+        return True
+
+
+@dataclass(slots=True)
+class PollGroup:
+    name: str
+    interval_s: float
+    plan: list[ReadRequest]
+    due: float = 0.0
+
+
+@dataclass(slots=True)
+class _Cycle:
+    readings: list[Reading] = field(default_factory=list)
+    failure: str = ""
 
 
 class DevicePoller:
-    def __init__(self, device: Device, sink: Sink) -> None:
+    def __init__(
+        self,
+        device: Device,
+        connection: ModbusConnection,
+        sink: ReadingsSink,
+        on_state: StateSink | None = None,
+        *,
+        shares_link: bool = False,
+    ) -> None:
         self.device = device
+        self.connection = connection
         self.sink = sink
-        self.plan: list[ReadRequest] = plan_reads(
-            device.selected_registers, device.max_registers, device.max_bits
-        )
-        self.connection = ModbusConnection(device.host, device.port, device.timeout_s)
-        self.up: bool | None = None  # None until the first poll tells
-        self.failures = 0
-        self.next_connect = 0.0
+        self.on_state = on_state or (lambda _state, _reason: None)
+        self.shares_link = shares_link
+        self.groups = [
+            PollGroup(name, interval, _plan(device, name))
+            for name, interval in sorted(device.group_intervals().items())
+        ]
+        fastest = min(group.interval_s for group in self.groups)
+        self.breaker = Breaker(device.breaker_failures, device.breaker_open_s, fastest)
+        self.counters = PollCounters()
+        self.state: DeviceState | None = None
+        self.last_failure = ""
         self.refused_spans: set[tuple[str, int, int]] = set()
 
+    @property
+    def requests_per_cycle(self) -> int:
+        return sum(len(group.plan) for group in self.groups)
+
     async def run(self) -> None:
-        """Poll forever on a fixed schedule; a late cycle skips ahead, it never bunches up."""
+        """Poll every group on its own schedule; a late cycle skips ahead, never bunches up."""
         loop = asyncio.get_running_loop()
-        interval = self.device.interval_s
-        deadline = loop.time()
+        start = loop.time() + random.uniform(0, min(1.0, self.groups[0].interval_s))
+        for group in self.groups:  # spread a fleet's first polls instead of all at once
+            group.due = start
         try:
             while True:
-                self.sink(await self.poll_once())
-                deadline += interval
+                await asyncio.sleep(max(0.0, min(g.due for g in self.groups) - loop.time()))
                 now = loop.time()
-                if deadline < now:
-                    deadline = now + interval - (now - deadline) % interval
-                await asyncio.sleep(deadline - now)
+                due = [g for g in self.groups if g.due <= now]
+                self.sink(await self.poll_once(due))
+                now = loop.time()
+                for group in due:
+                    group.due += group.interval_s
+                    if group.due < now:
+                        group.due = now + group.interval_s - (now - group.due) % group.interval_s
         finally:
-            self.connection.close()
+            if not self.shares_link:
+                self.connection.close()
 
-    async def poll_once(self) -> list[Reading]:
-        """Read every planned span once; never raises for a device fault."""
-        if not await self._ensure_connected():
+    async def poll_once(self, groups: list[PollGroup] | None = None) -> list[Reading]:
+        """Read the spans of ``groups`` (default: all) once; never raises for a device fault."""
+        groups = self.groups if groups is None else groups
+        started = time.perf_counter()
+        requests_before = self.counters.requests
+        cycle = _Cycle()
+        if not self.breaker.allows(asyncio.get_running_loop().time()):
             ts = now_ns()
-            return [r for req in self.plan for r in failed_request(req, ts)]
-        readings: list[Reading] = []
-        for index, request in enumerate(self.plan):
+            cycle.readings = [r for g in groups for req in g.plan for r in failed_request(req, ts)]
+            return cycle.readings  # the open breaker already counted this outage
+        for group in groups:
+            await self._read_group(group, cycle)
+        self.counters.last_cycle_ms = (time.perf_counter() - started) * 1000
+        self.counters.last_cycle_requests = self.counters.requests - requests_before
+        self.counters.readings += len(cycle.readings)
+        if cycle.failure:
+            self._cycle_failed(cycle.failure)
+        else:
+            self._cycle_ok()
+        return cycle.readings
+
+    async def _read_group(self, group: PollGroup, cycle: _Cycle) -> None:
+        pending = list(group.plan)
+        while pending:
+            request = pending.pop(0)
+            if cycle.failure:  # the device stopped answering: don't wait out every span
+                cycle.readings += failed_request(request, now_ns())
+                continue
+            result = await self._read(request, cycle)
+            if result is None:
+                cycle.readings += failed_request(request, now_ns())
+            elif isinstance(result, ExceptionReply):
+                halves = self._refused(group, request, result)
+                if halves:
+                    pending[:0] = halves
+                else:
+                    cycle.readings += failed_request(request, now_ns())
+            else:
+                self.refused_spans.discard(_span(request))
+                cycle.readings += decode_request(request, result, now_ns())
+
+    async def _read(
+        self, request: ReadRequest, cycle: _Cycle
+    ) -> list[int] | list[bool] | ExceptionReply | None:
+        """One span, retried ``device.retries`` times; None (and ``cycle.failure``) if dead."""
+        for attempt in range(self.device.retries + 1):
             try:
-                result = await self.connection.read(
+                if not self.connection.connected:
+                    await self.connection.connect()
+                self.counters.requests += 1
+                return await self.connection.read(
                     request.table, request.address, request.count, self.device.unit_id
                 )
+            except DeviceUnreachable as exc:
+                self.connection.close()
+                cycle.failure = str(exc)
             except ModbusError as exc:
-                self._went_down(str(exc))
-                ts = now_ns()
-                readings += [r for req in self.plan[index:] for r in failed_request(req, ts)]
-                return readings
-            readings += self._readings_of(request, result)
-        self._came_up()
-        return readings
+                cycle.failure = str(exc)
+            if attempt < self.device.retries:
+                log.debug("retrying request", attempt=attempt + 1, reason=cycle.failure)
+                cycle.failure = ""
+        return None
 
-    def _readings_of(
-        self, request: ReadRequest, result: list[int] | list[bool] | ExceptionReply
-    ) -> list[Reading]:
-        ts = now_ns()
-        span = (str(request.table), request.address, request.count)
-        if isinstance(result, ExceptionReply):
-            if span not in self.refused_spans:
-                self.refused_spans.add(span)
-                log.warning(
-                    "span refused by device",
-                    table=span[0],
-                    address=span[1],
-                    count=span[2],
-                    exception_code=result.code,
-                    device=self.device.name,
-                )
-            return failed_request(request, ts)
-        self.refused_spans.discard(span)
-        return decode_request(request, result, ts)
+    def _refused(
+        self, group: PollGroup, request: ReadRequest, reply: ExceptionReply
+    ) -> list[ReadRequest]:
+        """Split a span refused with exception 02 and remember it; [] when it can't split."""
+        span = _span(request)
+        halves = split_request(request) if reply.code == ILLEGAL_DATA_ADDRESS else [request]
+        if len(halves) > 1:
+            index = group.plan.index(request) if request in group.plan else -1
+            if index >= 0:
+                group.plan[index : index + 1] = halves
+            log.warning(
+                "span refused, split and remembered",
+                table=span[0],
+                address=span[1],
+                count=span[2],
+                exception_code=reply.code,
+                into=[f"{h.address}+{h.count}" for h in halves],
+            )
+            return halves
+        if span not in self.refused_spans:
+            self.refused_spans.add(span)
+            log.warning(
+                "span refused by device",
+                table=span[0],
+                address=span[1],
+                count=span[2],
+                exception_code=reply.code,
+                tags=[reg.tag for reg in request.registers],
+            )
+        return []
 
-    async def _ensure_connected(self) -> bool:
-        if self.connection.connected:
-            return True
-        loop = asyncio.get_running_loop()
-        if loop.time() < self.next_connect:
-            return False
-        try:
-            await self.connection.connect()
-        except ModbusError as exc:
-            self._went_down(str(exc))
-            return False
-        return True
+    def _cycle_failed(self, reason: str) -> None:
+        self.counters.cycles_failed += 1
+        self.last_failure = reason
+        opened = self.breaker.failure(asyncio.get_running_loop().time())
+        if opened and not self.shares_link:
+            self.connection.close()  # a half-dead TCP session gets a fresh start on the probe
+        if self.state is not DeviceState.DOWN:
+            log.warning("device down", reason=reason, endpoint=self.connection.endpoint)
+            self.state = DeviceState.DOWN
+            self.on_state(DeviceState.DOWN, reason)
 
-    def _went_down(self, reason: str) -> None:
-        self.connection.close()
-        self.failures += 1
-        backoff = min(MAX_BACKOFF_S, self.device.interval_s * 2 ** min(self.failures, 10))
-        self.next_connect = asyncio.get_running_loop().time() + backoff * random.uniform(0.5, 1.0)
-        if self.up is not False:
-            log.warning("device down", device=self.device.name, reason=reason)
-        self.up = False
-
-    def _came_up(self) -> None:
-        if self.up is not True:
+    def _cycle_ok(self) -> None:
+        self.counters.cycles_ok += 1
+        self.last_failure = ""
+        self.breaker.success()
+        if self.state is not DeviceState.UP:
             log.info(
                 "device up",
-                device=self.device.name,
                 endpoint=self.connection.endpoint,
-                requests_per_cycle=len(self.plan),
+                requests_per_cycle=self.requests_per_cycle,
             )
-        self.up = True
-        self.failures = 0
+            self.state = DeviceState.UP
+            self.on_state(DeviceState.UP, "")
+
+
+def _plan(device: Device, group: str) -> list[ReadRequest]:
+    return plan_reads(
+        device.registers_in_group(group), device.max_registers, device.max_bits, device.max_gap
+    )
+
+
+def _span(request: ReadRequest) -> tuple[str, int, int]:
+    return (str(request.table), request.address, request.count)

@@ -1,44 +1,188 @@
-"""Publish stage: take messages from the outbox and publish them, QoS 1, one at a time.
+"""Publish stage: from the durable spool to the broker, QoS 1; a message leaves the spool
+only when the broker acknowledged it (PUBACK).
 
-A message leaves this stage only when the broker acknowledged it. While the broker is
-away, paho holds the message and sends it again on reconnect; this stage waits (logging
-once) and the outbox absorbs what the pollers keep producing.
+Up to ``window`` messages are in flight at once. While the broker is away nothing new is
+handed to paho (paho keeps and resends what is already in flight), so the backlog waits
+on disk, bounded, instead of in memory.
+
+After every (re)connect the spool is two streams, cut at its last id at that instant:
+
+* **live**: messages stored since; sent first, so the crews see the present at once;
+* **backlog**: what waited through the outage (or an agent restart); sent in order in
+  the room live data leaves, each payload marked ``"historical": true``.
+
+Retained messages (device status) are the exception to "send everything": a backlog
+status older than one already published on its topic is still sent, but not retained,
+so history cannot overwrite the current state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
 
 import structlog
 
-from agent.outbox import Outbox
-from derrick.contract import AgentStatus, agent_status_topic, now_ns, telemetry_topic
-from derrick.mqtt import MqttClient
+from agent.spool import Entry, Spool
+from derrick.contract import AgentStatus, agent_status_topic, mark_historical, now_ns
+from derrick.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger(__name__)
 
-
-async def publish_forever(outbox: Outbox, client: MqttClient, ack_wait_s: float) -> None:
-    while True:
-        message = await outbox.get()
-        topic = telemetry_topic(message.site, message.asset, message.device)
-        puback = client.publish_nowait(topic, message.model_dump_json().encode())
-        await _await_ack(puback, topic, ack_wait_s)
+REFILL_EVERY_S = 1.0
 
 
-async def _await_ack(puback: asyncio.Future[None], topic: str, ack_wait_s: float) -> None:
-    waited = False
-    while True:
+class Publisher:
+    def __init__(
+        self,
+        spool: Spool,
+        client: MqttClient,
+        *,
+        window: int = 20,
+        ack_wait_s: float = 10.0,
+        on_published: Callable[[Entry], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.client = client
+        self.window = window
+        self.ack_wait_s = ack_wait_s
+        self.on_published = on_published or (lambda _entry: None)
+        self.published = 0
+        self.replayed = 0
+        self.latencies_ms: deque[float] = deque(maxlen=2048)
+        self._inflight: dict[int, tuple[Entry, float]] = {}
+        self._acked: list[int] = []
+        self._retained_id: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._live_after = 0
+        self._backlog_after = 0
+        self._boundary = 0
+        self._stalled = False
+        self._replaying = False
+
+    def wake(self) -> None:
+        """New messages are in the spool (called by the queue stage after each batch)."""
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def run(self) -> None:
+        while True:
+            await self.client.wait_connected(timeout=float("inf"))
+            self._boundary = self._live_after = self.spool.last_id()
+            self._backlog_after = 0
+            backlog = self.spool.stats().depth
+            self._replaying = backlog > 0
+            if backlog:
+                log.info("replaying stored messages", backlog=backlog, window=self.window)
+            await self._serve_connection()
+
+    async def _serve_connection(self) -> None:
+        disconnected = asyncio.ensure_future(self.client.wait_disconnected())
         try:
-            await asyncio.wait_for(asyncio.shield(puback), ack_wait_s)
-        except TimeoutError:
-            if not waited:
-                log.warning("waiting for broker to acknowledge", topic=topic, waited_s=ack_wait_s)
-            waited = True
-            continue
-        if waited:
-            log.info("broker acknowledged again", topic=topic)
-        return
+            while not disconnected.done():
+                self.settle()
+                self._fill()
+                self._check_stalled()
+                self._wake.clear()
+                woken = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait(
+                    {woken, disconnected},
+                    timeout=REFILL_EVERY_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                woken.cancel()
+        finally:
+            disconnected.cancel()
+
+    def settle(self) -> None:
+        """Remove acknowledged messages from the spool, in one transaction."""
+        if self._acked:
+            self.spool.remove(self._acked)
+            self._acked = []
+
+    def _fill(self) -> None:
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return
+        for entry in self.spool.read(after_id=self._live_after, limit=room):
+            self._send(entry, historical=False)
+            self._live_after = entry.id
+            room -= 1
+        if room <= 0 or self._backlog_after >= self._boundary:
+            return
+        wanted = room + len(self._inflight)
+        candidates = self.spool.read(
+            after_id=self._backlog_after, limit=wanted, up_to_id=self._boundary
+        )
+        for entry in candidates:
+            if room <= 0:
+                break
+            self._backlog_after = entry.id
+            if entry.id in self._inflight:  # paho resends it itself after a reconnect
+                continue
+            self._send(entry, historical=True)
+            room -= 1
+        else:
+            if len(candidates) < wanted:  # the backlog is drained
+                self._backlog_after = self._boundary
+                if self._replaying:
+                    log.info("stored messages replayed", replayed=self.replayed)
+                self._replaying = False
+
+    def _send(self, entry: Entry, *, historical: bool) -> None:
+        payload = mark_historical(entry.payload) if historical else entry.payload
+        retain = entry.retain and self._retained_id.get(entry.topic, 0) < entry.id
+        if retain:
+            self._retained_id[entry.topic] = entry.id
+        try:
+            puback = self.client.publish_nowait(entry.topic, payload, qos=1, retain=retain)
+        except MqttError as exc:
+            log.error(
+                "message refused by the MQTT client, dropped", topic=entry.topic, error=str(exc)
+            )
+            self._acked.append(entry.id)
+            return
+        self._inflight[entry.id] = (entry, time.monotonic())
+        self.replayed += historical
+        puback.add_done_callback(lambda future, key=entry.id: self._on_puback(key, future))
+
+    def _on_puback(self, key: int, future: asyncio.Future[None]) -> None:
+        entry, sent = self._inflight.pop(key, (None, 0.0))
+        if entry is None or future.cancelled():
+            return
+        self._acked.append(key)
+        self.published += 1
+        self.latencies_ms.append((time.monotonic() - sent) * 1000)
+        self.on_published(entry)
+        self._wake.set()
+
+    def _check_stalled(self) -> None:
+        """Log once when the oldest message in flight waits longer than ``ack_wait_s``."""
+        oldest = min((sent for _entry, sent in self._inflight.values()), default=None)
+        stalled = oldest is not None and time.monotonic() - oldest > self.ack_wait_s
+        if stalled and not self._stalled:
+            log.warning(
+                "waiting for broker to acknowledge",
+                inflight=len(self._inflight),
+                waited_s=self.ack_wait_s,
+            )
+        elif self._stalled and not stalled:
+            log.info("broker acknowledging again")
+        self._stalled = stalled
+
+    def latency_summary(self) -> tuple[float | None, float | None]:
+        """(p50, max) publish latency in ms since the last call."""
+        if not self.latencies_ms:
+            return None, None
+        values = list(self.latencies_ms)
+        self.latencies_ms.clear()
+        return statistics.median(values), max(values)
 
 
 def status_payload(agent_id: str, boot: str, state: str) -> bytes:
@@ -50,7 +194,8 @@ async def announce_forever(client: MqttClient, agent_id: str, boot: str) -> None
     """Publish the retained 'online' birth message after every (re)connect.
 
     The broker publishes our last will ('offline', retained) when we vanish; the next
-    birth message replaces it.
+    birth message replaces it. Birth is about this connection, so it goes straight to
+    the broker rather than through the spool: replayed later it would be a lie.
     """
     topic = agent_status_topic(agent_id)
     while True:

@@ -7,8 +7,11 @@ the wire format is a change here and nowhere else.
 Topic scheme (schema version 1)::
 
     derrick/v1/<site>/<asset>/<device>/telemetry    agent -> collector, QoS 1
+    derrick/v1/<site>/<asset>/<device>/status       device up/down, retained
     derrick/v1/<site>/<asset>/alarm/<rule>          collector -> crews, QoS 1
     derrick/v1/agents/<agent>/status                agent birth / last will, retained
+    derrick/v1/agents/<agent>/metrics               agent health, on an interval
+    derrick/v1/agents/<agent>/events                agent notices (store-and-forward drops)
 
 Identifiers (site, asset, device, agent, rule, tag) are restricted to
 ``[A-Za-z0-9_.-]`` so they are safe both as MQTT topic levels (no ``/``, ``+``, ``#``)
@@ -56,9 +59,16 @@ class Reading(_Frozen):
 
 
 class Telemetry(_Frozen):
-    """One message: the readings of one device from one poll."""
+    """One message: the readings of one device from one poll.
+
+    ``historical`` is true when the message waited in the agent's store-and-forward
+    queue through a broker outage (or an agent restart) and is replayed late. It is the
+    second field on purpose: the agent flips it in the stored JSON bytes on replay
+    (see :func:`mark_historical`) instead of parsing and re-serialising every message.
+    """
 
     v: Literal[1] = SCHEMA_VERSION
+    historical: bool = False
     site: Ident
     asset: Ident
     device: Ident
@@ -91,6 +101,82 @@ class AlarmEvent(_Frozen):
     ts_ns: int = Field(ge=0)
 
 
+class DeviceState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class DeviceStatus(_Frozen):
+    """Retained state of one PLC as its agent sees it; published on every change."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    historical: bool = False
+    site: Ident
+    asset: Ident
+    device: Ident
+    agent: Ident
+    state: DeviceState
+    reason: str = ""
+    endpoint: str = ""
+    ts_ns: int = Field(ge=0)
+
+
+class DeviceCounters(_Frozen):
+    """Per-device poll counters since the agent started."""
+
+    state: DeviceState | None = None
+    cycles_ok: int = 0
+    cycles_failed: int = 0
+    requests: int = 0
+    readings: int = 0
+    readings_published: int = 0
+    last_cycle_ms: float = 0.0
+    last_cycle_requests: int = 0
+
+
+class QueueMetrics(_Frozen):
+    depth: int = 0
+    bytes: int = 0
+    oldest_age_s: float | None = None
+    dropped_telemetry: int = 0
+    dropped_status: int = 0
+    dropped_alarm: int = 0
+
+
+class AgentMetrics(_Frozen):
+    """An agent's own health, published every ``metrics_interval_s``."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    historical: bool = False
+    agent: Ident
+    site: Ident
+    boot: str
+    ts_ns: int = Field(ge=0)
+    uptime_s: float
+    broker_connected: bool
+    devices: dict[str, DeviceCounters]
+    queue: QueueMetrics
+    messages_published: int
+    publish_latency_ms_p50: float | None = None
+    publish_latency_ms_max: float | None = None
+
+
+class AgentEvent(_Frozen):
+    """A notice from an agent that a consumer must not miss, e.g. dropped telemetry."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    historical: bool = False
+    agent: Ident
+    site: Ident
+    boot: str
+    event: Literal["spool_dropped"]
+    reason: str
+    dropped_telemetry: int = 0
+    dropped_status: int = 0
+    dropped_alarm: int = 0
+    ts_ns: int = Field(ge=0)
+
+
 class AgentStatus(_Frozen):
     """Retained birth message and last will of an agent."""
 
@@ -120,8 +206,33 @@ def alarm_topic(site: str, asset: str, rule: str) -> str:
 ALARM_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/alarm/+"
 
 
+def device_status_topic(site: str, asset: str, device: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{asset}/{device}/status"
+
+
 def agent_status_topic(agent: str) -> str:
     return f"{TOPIC_ROOT}/agents/{agent}/status"
+
+
+def agent_metrics_topic(agent: str) -> str:
+    return f"{TOPIC_ROOT}/agents/{agent}/metrics"
+
+
+def agent_events_topic(agent: str) -> str:
+    return f"{TOPIC_ROOT}/agents/{agent}/events"
+
+
+_LIVE = b'"historical":false'
+_REPLAYED = b'"historical":true'
+
+
+def mark_historical(payload: bytes) -> bytes:
+    """The stored JSON of a message, flagged as replayed late.
+
+    Every agent model puts ``historical`` right after ``v``, so the first occurrence of
+    the key is that field; payloads without it are returned unchanged.
+    """
+    return payload.replace(_LIVE, _REPLAYED, 1)
 
 
 class TopicError(ValueError):

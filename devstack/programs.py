@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from devstack.services import free_port
+from devstack.services import free_port, free_port_block
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = {"sim": "simulators.main", "agent": "agent.main", "collector": "collector.main"}
@@ -208,3 +208,27 @@ def start_pipeline(
     ).start()
     agent = Program("agent", ["--config", str(agent_cfg)], log_dir / "agent.log").start()
     return Pipeline(site, agent, collector)
+
+
+def start_fleet(tmp_path: Path, cranes: int, *extra: str) -> tuple[Program, int, int]:
+    """derrick-sim with ``cranes`` cranes on consecutive ports; (program, first Modbus port,
+    first control port)."""
+    base = free_port_block(cranes)
+    control = free_port_block(cranes)
+    program = Program(
+        "sim",
+        [
+            "--cranes",
+            str(cranes),
+            "--port",
+            str(base),
+            "--control-port",
+            str(control),
+            "--log-format",
+            "json",
+            *extra,
+        ],
+        tmp_path / "fleet.log",
+    ).start()
+    wait_for(lambda: '"fleet ready"' in program.log_tail(5), 60, "fleet ready", program=program)
+    return program, base, control

@@ -10,34 +10,12 @@ from agent.decode import decode_request
 from agent.modbus import ModbusConnection
 from agent.plan import plan_reads
 from derrick.profile import load_profile
-from devstack.programs import Program, http_json, wait_for
+from devstack.programs import Program, http_json, start_fleet, wait_for
 from devstack.services import free_port_block
 
 pytestmark = pytest.mark.integration
 
 CRANE = load_profile("crane")
-
-
-def start_fleet(tmp_path, cranes: int, *extra: str) -> tuple[Program, int, int]:
-    base = free_port_block(cranes)
-    control = free_port_block(cranes)
-    program = Program(
-        "sim",
-        [
-            "--cranes",
-            str(cranes),
-            "--port",
-            str(base),
-            "--control-port",
-            str(control),
-            "--log-format",
-            "json",
-            *extra,
-        ],
-        tmp_path / "fleet.log",
-    ).start()
-    wait_for(lambda: '"fleet ready"' in program.log_tail(5), 60, "fleet ready", program=program)
-    return program, base, control
 
 
 async def read_all(port: int, profile=CRANE) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """Read planning: fewest requests within the device's limits."""
 
-from agent.plan import plan_reads
+from agent.plan import min_requests, plan_reads, split_request
 from derrick.profile import Register, load_profile
 
 
@@ -58,3 +58,26 @@ def test_crane_profile_plan_skips_the_undefined_register():
         ("input", 0, 1),
         ("discrete", 0, 5),
     ]
+
+
+def test_split_cuts_at_the_widest_hole():
+    regs = [reg("a", 0), reg("b", 1), reg("c", 5), reg("d", 6, "float32")]
+    (span,) = plan_reads(regs, max_gap=10)
+    halves = split_request(span)
+    assert spans(halves) == [("holding", 0, 2), ("holding", 5, 3)]
+    assert [[r.tag for r in h.registers] for h in halves] == [["a", "b"], ["c", "d"]]
+
+
+def test_split_without_holes_halves_the_tags_and_stops_at_one():
+    (span,) = plan_reads([reg(f"t{i}", i) for i in range(4)])
+    halves = split_request(span)
+    assert spans(halves) == [("holding", 0, 2), ("holding", 2, 2)]
+    (single,) = plan_reads([reg("only", 3)])
+    assert split_request(single) == [single]
+
+
+def test_min_requests_reads_through_every_hole():
+    regs = [reg("a", 0), reg("b", 50), reg("c", 120), reg("d", 200)]
+    assert len(plan_reads(regs)) == 4
+    assert min_requests(regs) == 2
+    assert min_requests(regs, max_registers=60) == 3

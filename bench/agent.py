@@ -1,0 +1,126 @@
+"""Agent benchmark: one derrick-agent process polling 50 simulated PLCs x 100 tags.
+
+Real parts: derrick-sim (generic profile ``bench100``, 50 ports), mosquitto, the agent as
+its own process with its SQLite spool; a subscriber counts what reaches the broker.
+Prints ``name: value unit`` lines:
+
+* ``agent_cpu_us_per_reading``: agent CPU time (user + system, from /proc) per reading
+  published, over the measured window;
+* ``agent_rss_mb``: the agent's peak resident set (VmHWM);
+* ``agent_requests_per_cycle``: Modbus requests per poll cycle, summed over the devices
+  (from the agent's own metrics);
+* ``agent_plan_min_requests_per_cycle``: the fewest requests that could cover the tags.
+
+Environment: ``BENCH_DEVICES`` (50), ``BENCH_SECONDS`` (30), ``BENCH_INTERVAL_S`` (1.0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.plan import min_requests
+from derrick.contract import TOPIC_ROOT, AgentMetrics, agent_metrics_topic
+from derrick.profile import load_profile
+from devstack.programs import Program, wait_for, write_yaml
+from devstack.services import Mosquitto, free_port_block
+from devstack.tap import Tap
+
+DEVICES = int(os.environ.get("BENCH_DEVICES", "50"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
+INTERVAL_S = float(os.environ.get("BENCH_INTERVAL_S", "1.0"))
+WARMUP_S = 5.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def readings_in(messages) -> int:
+    return sum(
+        len(json.loads(m.payload)["readings"]) for m in messages if m.topic.endswith("/telemetry")
+    )
+
+
+def latest_metrics(messages, agent_id: str) -> AgentMetrics | None:
+    topic = agent_metrics_topic(agent_id)
+    found = [m for m in messages if m.topic == topic]
+    return AgentMetrics.model_validate_json(found[-1].payload) if found else None
+
+
+def requests_per_cycle(metrics: AgentMetrics) -> int:
+    """Requests of every device's last complete poll cycle, summed."""
+    return sum(device.last_cycle_requests for device in metrics.devices.values())
+
+
+def main() -> None:
+    profile = load_profile("bench100")
+    with tempfile.TemporaryDirectory(prefix="derrick-bench-agent-") as tmp:
+        work = Path(tmp)
+        base = free_port_block(DEVICES)
+        with Mosquitto(work / "mosquitto") as broker:
+            sim = Program(
+                "sim",
+                ["--profile", "bench100", "--count", str(DEVICES), "--port", str(base),
+                 "--log-format", "json", "--log-level", "warning"],
+                work / "sim.log",
+            ).start()
+            agent_id = "gw-bench"
+            config = write_yaml(
+                work / "agent.yaml",
+                {
+                    "agent": {"id": agent_id, "site": "bench"},
+                    "broker": {"host": "127.0.0.1", "port": broker.port},
+                    "devices": [
+                        {"name": f"plc{i:02d}", "asset": f"unit-{i:02d}", "profile": "bench100",
+                         "host": "127.0.0.1", "port": base + i, "interval_s": INTERVAL_S,
+                         "timeout_s": 2.0}
+                        for i in range(DEVICES)
+                    ],
+                    "spool": {"path": str(work / "spool.db")},
+                    "metrics_interval_s": 5,
+                    "log": {"format": "json", "level": "warning"},
+                },
+            )
+            try:
+                with Tap(broker.port, f"{TOPIC_ROOT}/#") as tap:
+                    agent = Program("agent", ["--config", str(config)], work / "agent.log").start()
+                    pid = agent.process.pid
+                    wait_for(lambda: readings_in(tap.messages()) > 0, 60, "first readings",
+                             program=agent)
+                    time.sleep(WARMUP_S)
+                    seen, cpu0 = len(tap.messages()), cpu_seconds(pid)
+                    time.sleep(SECONDS)
+                    cpu1, window = cpu_seconds(pid), tap.messages()
+                    readings = readings_in(window[seen:])
+                    rss = peak_rss_mb(pid)
+                    metrics1 = latest_metrics(window, agent_id)
+                    agent.stop()
+            finally:
+                sim.stop()
+    cycle = requests_per_cycle(metrics1) if metrics1 else float("nan")
+    plan_min = DEVICES * min_requests(profile.registers)
+    print(f"agent_cpu_us_per_reading: {(cpu1 - cpu0) / readings * 1e6:.1f} us")
+    print(f"agent_rss_mb: {rss:.1f} MB")
+    print(f"agent_requests_per_cycle: {cycle} requests")
+    print(f"agent_plan_min_requests_per_cycle: {plan_min} requests")
+    print(f"agent_readings_per_s: {readings / SECONDS:.0f} readings/s "
+          f"({DEVICES} devices x {len(profile.registers)} tags every {INTERVAL_S} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Poll stage with real Modbus over TCP: refused spans, sick PLCs beside healthy ones.
+
+The split test runs the simulator in-process on a loopback socket; the isolation test
+runs a simulated fleet and a real agent process, and measures what reached the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import statistics
+import time
+import uuid
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.config import Device
+from agent.modbus import ModbusConnection
+from agent.poll import DevicePoller
+from derrick.contract import TOPIC_ROOT, AgentMetrics, Quality, Telemetry
+from derrick.profile import load_profile
+from devstack.programs import Program, http_json, start_fleet, write_yaml
+from devstack.tap import Tap
+from simulators import modbus_server
+from simulators.crane import CraneModel
+from simulators.plc import SimulatedPlc
+
+pytestmark = pytest.mark.integration
+
+
+def crane_plc() -> SimulatedPlc:
+    return SimulatedPlc(load_profile("crane"), CraneModel(seed=3, demo_overload=False))
+
+
+def test_span_refused_with_02_is_split_remembered_and_the_rest_read():
+    asyncio.run(_split_scenario())
+
+
+async def _split_scenario():
+    plc = crane_plc()
+    async with modbus_server.serving(plc, "127.0.0.1", 0) as port:
+        # max_gap 5 reads holding 0-29 in one span, through the undefined register 9.
+        device = Device(
+            name="lmi", asset="c1", profile="crane", host="127.0.0.1", port=port, max_gap=5
+        )
+        connection = ModbusConnection.tcp("127.0.0.1", port, 1.0)
+        poller = DevicePoller(device, connection, lambda _r: None)
+        (group,) = poller.groups
+        assert [(r.address, r.count) for r in group.plan if r.table == "holding"] == [(0, 30)]
+        try:
+            with capture_logs() as logs:
+                first = await poller.poll_once()
+                second = await poller.poll_once()
+        finally:
+            connection.close()
+    holding = [(r.address, r.count) for r in group.plan if r.table == "holding"]
+    assert holding == [(0, 9), (10, 20)]  # cut at the hole, and remembered
+    assert {r.quality for r in first + second} == {Quality.GOOD}
+    assert len(first) == len(second) == len(device.selected_registers)
+    assert poller.counters.requests == 5 + 4  # refused + two halves + input + discrete; then 4
+    splits = [e for e in logs if e["event"] == "span refused, split and remembered"]
+    assert len(splits) == 1 and splits[0]["exception_code"] == 2
+
+
+def test_a_single_refused_tag_is_bad_alone_and_the_device_stays_up():
+    asyncio.run(_single_tag_scenario())
+
+
+async def _single_tag_scenario():
+    plc = crane_plc()
+    registers = [
+        {"tag": "hook_load", "table": "holding", "address": 0, "type": "float32"},
+        {"tag": "nothing_here", "table": "holding", "address": 9, "type": "uint16"},
+    ]
+    async with modbus_server.serving(plc, "127.0.0.1", 0) as port:
+        device = Device(
+            name="lmi", asset="c1", kind="crane", registers=registers, host="127.0.0.1", port=port
+        )
+        connection = ModbusConnection.tcp("127.0.0.1", port, 1.0)
+        poller = DevicePoller(device, connection, lambda _r: None)
+        try:
+            with capture_logs() as logs:
+                cycles = [await poller.poll_once() for _ in range(3)]
+        finally:
+            connection.close()
+    for readings in cycles:
+        quality = {r.tag: r.quality for r in readings}
+        assert quality == {"hook_load": Quality.GOOD, "nothing_here": Quality.BAD}
+    assert poller.state == "up"
+    assert [e["event"] for e in logs].count("span refused by device") == 1  # once, not per poll
+
+
+INTERVAL_S = 0.5
+
+
+def test_silent_and_slow_plcs_do_not_delay_the_others(tmp_path, mosquitto):
+    fleet, base, control = start_fleet(tmp_path, 4, "--no-demo-overload")
+    site = f"t{uuid.uuid4().hex[:8]}"
+    devices = [
+        {
+            "name": f"plc{i}",
+            "asset": f"crane-{i}",
+            "profile": "crane",
+            "host": "127.0.0.1",
+            "port": base + i,
+            "interval_s": INTERVAL_S,
+            "timeout_s": 0.3,
+            "breaker_failures": 1000,  # keep the silent one costing its timeouts every cycle
+        }
+        for i in range(4)
+    ]
+    config = write_yaml(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {"id": f"gw-{site}", "site": site},
+            "broker": {"host": "127.0.0.1", "port": mosquitto.port},
+            "devices": devices,
+            "spool": {"path": str(tmp_path / "spool.db")},
+            "metrics_interval_s": 5,
+            "log": {"format": "json"},
+        },
+    )
+    http_json(f"http://127.0.0.1:{control + 1}/fault", {"silent": True})
+    http_json(f"http://127.0.0.1:{control + 2}/fault", {"latency_s": 0.25})  # slow, not dead
+    agent = Program("agent", ["--config", str(config)], tmp_path / "agent.log").start()
+    try:
+        with Tap(mosquitto.port, f"{TOPIC_ROOT}/#") as tap:
+            time.sleep(12)
+            received = tap.messages()
+    finally:
+        code = agent.stop()
+        fleet.stop()
+    assert code == 0, agent.log_tail()
+    received = [m for m in received if site in m.topic]  # also other tests' agents
+    telemetry = [
+        Telemetry.model_validate_json(m.payload) for m in received if "telemetry" in m.topic
+    ]
+    for healthy in ("plc0", "plc3"):
+        stamps = [
+            r.ts_ns
+            for m in telemetry
+            if m.device == healthy
+            for r in m.readings
+            if r.tag == "hook_load"
+        ]
+        intervals = [(b - a) / 1e9 for a, b in itertools.pairwise(stamps[2:])]  # settled
+        assert len(intervals) >= 15, healthy
+        assert abs(statistics.mean(intervals) - INTERVAL_S) <= 0.02 * INTERVAL_S
+        late = [i for i in intervals if abs(i - INTERVAL_S) > 0.1 * INTERVAL_S]
+        assert not late, f"{healthy}: intervals off by more than 10 %: {late}"
+    silent = [r for m in telemetry if m.device == "plc1" for r in m.readings]
+    assert silent and {r.quality for r in silent} == {Quality.BAD}
+    slow = [r for m in telemetry if m.device == "plc2" for r in m.readings]
+    assert slow and Quality.GOOD in {r.quality for r in slow}
+    statuses = [json.loads(m.payload) for m in received if m.topic.endswith("plc1/status")]
+    assert statuses and statuses[-1]["state"] == "down"
+    metrics = [
+        AgentMetrics.model_validate_json(m.payload)
+        for m in received
+        if m.topic.endswith("/metrics")
+    ]
+    assert metrics, "no agent metrics within 12 s at metrics_interval_s 5"
+    devices = metrics[-1].devices
+    assert devices["plc1"].state == "down" and devices["plc1"].cycles_ok == 0
+    assert devices["plc1"].cycles_failed >= 5
+    assert devices["plc0"].cycles_failed == 0 and devices["plc0"].cycles_ok >= 8
+    assert devices["plc0"].last_cycle_requests == 4  # the plan: 4 requests per cycle
+    assert metrics[-1].broker_connected and metrics[-1].messages_published > 0

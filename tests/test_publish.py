@@ -1,0 +1,71 @@
+"""Publish stage against a real mosquitto: live data first, backlog replayed in order and
+marked historical, retained state never overwritten by history, spool emptied on PUBACK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from agent.publish import Publisher
+from agent.spool import Priority, Spool
+from derrick.broker import BrokerSettings
+from derrick.contract import now_ns
+from derrick.mqtt import MqttClient
+from devstack.tap import Tap
+
+pytestmark = pytest.mark.integration
+
+
+def payload(n: int, state: str = "") -> bytes:
+    body = {"v": 1, "historical": False, "n": n, "state": state}
+    return json.dumps(body, separators=(",", ":")).encode()  # compact, as pydantic writes
+
+
+async def publish_all(port: int, spool: Spool, topic: str, backlog: int) -> Publisher:
+    client = MqttClient(BrokerSettings(port=port), f"pub-{uuid.uuid4().hex[:6]}")
+    publisher = Publisher(spool, client, window=5)
+    await client.start()
+    await client.wait_connected()
+    task = asyncio.create_task(publisher.run())
+    await asyncio.sleep(0.05)  # replay under way
+    spool.append([(f"{topic}/status", payload(-1, "up"), Priority.STATUS, True, now_ns())])
+    spool.append([(f"{topic}/data", payload(10_000), Priority.TELEMETRY, False, now_ns())])
+    publisher.wake()
+    for _ in range(200):
+        if spool.stats().depth == 0 and publisher.inflight == 0:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    await client.stop()
+    assert publisher.published == backlog + 2
+    return publisher
+
+
+def test_live_first_backlog_in_order_marked_historical(tmp_path, mosquitto):
+    topic = f"t/{uuid.uuid4().hex[:8]}"
+    backlog = 2000
+    with Spool(tmp_path / "s.db", max_bytes=10**8, max_age_s=10**6) as spool:
+        spool.append([(f"{topic}/status", payload(-2, "down"), Priority.STATUS, True, now_ns())])
+        spool.append(
+            [
+                (f"{topic}/data", payload(n), Priority.TELEMETRY, False, now_ns())
+                for n in range(backlog - 1)
+            ]
+        )
+        with Tap(mosquitto.port, f"{topic}/#") as tap:
+            asyncio.run(publish_all(mosquitto.port, spool, topic, backlog))
+            received = tap.wait(lambda m: len(m) >= backlog + 2, 20, "everything")
+        assert spool.stats().depth == 0, "acknowledged messages must leave the spool"
+    data = [json.loads(m.payload) for m in received if m.topic.endswith("/data")]
+    numbers = [d["n"] for d in data]
+    assert numbers.index(10_000) < backlog // 2, "live data waited behind the backlog"
+    replayed = [d for d in data if d["n"] != 10_000]
+    assert [d["n"] for d in replayed] == list(range(backlog - 1)), "backlog out of order"
+    assert all(d["historical"] for d in replayed)
+    assert not next(d for d in data if d["n"] == 10_000)["historical"]
+    with Tap(mosquitto.port, f"{topic}/status") as late:
+        (retained,) = late.wait(lambda m: m, 10, "retained status")
+    assert json.loads(retained.payload)["state"] == "up", "history overwrote the current state"
