@@ -78,14 +78,12 @@ def _block(plc: SimulatedPlc, table: Table) -> list[SimData]:
         return [SimData(address=a, values=[False], datatype=DataType.BITS) for a in addresses]
     if not regs:  # placeholder: an INVALID register answers exception 02 before any action
         return [SimData(address=0, datatype=DataType.INVALID)]
+    # Bit tags share their word with other bits (and a whole-word tag): one block per
+    # address that some tag uses.
+    addresses = sorted({a for reg in regs for a in range(reg.address, reg.address + reg.count)})
     return [
-        SimData(
-            address=reg.address,
-            values=[0] * reg.count,
-            datatype=DataType.REGISTERS,
-            readonly=True,
-        )
-        for reg in regs
+        SimData(address=a, values=[0], datatype=DataType.REGISTERS, readonly=True)
+        for a in addresses
     ]
 
 

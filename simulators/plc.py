@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from derrick.profile import Profile, Register, Table
-from derrick.registers import CodecError, DataType, encode, unscaled
+from derrick.registers import CodecError, DataType, encode, encode_bit, unscaled
 from simulators.faults import Faults
 
 Value = float | bool | str
@@ -128,7 +128,7 @@ class SimulatedPlc:
 
     def _check_numeric(self, tag: str) -> None:
         reg = next((r for r in self.profile.registers if r.tag == tag), None)
-        if reg is None or reg.type in (DataType.BOOL, DataType.STRING):
+        if reg is None or reg.type in (DataType.BOOL, DataType.BIT, DataType.STRING):
             raise ValueError(f"{tag!r} is not a numeric tag of {self.profile.kind}")
 
     def registers(self, table: Table) -> list[Register]:
@@ -143,12 +143,19 @@ class SimulatedPlc:
         """The table now: address -> 16-bit word (register tables) or bit (bit tables)."""
         current = self.values()
         image: dict[int, int | bool] = {}
+        bits = []
         for reg in self.registers(table):
             if table.is_bits:
                 image[reg.address] = bool(current[reg.tag])
-                continue
-            words = register_words(reg, current[reg.tag], saturate=True)
-            image.update(zip(range(reg.address, reg.address + reg.count), words, strict=True))
+            elif reg.type is DataType.BIT:
+                bits.append(reg)
+            else:
+                words = register_words(reg, current[reg.tag], saturate=True)
+                image.update(zip(range(reg.address, reg.address + reg.count), words, strict=True))
+        for reg in bits:  # after the whole words they may share a word with
+            word = int(image.get(reg.address, 0))
+            assert reg.bit is not None
+            image[reg.address] = encode_bit(word, reg.bit, bool(current[reg.tag]), reg.byte_order)
         return image
 
     def overload(self, active: bool) -> bool:
@@ -166,7 +173,7 @@ class SimulatedPlc:
         clean = self.model.validate(values)
         for tag, value in clean.items():
             reg = next((r for r in self.profile.registers if r.tag == tag), None)
-            if reg is None or reg.table.is_bits:
+            if reg is None or reg.table.is_bits or reg.type is DataType.BIT:
                 continue
             try:
                 register_words(reg, value)

@@ -17,14 +17,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.config import Device
+from agent.main import open_link
 from agent.modbus import ModbusConnection
 from agent.poll import DevicePoller
 from derrick.contract import TOPIC_ROOT, AgentMetrics, Quality, Telemetry
-from derrick.profile import load_profile
+from derrick.profile import Profile, load_profile
 from devstack.programs import Program, http_json, start_fleet, write_yaml
 from devstack.tap import Tap
 from simulators import modbus_server
 from simulators.crane import CraneModel
+from simulators.generic import GenericModel
 from simulators.plc import SimulatedPlc
 
 pytestmark = pytest.mark.integration
@@ -168,3 +170,55 @@ def test_silent_and_slow_plcs_do_not_delay_the_others(tmp_path, mosquitto):
     assert devices["plc0"].cycles_failed == 0 and devices["plc0"].cycles_ok >= 8
     assert devices["plc0"].last_cycle_requests == 4  # the plan: 4 requests per cycle
     assert metrics[-1].broker_connected and metrics[-1].messages_published > 0
+
+
+def test_rtu_over_tcp_device_with_bit_tags_reads_what_the_plc_holds():
+    asyncio.run(_rtu_bits_scenario())
+
+
+async def _rtu_bits_scenario():
+    registers = [
+        {
+            "tag": "pressure",
+            "table": "holding",
+            "address": 0,
+            "type": "float32",
+            "word_order": "little",
+        },
+        {"tag": "status", "table": "holding", "address": 2, "type": "uint16"},
+        {"tag": "running", "table": "holding", "address": 3, "type": "bit", "bit": 0},
+        {"tag": "tripped", "table": "holding", "address": 3, "type": "bit", "bit": 9},
+        {
+            "tag": "fault",
+            "table": "holding",
+            "address": 3,
+            "type": "bit",
+            "bit": 15,
+            "byte_order": "little",
+        },
+    ]
+    device = Device(
+        name="pump",
+        asset="rig-1",
+        kind="pump",
+        registers=registers,
+        transport="rtu-over-tcp",
+        host="127.0.0.1",
+        port=1,
+        unit_id=7,
+    )
+    profile = Profile(kind="pump", registers=device.selected_registers)
+    plc = SimulatedPlc(profile, GenericModel(profile, seed=1))
+    held = {"pressure": 151.25, "status": 513, "running": True, "tripped": False, "fault": True}
+    plc.hold(held)
+    async with modbus_server.serving(plc, "127.0.0.1", 0, unit_id=7, framer="rtu") as port:
+        device = device.model_copy(update={"port": port})
+        connection = open_link(device)
+        assert connection.endpoint.startswith("rtu-over-tcp")
+        poller = DevicePoller(device, connection, lambda _r: None)
+        try:
+            readings = await poller.poll_once()
+        finally:
+            connection.close()
+    assert {r.tag: r.value for r in readings} == held
+    assert poller.requests_per_cycle == 1  # the word and its bits in one read
