@@ -66,7 +66,8 @@ def print_plan(config: AgentConfig) -> None:
             total += len(plan)
             fewest = min_requests(regs, device.max_registers, device.max_bits)
             sys.stdout.write(
-                f"  group {group}: {len(plan)} requests every {interval} s"
+                f"  group {group}: {len(plan)} request{'' if len(plan) == 1 else 's'}"
+                f" every {interval} s"
                 f" (fewest possible {fewest}, max_gap {device.max_gap})\n"
             )
             for req in plan:

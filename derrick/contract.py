@@ -58,6 +58,31 @@ class Reading(_Frozen):
     ts_ns: int = Field(ge=0, description="UTC, nanoseconds since the Unix epoch")
 
 
+_READING_FIELDS = frozenset(("tag", "value", "unit", "quality", "ts_ns"))
+_set_attr = object.__setattr__
+
+
+def trusted_reading(
+    tag: str, value: ReadingValue, unit: str, quality: Quality, ts_ns: int
+) -> Reading:
+    """A Reading from values the agent made itself, without validation.
+
+    What ``Reading.model_construct`` does, without its generic per-call work (about
+    0.7 us instead of 1.8 us; an agent builds one per tag per poll). tests/test_contract.py
+    checks it stays equal to a validated Reading, field set and JSON included.
+    """
+    reading = Reading.__new__(Reading)
+    _set_attr(
+        reading,
+        "__dict__",
+        {"tag": tag, "value": value, "unit": unit, "quality": quality, "ts_ns": ts_ns},
+    )
+    _set_attr(reading, "__pydantic_fields_set__", set(_READING_FIELDS))
+    _set_attr(reading, "__pydantic_extra__", None)
+    _set_attr(reading, "__pydantic_private__", None)
+    return reading
+
+
 class Telemetry(_Frozen):
     """One message: the readings of one device from one poll.
 

@@ -83,3 +83,11 @@ def test_a_tag_beyond_the_data_is_bad_alone():
     assert (readings["b"].value, readings["b"].quality) == (True, Quality.GOOD)
     assert (readings["f"].value, readings["f"].quality) == (None, Quality.BAD)
     assert {r.ts_ns for r in readings.values()} == {5}
+
+
+@pytest.mark.parametrize("words", [[0x7FC0, 0], [0x7F80, 0], [0xFF80, 0]])  # NaN, +inf, -inf
+def test_non_finite_floats_are_bad_with_no_value(words):
+    reg = Register(tag="p", table="holding", address=0, type="float32")
+    (request,) = plan_reads([reg])
+    (reading,) = decode_request(request, words, ts_ns=1)
+    assert (reading.value, reading.quality) == (None, "bad")
