@@ -120,6 +120,11 @@ class RuleSet(StrictModel):
 
 class CollectorIdentity(StrictModel):
     id: Ident = Field(description="MQTT client id; keep it stable so the session persists")
+    group: Ident | None = Field(
+        default=None,
+        description="MQTT shared-subscription group: collectors of one group split the "
+        "messages between them; none (the default): one collector takes everything",
+    )
 
 
 class CollectorConfig(StrictModel):

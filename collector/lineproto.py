@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import math
 
-from derrick.contract import AlarmEvent, Quality, Telemetry
+from derrick.contract import (
+    AgentMetrics,
+    AlarmEvent,
+    DeviceState,
+    DeviceStatus,
+    Quality,
+    Telemetry,
+)
 
 _GOOD = Quality.GOOD
 
@@ -62,3 +69,42 @@ def encode_alarm(event: AlarmEvent) -> str:
         f"value={_field_value(event.value)},limit={_field_value(event.limit)},"
         f"message={message} {event.ts_ns}"
     )
+
+
+def encode_device_status(status: DeviceStatus) -> str:
+    """A device going up or down, as measurement ``device_status``."""
+    up = "true" if status.state is DeviceState.UP else "false"
+    return (
+        f"device_status,asset={status.asset},device={status.device},site={status.site} "
+        f"up={up},reason={_field_value(status.reason)} {status.ts_ns}"
+    )
+
+
+def encode_agent_metrics(metrics: AgentMetrics) -> str:
+    """An agent's health report, as measurement ``agent`` (one line per report)."""
+    states = [device.state for device in metrics.devices.values()]
+    queue = metrics.queue
+    fields = {
+        "queue_depth": queue.depth,
+        "queue_bytes": queue.bytes,
+        "queue_oldest_age_s": queue.oldest_age_s or 0.0,
+        "dropped_telemetry": queue.dropped_telemetry,
+        "messages_published": metrics.messages_published,
+        "publish_latency_ms_p50": metrics.publish_latency_ms_p50,
+        "publish_latency_ms_max": metrics.publish_latency_ms_max,
+        "devices_up": sum(state is DeviceState.UP for state in states),
+        "devices_down": sum(state is DeviceState.DOWN for state in states),
+        "uptime_s": metrics.uptime_s,
+        "broker_connected": metrics.broker_connected,
+    }
+    return f"agent,agent={metrics.agent},site={metrics.site} {_fields(fields)} {metrics.ts_ns}"
+
+
+def encode_stats(collector: str, fields: dict[str, object], ts_ns: int) -> str:
+    """The collector's own counters, as measurement ``collector``."""
+    return f"collector,collector={collector} {_fields(fields)} {ts_ns}"
+
+
+def _fields(values: dict[str, object]) -> str:
+    encoded = ((key, _field_value(value)) for key, value in values.items())
+    return ",".join(f"{key}={value}" for key, value in encoded if value is not None)

@@ -12,14 +12,22 @@ import structlog
 from collector.config import CollectorConfig, load_config
 from collector.evaluate import Evaluator
 from collector.influx import StoreError, V1Writer, make_writer
+from collector.lineproto import encode_stats
 from collector.notify import notify_forever
 from collector.receive import receive_forever
-from collector.stats import Stats
+from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Store
 from derrick import logs
 from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
-from derrick.contract import TELEMETRY_SUBSCRIPTION, AlarmEvent
+from derrick.contract import (
+    AGENT_METRICS_SUBSCRIPTION,
+    DEVICE_STATUS_SUBSCRIPTION,
+    TELEMETRY_SUBSCRIPTION,
+    AlarmEvent,
+    now_ns,
+    shared,
+)
 from derrick.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger("collector")
@@ -49,11 +57,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def report_forever(
-    stats: Stats, store_queue: asyncio.Queue[Batchable], interval_s: float
+    collector_id: str, stats: Stats, store_queue: asyncio.Queue[Batchable], interval_s: float
 ) -> None:
+    """Log a summary and store the collector's own counters every ``interval_s``."""
+    loop = asyncio.get_running_loop()
+    then, then_t = stats.snapshot(), loop.time()
     while True:
         await asyncio.sleep(interval_s)
-        log.info("ingest summary", queued=store_queue.qsize(), **stats.snapshot())
+        now, now_t = stats.snapshot(), loop.time()
+        log.info("ingest summary", queued=store_queue.qsize(), **now)
+        fields = interval_fields(now, then, now_t - then_t, store_queue.qsize())
+        then, then_t = now, now_t
+        try:  # never wait for room: the counters are the least important lines
+            store_queue.put_nowait(Batchable([encode_stats(collector_id, fields, now_ns())], None))
+        except asyncio.QueueFull:
+            log.debug("store queue full, collector stats not stored")
 
 
 async def run(config: CollectorConfig) -> None:
@@ -72,11 +90,18 @@ async def run(config: CollectorConfig) -> None:
     store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
     events: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
     store = Store(writer, client.ack, stats, config.batch.max_lines, config.batch.max_delay_s)
-    await client.subscribe(TELEMETRY_SUBSCRIPTION, qos=1)
+    group = config.collector.group
+    for subscription in (
+        TELEMETRY_SUBSCRIPTION,
+        DEVICE_STATUS_SUBSCRIPTION,
+        AGENT_METRICS_SUBSCRIPTION,
+    ):
+        await client.subscribe(shared(group, subscription), qos=1)
     await client.start()
     log.info(
         "collector started",
         collector=config.collector.id,
+        group=config.collector.group,
         broker=config.broker.url,
         influx=writer.url,
         api=config.influx.api,
@@ -88,7 +113,9 @@ async def run(config: CollectorConfig) -> None:
         group.create_task(receive_forever(client, store_queue, evaluator, events, stats))
         group.create_task(store.run(store_queue))
         group.create_task(notify_forever(events, client, store_queue, stats))
-        group.create_task(report_forever(stats, store_queue, config.stats_interval_s))
+        group.create_task(
+            report_forever(config.collector.id, stats, store_queue, config.stats_interval_s)
+        )
 
     try:
         await run_until_signalled(start_tasks)

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from pydantic import ValidationError
 
 from collector.evaluate import Evaluator
-from collector.lineproto import encode_telemetry
+from collector.lineproto import encode_agent_metrics, encode_device_status, encode_telemetry
 from collector.stats import Stats
 from collector.store import Batchable
 from collector.validate import Rejected, validate
-from derrick.contract import AlarmEvent
-from derrick.mqtt import MqttClient
+from derrick.contract import AgentMetrics, AlarmEvent, DeviceStatus
+from derrick.mqtt import InboundMessage, MqttClient
 
 log = structlog.get_logger(__name__)
+
+TELEMETRY_SUFFIX = "/telemetry"
 
 
 async def receive_forever(
@@ -32,6 +35,9 @@ async def receive_forever(
     while True:
         inbound = await client.inbox.get()
         stats.messages += 1
+        if not inbound.topic.endswith(TELEMETRY_SUFFIX):
+            await _receive_health(client, inbound, store_queue, stats)
+            continue
         result = validate(inbound.topic, inbound.payload)
         if isinstance(result, Rejected):
             stats.rejected += 1
@@ -47,6 +53,26 @@ async def receive_forever(
         for event in evaluator.evaluate(result):
             _queue_event(events, event, stats)
         await store_queue.put(Batchable(encode_telemetry(result), inbound))
+
+
+async def _receive_health(
+    client: MqttClient,
+    inbound: InboundMessage,
+    store_queue: asyncio.Queue[Batchable],
+    stats: Stats,
+) -> None:
+    """Device status and agent metrics: stored as their own measurements."""
+    try:
+        if inbound.topic.endswith("/metrics"):
+            line = encode_agent_metrics(AgentMetrics.model_validate_json(inbound.payload))
+        else:
+            line = encode_device_status(DeviceStatus.model_validate_json(inbound.payload))
+    except ValidationError as exc:
+        stats.rejected += 1
+        log.warning("message rejected", topic=inbound.topic, reason=str(exc.errors()[0]["msg"]))
+        client.ack(inbound)
+        return
+    await store_queue.put(Batchable([line], inbound))
 
 
 def _queue_event(events: asyncio.Queue[AlarmEvent], event: AlarmEvent, stats: Stats) -> None:

@@ -16,6 +16,26 @@ class Stats:
     alarms_raised: int = 0
     alarms_cleared: int = 0
     alarms_dropped: int = 0
+    write_ms: float = 0.0  # time spent in successful InfluxDB writes
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, int | float]:
         return asdict(self)
+
+
+def interval_fields(
+    now: dict[str, int | float], then: dict[str, int | float], seconds: float, queued: int
+) -> dict[str, object]:
+    """The ``collector`` measurement's fields for one stats interval."""
+    batches = now["batches"] - then["batches"]
+    readings = now["readings"] - then["readings"]
+    return {
+        "messages": now["messages"] - then["messages"],
+        "readings": readings,
+        "readings_per_s": readings / seconds,
+        "lines_written": now["lines_written"] - then["lines_written"],
+        "lines_refused": now["lines_refused"] - then["lines_refused"],
+        "bad_messages": now["rejected"] - then["rejected"],
+        "batches": batches,
+        "batch_latency_ms": (now["write_ms"] - then["write_ms"]) / batches if batches else None,
+        "queue_depth": queued,
+    }

@@ -10,6 +10,7 @@ fills, and backpressure reaches the broker, which holds the rest.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +84,7 @@ class Store:
     async def _write(self, lines: list[str]) -> None:
         delay = RETRY_MIN_S
         while True:
+            started = time.perf_counter()
             try:
                 await self.writer.write(lines)
             except StoreUnavailable as exc:
@@ -95,6 +97,7 @@ class Store:
                 log.error("influxdb refused points", lines=len(lines), reason=str(exc))
                 return
             self._set_available(True, "")
+            self.stats.write_ms += (time.perf_counter() - started) * 1000
             self.stats.lines_written += len(lines)
             self.stats.batches += 1
             return

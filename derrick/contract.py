@@ -235,12 +235,27 @@ def device_status_topic(site: str, asset: str, device: str) -> str:
     return f"{TOPIC_ROOT}/{site}/{asset}/{device}/status"
 
 
+DEVICE_STATUS_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+/status"
+
+
 def agent_status_topic(agent: str) -> str:
     return f"{TOPIC_ROOT}/agents/{agent}/status"
 
 
 def agent_metrics_topic(agent: str) -> str:
     return f"{TOPIC_ROOT}/agents/{agent}/metrics"
+
+
+AGENT_METRICS_SUBSCRIPTION = f"{TOPIC_ROOT}/agents/+/metrics"
+
+
+def shared(group: str | None, subscription: str) -> str:
+    """``subscription`` as an MQTT shared subscription of ``group`` (None: not shared).
+
+    The broker hands each message to one member of the group, so several collectors
+    split the load of one subscription.
+    """
+    return f"$share/{group}/{subscription}" if group else subscription
 
 
 def agent_events_topic(agent: str) -> str:

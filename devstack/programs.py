@@ -167,6 +167,7 @@ def start_pipeline(
     *,
     interval_s: float = 0.2,
     timeout_s: float = 0.5,
+    metrics_interval_s: float = 30,
 ) -> Pipeline:
     """Agent and collector (with the shipped crane rules) for a fresh site name, so
     runs sharing a broker and InfluxDB never mix."""
@@ -188,6 +189,8 @@ def start_pipeline(
                     "timeout_s": timeout_s,
                 }
             ],
+            "spool": {"path": str(log_dir / "agent-spool.db")},
+            "metrics_interval_s": metrics_interval_s,
             "log": {"format": "json"},
         },
     )

@@ -1,7 +1,21 @@
 """Line protocol encoding of telemetry and alarm events."""
 
-from collector.lineproto import encode_alarm, encode_telemetry
-from derrick.contract import AlarmEvent, Reading, Telemetry
+from collector.lineproto import (
+    encode_agent_metrics,
+    encode_alarm,
+    encode_device_status,
+    encode_stats,
+    encode_telemetry,
+)
+from derrick.contract import (
+    AgentMetrics,
+    AlarmEvent,
+    DeviceCounters,
+    DeviceStatus,
+    QueueMetrics,
+    Reading,
+    Telemetry,
+)
 
 SERIES = "telemetry,asset=crane-01,device=lmi,kind=crane,site=yard"
 
@@ -73,3 +87,51 @@ def test_alarm_event_line():
         "alarms,asset=crane-01,device=lmi,priority=critical,rule=crane_overload,site=yard "
         'state="raised",value=21.5,limit=20.0,message="too heavy" 99'
     )
+
+
+def test_device_status_line():
+    status = DeviceStatus(
+        site="yard",
+        asset="crane-01",
+        device="lmi",
+        agent="gw",
+        state="down",
+        reason='timed out "late"',
+        ts_ns=5,
+    )
+    assert encode_device_status(status) == (
+        'device_status,asset=crane-01,device=lmi,site=yard up=false,reason="timed out \\"late\\"" 5'
+    )
+
+
+def test_agent_metrics_line_counts_devices_and_skips_missing_latency():
+    metrics = AgentMetrics(
+        agent="gw",
+        site="yard",
+        boot="b",
+        ts_ns=9,
+        uptime_s=12.5,
+        broker_connected=False,
+        devices={
+            "a": DeviceCounters(state="up"),
+            "b": DeviceCounters(state="down"),
+            "c": DeviceCounters(),
+        },
+        queue=QueueMetrics(depth=3, bytes=300, oldest_age_s=None, dropped_telemetry=2),
+        messages_published=7,
+    )
+    line = encode_agent_metrics(metrics)
+    assert line.startswith("agent,agent=gw,site=yard ")
+    assert line.endswith(" 9")
+    fields = dict(f.split("=") for f in line.split(" ")[1].split(","))
+    assert fields["devices_up"] == "1.0" and fields["devices_down"] == "1.0"
+    assert fields["queue_depth"] == "3.0" and fields["queue_oldest_age_s"] == "0.0"
+    assert fields["broker_connected"] == "false"
+    assert "publish_latency_ms_p50" not in fields
+
+
+def test_collector_stats_line():
+    line = encode_stats(
+        "col-1", {"messages": 4, "batch_latency_ms": None, "readings_per_s": 2.5}, 7
+    )
+    assert line == "collector,collector=col-1 messages=4.0,readings_per_s=2.5 7"

@@ -160,3 +160,40 @@ def test_overload_raises_then_clears_one_alarm(tmp_path, sim, mosquitto, influx1
     timeline = influx1.query(f"SELECT state, rule FROM alarms WHERE site='{site}'", db=db)
     states = [row[1] for row in timeline["results"][0]["series"][0]["values"]]
     assert states == ["raised", "cleared"]
+
+
+def rows(influx1, db, query):
+    series = influx1.query(query, db=db)["results"][0].get("series")
+    return (
+        [dict(zip(series[0]["columns"], v, strict=True)) for v in series[0]["values"]]
+        if series
+        else []
+    )
+
+
+def test_device_status_agent_and_collector_health_are_stored(
+    tmp_path, sim, mosquitto, influx1, influx_db
+):
+    influx = {"api": "v1", "url": influx1.url, "database": influx_db}
+    pipe = start_pipeline(tmp_path, mosquitto.port, influx, sim.port, metrics_interval_s=5)
+    site = pipe.site
+    try:
+        agent_rows = wait_for(
+            lambda: rows(influx1, influx_db, f"SELECT * FROM agent WHERE site='{site}'"),
+            30,
+            "agent metrics in InfluxDB",
+            program=pipe.collector,
+        )
+        status = rows(influx1, influx_db, f"SELECT * FROM device_status WHERE site='{site}'")
+        collector = rows(
+            influx1, influx_db, f"SELECT * FROM collector WHERE collector='col-{site}'"
+        )
+    finally:
+        assert_clean_exit(pipe.stop())
+    assert agent_rows[-1]["devices_up"] == 1 and agent_rows[-1]["devices_down"] == 0
+    assert agent_rows[-1]["broker_connected"] is True
+    assert agent_rows[-1]["messages_published"] > 0
+    assert [(r["device"], r["up"]) for r in status] == [("lmi", True)]
+    assert collector, "the collector stores its own counters"
+    assert sum(r["readings"] for r in collector) > 0
+    assert any(r.get("batch_latency_ms") for r in collector)
