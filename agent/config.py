@@ -38,6 +38,7 @@ from derrick.profile import (
     map_problems,
 )
 from derrick.registers import Order
+from derrick.spoolconfig import SpoolSettings, default_spool_path
 
 Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
 TCP_TRANSPORTS = ("tcp", "rtu-over-tcp")
@@ -283,37 +284,6 @@ class AgentIdentity(StrictModel):
     site: Ident
 
 
-class SpoolSettings(StrictModel):
-    """Store-and-forward file holding readings not yet acknowledged by the broker."""
-
-    path: Path = Field(
-        default=Path("state") / "derrick-agent.db",
-        description="default state/derrick-agent-<agent.id>.db next to the config file; "
-        "relative paths are relative to the config file's folder",
-    )
-    max_mb: float = Field(default=256.0, gt=0, le=1_000_000)
-    max_age_h: float = Field(default=168.0, gt=0, le=87_600)
-    fsync: Literal["telemetry", "status", "alarm", "never"] = Field(
-        default="status",
-        description="commit messages of this class and above with an fsync, so they survive "
-        "a power cut (a process kill never loses a committed message)",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
-        return _beside_config(value, info)
-
-
-def _beside_config(path: Path, info: ValidationInfo) -> Path:
-    """``path`` resolved against the folder of the config file being loaded."""
-    path = path.expanduser()
-    config_path = (info.context or {}).get("config_path")
-    if path.is_absolute() or not config_path:
-        return path
-    return Path(config_path).parent / path
-
-
 class AgentConfig(StrictModel):
     agent: AgentIdentity
     broker: BrokerSettings = BrokerSettings()
@@ -342,16 +312,10 @@ class AgentConfig(StrictModel):
     @classmethod
     def _default_spool_path(cls, data: object, info: ValidationInfo) -> object:
         """The spool defaults to ``state/derrick-agent-<agent.id>.db`` beside the config."""
-        if not isinstance(data, dict):
-            return data
-        spool = data.get("spool") or {}
-        agent = data.get("agent")
-        if not isinstance(spool, dict) or spool.get("path") is not None:
-            return data
-        if not isinstance(agent, dict) or not isinstance(agent.get("id"), str):
-            return data
-        spool = {**spool, "path": Path("state") / f"derrick-agent-{agent['id']}.db"}
-        return {**data, "spool": spool}
+        agent = data.get("agent") if isinstance(data, dict) else None
+        return default_spool_path(
+            data, "agent", agent.get("id") if isinstance(agent, dict) else None
+        )
 
 
 def _shared_link_problems(devices: list[Device]) -> list[str]:

@@ -20,12 +20,12 @@ from agent.outbox import Outbox
 from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
 from agent.publish import Publisher, announce_forever, status_payload
-from agent.spool import Priority, Spool, SpoolError
 from derrick import logs
 from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
 from derrick.contract import DeviceState, Reading, agent_status_topic
 from derrick.mqtt import MqttClient, MqttError
+from derrick.spool import SpoolError
 
 log = structlog.get_logger("agent")
 
@@ -98,13 +98,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        settings = config.spool
-        self.spool = Spool(
-            settings.path,
-            int(settings.max_mb * 1e6),
-            settings.max_age_h * 3600,
-            fsync_from=None if settings.fsync == "never" else Priority[settings.fsync.upper()],
-        )
+        self.spool = config.spool.open()
         self.outbox = Outbox(config.agent.id, config.agent.site, self.spool)
         self.status_topic = agent_status_topic(config.agent.id)
         self.client = MqttClient(

@@ -15,7 +15,6 @@ from collections import Counter
 from agent.outbox import Outbox
 from agent.poll import DevicePoller
 from agent.publish import Publisher
-from agent.spool import Priority
 from derrick.contract import (
     AgentMetrics,
     DeviceCounters,
@@ -24,6 +23,7 @@ from derrick.contract import (
     now_ns,
 )
 from derrick.mqtt import MqttClient
+from derrick.spool import Priority
 
 
 class AgentHealth:

@@ -1,6 +1,6 @@
 """Queue stage: messages from the pollers into the durable spool.
 
-Every message is committed to the on-disk spool (SQLite, :mod:`agent.spool`) the moment
+Every message is committed to the on-disk spool (SQLite, :mod:`derrick.spool`) the moment
 it is made, in one short transaction, before its sequence number counts as given: a
 ``kill -9`` can lose a poll that was in progress, never a message that had a number.
 Then the publisher is woken. Sequence numbers are given here, in spool order, so the
@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.spool import Dropped, Priority, Spool
 from derrick.contract import (
     AgentEvent,
     DeviceState,
@@ -33,6 +32,7 @@ from derrick.contract import (
     now_ns,
     telemetry_topic,
 )
+from derrick.spool import Dropped, Priority, Spool
 
 log = structlog.get_logger(__name__)
 

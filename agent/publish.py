@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.spool import Entry, Spool
 from derrick.contract import AgentStatus, agent_status_topic, mark_historical, now_ns
 from derrick.mqtt import MqttClient, MqttError
+from derrick.spool import Entry, Spool
 
 log = structlog.get_logger(__name__)
 

@@ -20,6 +20,7 @@ from derrick.broker import BrokerSettings
 from derrick.configfile import StrictModel
 from derrick.contract import Ident
 from derrick.logs import LogSettings
+from derrick.spoolconfig import SpoolSettings, default_spool_path
 
 
 class _Secret(StrictModel):
@@ -127,15 +128,51 @@ class CollectorIdentity(StrictModel):
     )
 
 
+class DeadLetterSettings(StrictModel):
+    """Where rejected messages and refused points are kept, and how much of them."""
+
+    dir: Path = Field(
+        default=Path("state") / "deadletter",
+        description="default state/deadletter-<collector.id>/ next to the config file",
+    )
+    max_mb: float = Field(default=100, gt=0)
+    file_mb: float | None = Field(default=None, gt=0)
+    max_payload_kb: int = Field(default=64, ge=1, le=1000)
+
+    @field_validator("dir")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> object:
+        return configfile.beside_config(value, info)
+
+
 class CollectorConfig(StrictModel):
     collector: CollectorIdentity
     broker: BrokerSettings = BrokerSettings()
     influx: InfluxSettings
     batch: BatchSettings = BatchSettings()
     rules: RuleSet = RuleSet()
+    spool: SpoolSettings = SpoolSettings(max_mb=1024)
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
     queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
     stats_interval_s: float = Field(default=10.0, gt=0)
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_spool_path(cls, data: object) -> object:
+        """The spool defaults to ``state/derrick-collector-<collector.id>.db`` beside the
+        config, 1 GB."""
+        collector = data.get("collector") if isinstance(data, dict) else None
+        ident = collector.get("id") if isinstance(collector, dict) else None
+        data = default_spool_path(data, "collector", ident)
+        if isinstance(data, dict) and isinstance(data.get("spool"), dict):
+            data["spool"].setdefault("max_mb", 1024)
+        letters = data.get("dead_letter") if isinstance(data, dict) else None
+        if isinstance(ident, str) and (letters is None or isinstance(letters, dict)):
+            letters = dict(letters or {})
+            letters.setdefault("dir", Path("state") / f"deadletter-{ident}")
+            data = {**data, "dead_letter": letters}
+        return data
 
     @field_validator("rules", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from collector.config import CollectorConfig, load_config
+from collector.deadletter import DeadLetters
 from collector.evaluate import Evaluator
 from collector.influx import StoreError, V1Writer, make_writer
 from collector.lineproto import encode_stats
@@ -29,6 +30,7 @@ from derrick.contract import (
     shared,
 )
 from derrick.mqtt import MqttClient, MqttError
+from derrick.spool import SpoolError
 
 log = structlog.get_logger("collector")
 
@@ -57,16 +59,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def report_forever(
-    collector_id: str, stats: Stats, store_queue: asyncio.Queue[Batchable], interval_s: float
+    collector_id: str, store: Store, store_queue: asyncio.Queue[Batchable], interval_s: float
 ) -> None:
     """Log a summary and store the collector's own counters every ``interval_s``."""
     loop = asyncio.get_running_loop()
+    stats = store.stats
     then, then_t = stats.snapshot(), loop.time()
     while True:
         await asyncio.sleep(interval_s)
         now, now_t = stats.snapshot(), loop.time()
-        log.info("ingest summary", queued=store_queue.qsize(), **now)
-        fields = interval_fields(now, then, now_t - then_t, store_queue.qsize())
+        spool = store.spool.stats() if store.spool else None
+        depth, age = (spool.depth, spool.oldest_age_s) if spool else (0, None)
+        log.info("ingest summary", queued=store_queue.qsize(), spool_depth=depth, **now)
+        fields = interval_fields(now, then, now_t - then_t, store_queue.qsize(), depth, age)
         then, then_t = now, now_t
         try:  # never wait for room: the counters are the least important lines
             store_queue.put_nowait(Batchable([encode_stats(collector_id, fields, now_ns())], None))
@@ -89,7 +94,20 @@ async def run(config: CollectorConfig) -> None:
     )
     store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
     events: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
-    store = Store(writer, client.ack, stats, config.batch.max_lines, config.batch.max_delay_s)
+    spool = config.spool.open()
+    letters = config.dead_letter
+    dead_letters = DeadLetters(
+        letters.dir, letters.max_mb, letters.max_payload_kb * 1000, letters.file_mb
+    )
+    store = Store(
+        writer,
+        client.ack,
+        stats,
+        config.batch.max_lines,
+        config.batch.max_delay_s,
+        spool,
+        dead_letters.put_refused,
+    )
     group = config.collector.group
     for subscription in (
         TELEMETRY_SUBSCRIPTION,
@@ -104,17 +122,25 @@ async def run(config: CollectorConfig) -> None:
         group=config.collector.group,
         broker=config.broker.url,
         influx=writer.url,
+        spool=str(config.spool.path),
+        dead_letters=str(letters.dir),
+        spooled=spool.stats().depth,
         api=config.influx.api,
         rules=len(config.rules.rules),
     )
     evaluator = Evaluator(config.rules.rules)
 
     def start_tasks(group: asyncio.TaskGroup) -> None:
-        group.create_task(receive_forever(client, store_queue, evaluator, events, stats))
+        group.create_task(
+            receive_forever(
+                client, store_queue, evaluator, events, stats, dead_letters=dead_letters
+            )
+        )
         group.create_task(store.run(store_queue))
+        group.create_task(store.replay_forever())
         group.create_task(notify_forever(events, client, store_queue, stats))
         group.create_task(
-            report_forever(config.collector.id, stats, store_queue, config.stats_interval_s)
+            report_forever(config.collector.id, store, store_queue, config.stats_interval_s)
         )
 
     try:
@@ -123,6 +149,8 @@ async def run(config: CollectorConfig) -> None:
     finally:
         await client.stop()
         await writer.close()
+        spool.close()
+        dead_letters.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_format or config.log.format, config.log.level)
     try:
         asyncio.run(run(config))
-    except (MqttError, StoreError, ValueError) as exc:
+    except (MqttError, StoreError, SpoolError, ValueError) as exc:
         log.error("collector failed", error=str(exc))
         return 1
     return 0

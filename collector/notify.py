@@ -11,6 +11,7 @@ from collector.stats import Stats
 from collector.store import Batchable
 from derrick.contract import AlarmEvent, AlarmState, alarm_topic
 from derrick.mqtt import MqttClient
+from derrick.spool import Priority
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +40,7 @@ async def notify_forever(
             limit=round(event.limit, 3),
             event_id=event.event_id,
         )
-        await store_queue.put(Batchable([encode_alarm(event)], None))
+        await store_queue.put(Batchable([encode_alarm(event)], None, Priority.ALARM))
         topic = alarm_topic(event.site, event.asset, event.rule)
         future = client.publish_nowait(topic, event.model_dump_json().encode())
         try:

@@ -12,11 +12,12 @@ import asyncio
 import structlog
 from pydantic import ValidationError
 
+from collector.deadletter import DeadLetters
 from collector.evaluate import Evaluator
 from collector.lineproto import encode_agent_metrics, encode_device_status, encode_telemetry
 from collector.stats import Stats
 from collector.store import Batchable
-from collector.validate import Rejected, validate
+from collector.validate import Rejected, classify, validate
 from derrick.contract import AgentMetrics, AlarmEvent, DeviceStatus
 from derrick.mqtt import InboundMessage, MqttClient
 
@@ -31,23 +32,18 @@ async def receive_forever(
     evaluator: Evaluator,
     events: asyncio.Queue[AlarmEvent],
     stats: Stats,
+    *,
+    dead_letters: DeadLetters | None = None,
 ) -> None:
     while True:
         inbound = await client.inbox.get()
         stats.messages += 1
         if not inbound.topic.endswith(TELEMETRY_SUFFIX):
-            await _receive_health(client, inbound, store_queue, stats)
+            await _receive_health(client, inbound, store_queue, stats, dead_letters)
             continue
         result = validate(inbound.topic, inbound.payload)
         if isinstance(result, Rejected):
-            stats.rejected += 1
-            log.warning(
-                "message rejected",
-                topic=inbound.topic,
-                reason=result.reason,
-                bytes=len(inbound.payload),
-            )
-            client.ack(inbound)
+            _reject(client, inbound, result, stats, dead_letters)
             continue
         stats.readings += len(result.readings)
         for event in evaluator.evaluate(result):
@@ -60,6 +56,7 @@ async def _receive_health(
     inbound: InboundMessage,
     store_queue: asyncio.Queue[Batchable],
     stats: Stats,
+    dead_letters: DeadLetters | None,
 ) -> None:
     """Device status and agent metrics: stored as their own measurements."""
     try:
@@ -68,11 +65,30 @@ async def _receive_health(
         else:
             line = encode_device_status(DeviceStatus.model_validate_json(inbound.payload))
     except ValidationError as exc:
-        stats.rejected += 1
-        log.warning("message rejected", topic=inbound.topic, reason=str(exc.errors()[0]["msg"]))
-        client.ack(inbound)
+        _reject(client, inbound, classify(inbound.payload, exc), stats, dead_letters)
         return
     await store_queue.put(Batchable([line], inbound))
+
+
+def _reject(
+    client: MqttClient,
+    inbound: InboundMessage,
+    rejected: Rejected,
+    stats: Stats,
+    dead_letters: DeadLetters | None,
+) -> None:
+    """Count, log (never the payload), keep in the dead-letter store, then acknowledge."""
+    stats.rejected += 1
+    log.warning(
+        "message rejected",
+        topic=inbound.topic,
+        kind=rejected.kind,
+        reason=rejected.reason,
+        bytes=len(inbound.payload),
+    )
+    if dead_letters is not None:
+        dead_letters.put(inbound.topic, inbound.payload, rejected.kind, rejected.reason)
+    client.ack(inbound)
 
 
 def _queue_event(events: asyncio.Queue[AlarmEvent], event: AlarmEvent, stats: Stats) -> None:

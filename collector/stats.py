@@ -17,13 +17,21 @@ class Stats:
     alarms_cleared: int = 0
     alarms_dropped: int = 0
     write_ms: float = 0.0  # time spent in successful InfluxDB writes
+    lines_spooled: int = 0
+    lines_replayed: int = 0
+    spool_dropped: int = 0
 
     def snapshot(self) -> dict[str, int | float]:
         return asdict(self)
 
 
-def interval_fields(
-    now: dict[str, int | float], then: dict[str, int | float], seconds: float, queued: int
+def interval_fields(  # noqa: PLR0917 - one interval's inputs
+    now: dict[str, int | float],
+    then: dict[str, int | float],
+    seconds: float,
+    queued: int,
+    spool_depth: int = 0,
+    spool_oldest_age_s: float | None = None,
 ) -> dict[str, object]:
     """The ``collector`` measurement's fields for one stats interval."""
     batches = now["batches"] - then["batches"]
@@ -38,4 +46,9 @@ def interval_fields(
         "batches": batches,
         "batch_latency_ms": (now["write_ms"] - then["write_ms"]) / batches if batches else None,
         "queue_depth": queued,
+        "lines_spooled": now["lines_spooled"] - then["lines_spooled"],
+        "lines_replayed": now["lines_replayed"] - then["lines_replayed"],
+        "spool_dropped": now["spool_dropped"] - then["spool_dropped"],
+        "spool_depth": spool_depth,
+        "spool_oldest_age_s": spool_oldest_age_s or 0.0,
     }

@@ -93,13 +93,11 @@ def _json_reason(payload: bytes, error: Any) -> str:
 
 
 def _version_reason(value: object) -> str:
-    """Quote ``v`` when it is a number or a short string, else only say its type."""
-    short = _json_type(value) == "number" or (isinstance(value, str) and len(value) <= 16)
-    shown = json.dumps(value) if short else f"of JSON type {_json_type(value)}"
-    return (
-        f"schema version {shown} is not supported "
-        f"(this collector speaks v{SCHEMA_VERSION})"
-    )
+    """Quote ``v`` when it is a short number or string, else only say its type."""
+    quoted = json.dumps(value)
+    short = _json_type(value) in ("number", "string") and len(quoted) <= 18
+    shown = quoted if short else f"of JSON type {_json_type(value)}"
+    return f"schema version {shown} is not supported (this collector speaks v{SCHEMA_VERSION})"
 
 
 def _schema_reason(errors: list[Any]) -> str:

@@ -16,21 +16,13 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from derrick.configfile import StrictModel
+from derrick.configfile import StrictModel, beside_config
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
 
 
-def _resolve(value: object, info: ValidationInfo) -> object:
-    """A relative path is relative to the config file being loaded (if any)."""
-    if value is None or not isinstance(value, str | Path):
-        return value
-    path = Path(value).expanduser()
-    config_path = (info.context or {}).get("config_path")
-    if config_path and not path.is_absolute():
-        path = Path(config_path).parent / path
-    return path
+_resolve = beside_config
 
 
 def _must_be_readable(path: Path | None) -> Path | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Loc = tuple[int | str, ...]
@@ -191,3 +191,18 @@ def validate(path: Path | str, data: object, model: type[ModelT]) -> ModelT:
 def load(path: Path | str, model: type[ModelT]) -> ModelT:
     """Read one YAML config file, expand environment variables, validate."""
     return validate(path, expand_env(path, read_yaml(path)), model)
+
+
+def beside_config(value: object, info: ValidationInfo) -> object:
+    """A relative path, taken relative to the folder of the config file being loaded.
+
+    For ``field_validator``s of path keys; without a config file (a plain
+    ``model_validate``) a relative path stays relative to the working directory.
+    """
+    if value is None or not isinstance(value, str | Path):
+        return value
+    path = Path(value).expanduser()
+    config_path = (info.context or {}).get("config_path")
+    if config_path and not path.is_absolute():
+        path = Path(config_path).parent / path
+    return path

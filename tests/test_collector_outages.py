@@ -115,13 +115,13 @@ def test_influxdb_outage_loses_nothing(tmp_path, mosquitto, influx1, influx_db):
             program=program,
         )
         assert sorted(seqs) == [float(i) for i in range(300)]
-        assert "influxdb unavailable, retrying" in program.log_tail(200)
+        assert "influxdb unavailable, spooling to disk" in program.log_tail(200)
         assert "influxdb writable again" in program.log_tail(200)
     finally:
         assert program.stop() == 0, program.log_tail()
 
 
-def test_collector_killed_with_unacked_messages_loses_nothing(
+def test_collector_killed_with_spooled_messages_loses_nothing(
     tmp_path, mosquitto, influx1, influx_db
 ):
     site = f"t{uuid.uuid4().hex[:8]}"
@@ -131,7 +131,7 @@ def test_collector_killed_with_unacked_messages_loses_nothing(
     influx1.stop()
     try:
         publish(mosquitto.port, site, payloads(site, 0, 150))
-        time.sleep(1)  # received, not stored, not acknowledged
+        time.sleep(1)  # received, spooled to disk (and only then acknowledged)
         first.kill()
     finally:
         influx1.start()
@@ -141,7 +141,7 @@ def test_collector_killed_with_unacked_messages_loses_nothing(
         seqs = wait_for(
             lambda: (s := stored_seqs(influx1, influx_db, site)) and len(s) == 150 and s,
             60,
-            "redelivered after SIGKILL",
+            "replayed from the spool after SIGKILL",
             program=second,
         )
         assert sorted(seqs) == [float(i) for i in range(150)]

@@ -50,6 +50,8 @@ def _loader(path: Path):
         return lambda p: configfile.load(p, RuleSet)
     if relative.parts[0] == "scenarios":
         return load_script
+    if relative.parts[0] == "grafana":  # Grafana's own provisioning format (test_dashboards)
+        return lambda p: yaml.safe_load(p.read_text())["apiVersion"] == 1 or None
     if path.name.startswith("agent"):
         return load_agent_config
     if path.name.startswith("collector"):

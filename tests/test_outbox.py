@@ -3,8 +3,8 @@
 from structlog.testing import capture_logs
 
 from agent.outbox import Outbox
-from agent.spool import Priority, Spool
 from derrick.contract import AgentEvent, DeviceState, Reading, Telemetry
+from derrick.spool import Priority, Spool
 
 
 def readings(n=20):

@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from agent.publish import Publisher
-from agent.spool import Priority, Spool
 from derrick.broker import BrokerSettings
 from derrick.contract import now_ns
 from derrick.mqtt import MqttClient
+from derrick.spool import Priority, Spool
 from devstack.tap import Tap
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import Spool
 from derrick.contract import TOPIC_ROOT, DeviceStatus, Telemetry
+from derrick.spool import Spool
 from devstack.programs import Program, start_simulator, write_yaml
 from devstack.tap import Received, Tap
 

@@ -1,7 +1,8 @@
-"""Spool: the agent's durable store-and-forward queue (SQLite, WAL, stdlib ``sqlite3``).
+"""Spool: a durable store-and-forward queue (SQLite, WAL, stdlib ``sqlite3``).
 
 Every message the agent publishes is appended here first and leaves only when the broker
 has acknowledged it (MQTT QoS 1 PUBACK): ``append`` -> ``read`` -> publish -> ``remove``.
+The collector uses the same queue for points InfluxDB could not take yet.
 Messages therefore survive broker outages and a ``kill -9`` of the agent, and go out in
 insertion order (``Entry.id``: strictly increasing, never reused, even after a restart).
 
