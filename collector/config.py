@@ -155,6 +155,12 @@ class CollectorConfig(StrictModel):
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
     stats_interval_s: float = Field(default=10.0, gt=0)
+    sequence_grace_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a message number still missing this long after a later one arrived "
+        "is a gap (agents replay their backlog after live data)",
+    )
     log: LogSettings = LogSettings()
 
     @model_validator(mode="before")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -16,6 +17,7 @@ from collector.influx import StoreError, V1Writer, make_writer
 from collector.lineproto import encode_stats
 from collector.notify import notify_forever
 from collector.receive import receive_forever
+from collector.sequence import SequenceTracker
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Store
 from derrick import logs
@@ -59,7 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def report_forever(
-    collector_id: str, store: Store, store_queue: asyncio.Queue[Batchable], interval_s: float
+    collector_id: str,
+    store: Store,
+    store_queue: asyncio.Queue[Batchable],
+    interval_s: float,
+    *,
+    sequences: SequenceTracker | None,
+    dead_letters: DeadLetters,
 ) -> None:
     """Log a summary and store the collector's own counters every ``interval_s``."""
     loop = asyncio.get_running_loop()
@@ -67,6 +75,10 @@ async def report_forever(
     then, then_t = stats.snapshot(), loop.time()
     while True:
         await asyncio.sleep(interval_s)
+        if sequences is not None:
+            sequences.expire(time.monotonic())
+            stats.seq_gaps, stats.seq_duplicates = sequences.gaps, sequences.duplicates
+        stats.dead_letters = dead_letters.counts.get("written", 0)
         now, now_t = stats.snapshot(), loop.time()
         spool = store.spool.stats() if store.spool else None
         depth, age = (spool.depth, spool.oldest_age_s) if spool else (0, None)
@@ -129,18 +141,33 @@ async def run(config: CollectorConfig) -> None:
         rules=len(config.rules.rules),
     )
     evaluator = Evaluator(config.rules.rules)
+    # In a shared-subscription group each collector sees a share of every agent's numbers.
+    sequences = None if config.collector.group else SequenceTracker(config.sequence_grace_s)
 
     def start_tasks(group: asyncio.TaskGroup) -> None:
         group.create_task(
             receive_forever(
-                client, store_queue, evaluator, events, stats, dead_letters=dead_letters
+                client,
+                store_queue,
+                evaluator,
+                events,
+                stats,
+                dead_letters=dead_letters,
+                sequences=sequences,
             )
         )
         group.create_task(store.run(store_queue))
         group.create_task(store.replay_forever())
         group.create_task(notify_forever(events, client, store_queue, stats))
         group.create_task(
-            report_forever(config.collector.id, store, store_queue, config.stats_interval_s)
+            report_forever(
+                config.collector.id,
+                store,
+                store_queue,
+                config.stats_interval_s,
+                sequences=sequences,
+                dead_letters=dead_letters,
+            )
         )
 
     try:

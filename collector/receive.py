@@ -8,6 +8,7 @@ forever). A bad message never stops the good ones behind it.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from collector.deadletter import DeadLetters
 from collector.evaluate import Evaluator
 from collector.lineproto import encode_agent_metrics, encode_device_status, encode_telemetry
+from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
 from collector.validate import Rejected, classify, validate
@@ -34,6 +36,7 @@ async def receive_forever(
     stats: Stats,
     *,
     dead_letters: DeadLetters | None = None,
+    sequences: SequenceTracker | None = None,
 ) -> None:
     while True:
         inbound = await client.inbox.get()
@@ -46,6 +49,8 @@ async def receive_forever(
             _reject(client, inbound, result, stats, dead_letters)
             continue
         stats.readings += len(result.readings)
+        if sequences is not None:
+            sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
         for event in evaluator.evaluate(result):
             _queue_event(events, event, stats)
         await store_queue.put(Batchable(encode_telemetry(result), inbound))

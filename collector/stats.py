@@ -20,6 +20,9 @@ class Stats:
     lines_spooled: int = 0
     lines_replayed: int = 0
     spool_dropped: int = 0
+    seq_gaps: int = 0
+    seq_duplicates: int = 0
+    dead_letters: int = 0
 
     def snapshot(self) -> dict[str, int | float]:
         return asdict(self)
@@ -49,6 +52,9 @@ def interval_fields(  # noqa: PLR0917 - one interval's inputs
         "lines_spooled": now["lines_spooled"] - then["lines_spooled"],
         "lines_replayed": now["lines_replayed"] - then["lines_replayed"],
         "spool_dropped": now["spool_dropped"] - then["spool_dropped"],
+        "dead_letters": now["dead_letters"] - then["dead_letters"],
+        "seq_gaps": now["seq_gaps"] - then["seq_gaps"],
+        "seq_duplicates": now["seq_duplicates"] - then["seq_duplicates"],
         "spool_depth": spool_depth,
         "spool_oldest_age_s": spool_oldest_age_s or 0.0,
     }
