@@ -281,3 +281,36 @@ def test_sequence_gaps_and_duplicates_are_counted_and_logged(
         assert collector.stop() == 0, collector.log_tail()
     assert log.count('"sequence gap: messages never arrived"') == 1, log
     assert '"where": "seq 50..59"' in log
+
+
+def test_points_influxdb_refuses_are_dead_lettered_with_its_message(
+    tmp_path, mosquitto, influx1, influx_db
+):
+    site = f"t{uuid.uuid4().hex[:8]}"
+    name = f"col-{site}"
+    collector = start_collector(tmp_path, name, mosquitto, influx1, influx_db)
+    first = message(site, 0)
+    conflicting = json.loads(message(site, 1))
+    conflicting["readings"][0]["value"] = "not a number"  # t0 is a float field already
+
+    async def send(payload: bytes) -> None:
+        client = MqttClient(BrokerSettings(port=mosquitto.port), f"pub-{uuid.uuid4().hex[:6]}")
+        await client.start()
+        await client.wait_connected(10)
+        await client.publish(telemetry_topic(site, "crane-01", "lmi"), payload)
+        await client.stop()
+
+    letters_dir = tmp_path / name / "state" / f"deadletter-{name}"
+    try:
+        asyncio.run(send(first))
+        wait_for(lambda: stored(influx1, influx_db, site) == 1, 20, "the first message")
+        asyncio.run(send(json.dumps(conflicting).encode()))
+        (letter,) = wait_for(
+            lambda: read_dead_letters(letters_dir), 20, "a refused batch", program=collector
+        )
+        assert collector.alive
+    finally:
+        assert collector.stop() == 0, collector.log_tail()
+    assert letter["kind"] == "refused"
+    assert "field type conflict" in letter["reason"]
+    assert '"not a number"' in letter["payload"]
