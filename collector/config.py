@@ -49,6 +49,11 @@ class InfluxV1(_Secret):
     create_database: bool = Field(default=False, description="CREATE DATABASE at start-up")
     timeout_s: float = Field(default=10.0, gt=0)
 
+    @field_validator("password_file")
+    @classmethod
+    def _beside_config(cls, value: Path | None, info: ValidationInfo) -> object:
+        return configfile.beside_config(value, info)
+
     def password(self) -> SecretStr | None:
         return self._secret(self.password_env, self.password_file)
 
@@ -63,6 +68,11 @@ class InfluxV2(_Secret):
     token_env: str | None = None
     token_file: Path | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("token_file")
+    @classmethod
+    def _beside_config(cls, value: Path | None, info: ValidationInfo) -> object:
+        return configfile.beside_config(value, info)
 
     def token(self) -> SecretStr | None:
         return self._secret(self.token_env, self.token_file)
