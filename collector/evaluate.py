@@ -17,6 +17,8 @@ DeviceKey = tuple[str, str, str]
 
 @dataclass
 class _DeviceState:
+    rules: list[ThresholdRule]  # the rules that apply to this device's kind and asset
+    watched: frozenset[str]  # the tags those rules read (value and limit tags)
     values: dict[str, float] = field(default_factory=dict)
     raised_at: dict[str, int] = field(default_factory=dict)  # rule -> ts_ns of raise
 
@@ -28,21 +30,33 @@ class Evaluator:
 
     def evaluate(self, message: Telemetry) -> list[AlarmEvent]:
         key = (message.site, message.asset, message.device)
-        state = self._devices.setdefault(key, _DeviceState())
+        state = self._devices.get(key) or self._new_state(key, message)
+        if not state.rules:  # nothing watches this device: skip it on the hot path
+            return []
         ts_ns = 0
+        watched = state.watched
         for reading in message.readings:
             value = reading.value
-            if reading.quality is Quality.GOOD and isinstance(value, int | float):
+            if (
+                reading.tag in watched
+                and reading.quality is Quality.GOOD
+                and isinstance(value, int | float)
+            ):
                 state.values[reading.tag] = float(value)
                 ts_ns = max(ts_ns, reading.ts_ns)
         if not ts_ns:
             return []
         return [
             event
-            for rule in self.rules
-            if rule.matches(message.kind, message.asset)
+            for rule in state.rules
             if (event := self._check(rule, message, state, ts_ns)) is not None
         ]
+
+    def _new_state(self, key: DeviceKey, message: Telemetry) -> _DeviceState:
+        rules = [rule for rule in self.rules if rule.matches(message.kind, message.asset)]
+        watched = {rule.tag for rule in rules} | {r.limit_tag for r in rules if r.limit_tag}
+        state = self._devices[key] = _DeviceState(rules, frozenset(watched))
+        return state
 
     def _check(
         self, rule: ThresholdRule, message: Telemetry, state: _DeviceState, ts_ns: int

@@ -51,7 +51,11 @@ def encode_telemetry(message: Telemetry) -> list[str]:
         fields = fields_at.get(reading.ts_ns)
         if fields is None:
             fields = fields_at[reading.ts_ns] = []
-        encoded = _field_value(reading.value)
+        value = reading.value
+        if value.__class__ is float and reading.quality is _GOOD and value - value == 0:
+            fields.append(f"{reading.tag}={value!r}")  # the common case, inline: finite float
+            continue
+        encoded = _field_value(value)
         quality = reading.quality if encoded is not None else Quality.BAD
         if encoded is not None:
             fields.append(f"{reading.tag}={encoded}")

@@ -1,0 +1,446 @@
+"""Collector benchmark (issue 5); prints ``name: value unit`` lines.
+
+Real servers on free loopback ports in a temp dir (devstack.services): mosquitto,
+InfluxDB 1.6 and VictoriaMetrics. The collector is the real program, one process,
+``batch.max_lines`` 1000 (one line per message here, so ~100,000 field values, ~1 MB
+per write), ``max_delay_s`` 0.5, no alarm rules, ``log.level: warning``.
+
+* ``collector_readings_per_s_vm``: sustained readings/s from two MQTT publishers (QoS 1,
+  200 publishes in flight each) through mosquitto and one derrick-collector
+  (``influx.api: v2``, influxdb-client, against VictoriaMetrics' ``/api/v2/write``) into
+  VictoriaMetrics: from the first publish until VictoriaMetrics holds every reading
+  (force_flush + export), so it includes the last batch's ``max_delay_s``.
+* ``collector_readings_per_s_influx1``: the same into InfluxDB 1.6 (``api: v1``, /write).
+* ``collector_cpu_us_per_reading_process``: the collector's CPU (utime + stime from
+  /proc, all threads) during that run, per reading.
+* ``collector_lines_per_write_influx1``: lines per write it made (its own ``collector``
+  measurement: lines_written / batches).
+* ``bare_writer_readings_per_s_influx1``: the ceiling: the same readings, encoded in
+  advance, POSTed to InfluxDB 1.6 /write in batches of ``max_lines`` over one kept-alive
+  connection (the collector has one write in flight too); ``collector_vs_bare_influx1``
+  is the collector's rate as a share of it.
+* ``collector_cpu_us_per_reading_{receive,validate,evaluate,encode,write}``: CPU of each
+  stage, measured in this process. receive: paho's network thread, the hand-off to the
+  event loop and the manual PUBACK, draining messages mosquitto queued for a persistent
+  session; validate, evaluate (no rules) and encode: the collector's functions, message
+  by message; write: ``V1Writer.write`` of ``max_lines`` batches to the real InfluxDB 1.6
+  (joining, sending, the worker thread).
+
+Environment: ``BENCH_MESSAGES`` (20000 messages of 100 readings per run),
+``BENCH_PUBLISHERS`` (2), ``BENCH_MAX_LINES`` (1000), ``BENCH_CONNECTIONS`` (bare writer,
+1); ``BENCH_VERBOSE=1`` prints timings and the collector's per-second stats on stderr;
+``BENCH_PROFILE=DIR`` records each collector run with py-spy (collapsed stacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collector.config import InfluxV1
+from collector.evaluate import Evaluator
+from collector.influx import V1Writer
+from collector.lineproto import encode_telemetry
+from collector.validate import validate
+from derrick import logs
+from derrick.broker import BrokerSettings
+from derrick.contract import Reading, Telemetry, telemetry_topic
+from derrick.mqtt import MqttClient
+from devstack.programs import Program, wait_for, write_yaml
+from devstack.services import Influx1, Mosquitto, VictoriaMetrics
+
+TAGS = 100
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
+PUBLISHERS = int(os.environ.get("BENCH_PUBLISHERS", "2"))
+WINDOW = 200  # QoS 1 publishes in flight per publisher
+# One line per message (its readings share a timestamp): a batch of 1000 lines is
+# 100,000 field values, ~1 MB of line protocol.
+MAX_LINES = int(os.environ.get("BENCH_MAX_LINES", "1000"))
+MAX_DELAY_S = 0.5
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "1"))
+STAGE_MESSAGES = 5000
+COLLECTOR_ID = "bench-collector"
+
+
+def message(site: str, seq: int, ts_ns: int) -> Telemetry:
+    return Telemetry(
+        site=site,
+        asset="crane-01",
+        device="lmi",
+        kind="crane",
+        agent="bench",
+        boot="b",
+        seq=seq,
+        readings=[
+            Reading(tag=f"t{i}", value=seq + i / 10, unit="t", ts_ns=ts_ns) for i in range(TAGS)
+        ],
+    )
+
+
+def payloads(site: str, count: int = MESSAGES) -> list[bytes]:
+    """``count`` messages 1 ms apart (VictoriaMetrics stores milliseconds), ending now."""
+    base = time.time_ns() - count * 1_000_000
+    return [
+        message(site, seq, base + seq * 1_000_000).model_dump_json().encode()
+        for seq in range(count)
+    ]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _note(text: str) -> None:
+    """Diagnostics for whoever profiles this (BENCH_VERBOSE=1), on stderr."""
+    if os.environ.get("BENCH_VERBOSE"):
+        sys.stderr.write(f"# {text}\n")
+
+
+# -- publishing ---------------------------------------------------------------------------
+
+
+async def _publish_share(broker: BrokerSettings, name: str, topic: str, share: list[bytes]) -> None:
+    client = MqttClient(broker, client_id=name, persistent=False)
+    await client.start()
+    await client.wait_connected(10)
+    window = asyncio.Semaphore(WINDOW)
+    pending: list[asyncio.Future[None]] = []
+    for payload in share:
+        await window.acquire()
+        future = client.publish_nowait(topic, payload)
+        future.add_done_callback(lambda _f: window.release())
+        pending.append(future)
+    await asyncio.gather(*pending)
+    await client.stop()
+
+
+async def publish_all(broker: BrokerSettings, topic: str, messages: list[bytes]) -> None:
+    """Publish from PUBLISHERS clients at once, each with WINDOW QoS 1 publishes in flight."""
+    shares = [messages[i::PUBLISHERS] for i in range(PUBLISHERS)]
+    await asyncio.gather(
+        *(_publish_share(broker, f"bench-pub-{i}", topic, share) for i, share in enumerate(shares))
+    )
+
+
+# -- what the databases hold ----------------------------------------------------------------
+
+
+def influx_count(influx: Influx1, db: str, site: str) -> int:
+    """Messages stored: every message is one line, so count one of its fields."""
+    result = influx.query(f"SELECT count(t0) FROM telemetry WHERE site='{site}'", db=db)
+    series = result["results"][0].get("series")
+    return series[0]["values"][0][1] if series else 0
+
+
+def influx_fields_complete(influx: Influx1, db: str, site: str) -> bool:
+    result = influx.query(f"SELECT count(*) FROM telemetry WHERE site='{site}'", db=db)
+    counts = result["results"][0]["series"][0]["values"][0][1:]
+    return len(counts) == TAGS and all(count == MESSAGES for count in counts)
+
+
+def vm_count(vm: VictoriaMetrics, site: str, tag: str = "t0") -> int:
+    series = vm.export(f'telemetry_{tag}{{site="{site}"}}')
+    return sum(len(s["values"]) for s in series)
+
+
+def vm_fields_complete(vm: VictoriaMetrics, site: str) -> bool:
+    series = vm.export(f'{{__name__=~"telemetry_t[0-9]+",site="{site}"}}')
+    return len(series) == TAGS and all(len(s["values"]) == MESSAGES for s in series)
+
+
+def batch_sizes(influx: Influx1, db: str) -> float:
+    """Lines per InfluxDB write, from the collector's own ``collector`` measurement."""
+    result = influx.query("SELECT sum(lines_written), sum(batches) FROM collector", db=db)
+    series = result["results"][0].get("series")
+    if not series:
+        return float("nan")
+    if os.environ.get("BENCH_VERBOSE"):
+        rows = influx.query(
+            "SELECT messages, readings_per_s, batches, lines_written, "
+            "batch_latency_ms, queue_depth FROM collector",
+            db=db,
+            epoch="ms",
+        )
+        for row in rows["results"][0]["series"][0]["values"]:
+            _note(f"collector stats: {row}")
+    lines, batches = series[0]["values"][0][1:]
+    return lines / batches if batches else float("nan")
+
+
+# -- the collector runs ----------------------------------------------------------------------
+
+
+@contextmanager
+def collector(work: Path, broker: Mosquitto, influx: dict) -> Iterator[Program]:
+    """One derrick-collector process, subscribed and ready."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = write_yaml(
+        work / "collector.yaml",
+        {
+            "collector": {"id": COLLECTOR_ID},
+            "broker": {"host": "127.0.0.1", "port": broker.port},
+            "influx": influx,
+            "batch": {"max_lines": MAX_LINES, "max_delay_s": MAX_DELAY_S},
+            "stats_interval_s": 1.0,
+            "log": {"format": "json", "level": "warning"},
+        },
+    )
+    with Program("collector", ["--config", str(config)], work / "collector.log") as program:
+        yield program
+
+
+@contextmanager
+def profiled(pid: int, name: str) -> Iterator[None]:
+    """With BENCH_PROFILE=DIR, py-spy samples the collector into DIR/<name>.txt (collapsed
+    stacks: one line per stack, then its sample count)."""
+    folder = os.environ.get("BENCH_PROFILE")
+    if not folder:
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"
+    out = Path(folder) / f"{name}.txt"
+    proc = subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "-p",
+            str(pid),
+            "-f",
+            "raw",
+            "-r",
+            "250",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # attached
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        _note(f"profile: {out}")
+
+
+def timed_run(
+    broker: Mosquitto, site: str, program: Program, count: Callable[[str], int]
+) -> tuple[float, float]:
+    """Publish every message, wait until all are stored; (seconds, collector CPU seconds).
+
+    A few messages first, stored before the clock starts: the collector is subscribed
+    and has made its first write.
+    """
+    settings = BrokerSettings(host="127.0.0.1", port=broker.port)
+    warm = f"{site}warm"
+    warm_topic = telemetry_topic(warm, "crane-01", "lmi")
+
+    def warmed() -> bool:
+        asyncio.run(publish_all(settings, warm_topic, payloads(warm, 10)))
+        return count(warm) > 0
+
+    wait_for(warmed, 60, "collector subscribed and writing", interval=1.0, program=program)
+    messages = payloads(site)
+    assert program.process is not None
+    cpu_before = cpu_seconds(program.process.pid)
+    with profiled(program.process.pid, site):
+        started = time.perf_counter()
+        asyncio.run(publish_all(settings, telemetry_topic(site, "crane-01", "lmi"), messages))
+        published = time.perf_counter() - started
+        wait_for(
+            lambda: count(site) >= MESSAGES,
+            120,
+            f"{site}: all readings stored",
+            interval=0.05,
+            program=program,
+        )
+        seconds = time.perf_counter() - started
+    _note(f"{site}: published in {published:.2f} s, all stored after {seconds:.2f} s")
+    return seconds, cpu_seconds(program.process.pid) - cpu_before
+
+
+def run_vm(work: Path, broker: Mosquitto, vm: VictoriaMetrics) -> float:
+    site = "benchvm"
+    influx = {"api": "v2", "url": vm.url, "org": "derrick", "bucket": "derrick"}
+    with collector(work / "vm", broker, influx) as program:
+        seconds, _cpu = timed_run(broker, site, program, lambda s: vm_count(vm, s))
+    if not vm_fields_complete(vm, site):
+        raise RuntimeError("VictoriaMetrics: not every field of every message stored")
+    return MESSAGES * TAGS / seconds
+
+
+def run_influx1(work: Path, broker: Mosquitto, influx: Influx1) -> tuple[float, float, float]:
+    """(readings/s, collector CPU us per reading, lines per write)."""
+    site, db = "benchinflux", "bench_collector"
+    settings = {"api": "v1", "url": influx.url, "database": db, "create_database": True}
+    with collector(work / "influx1", broker, settings) as program:
+        seconds, cpu = timed_run(broker, site, program, lambda s: influx_count(influx, db, s))
+        time.sleep(1.2)  # one more stats interval, for the batch sizes
+    if not influx_fields_complete(influx, db, site):
+        raise RuntimeError("InfluxDB: not every field of every message stored")
+    return MESSAGES * TAGS / seconds, cpu / (MESSAGES * TAGS) * 1e6, batch_sizes(influx, db)
+
+
+# -- the bare writer -----------------------------------------------------------------------------
+
+
+def bare_writer(influx: Influx1, batch_lines: int, connections: int = CONNECTIONS) -> float:
+    """Readings/s of plain POSTs of pre-encoded batches on kept-alive connections."""
+    site, db = "benchbare", "bench_bare"
+    influx.create_database(db)
+    lines = [
+        line
+        for payload in payloads(site)
+        for line in encode_telemetry(validate(telemetry_topic(site, "crane-01", "lmi"), payload))
+    ]  # type: ignore[arg-type]
+    bodies = [
+        "\n".join(lines[i : i + batch_lines]).encode() for i in range(0, len(lines), batch_lines)
+    ]
+    path = f"/write?db={db}&precision=ns"
+    errors: list[str] = []
+
+    def post(share: list[bytes]) -> None:
+        conn = http.client.HTTPConnection(influx.host, influx.port, timeout=30)
+        try:
+            for body in share:
+                conn.request(
+                    "POST", path, body=body, headers={"Content-Type": "text/plain; charset=utf-8"}
+                )
+                response = conn.getresponse()
+                text = response.read()
+                if response.status != 204:
+                    errors.append(f"HTTP {response.status}: {text[:200]!r}")
+        finally:
+            conn.close()
+
+    threads = [
+        threading.Thread(target=post, args=(bodies[i::connections],)) for i in range(connections)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"bare writer: {errors[0]}")
+    if influx_count(influx, db, site) != MESSAGES:
+        raise RuntimeError("bare writer: not every message stored")
+    return MESSAGES * TAGS / seconds
+
+
+# -- CPU per stage, in this process ----------------------------------------------------------------
+
+
+async def receive_cpu(broker: Mosquitto) -> float:
+    """CPU per reading of paho receiving, handing to the loop, and the manual PUBACK."""
+    settings = BrokerSettings(host="127.0.0.1", port=broker.port)
+    site = "benchreceive"
+    topic = telemetry_topic(site, "crane-01", "lmi")
+
+    def subscriber() -> MqttClient:
+        return MqttClient(
+            settings, client_id="bench-receive", manual_ack=True, inbox_size=STAGE_MESSAGES + 10
+        )
+
+    first = subscriber()
+    await first.subscribe(topic)
+    await first.start()
+    await first.wait_subscribed(10)
+    await first.stop()  # the session stays: mosquitto queues what follows for it
+    messages = payloads(site, STAGE_MESSAGES)
+    await publish_all(settings, topic, messages)
+    client = subscriber()
+    started = time.process_time()
+    await client.start()
+    for _ in range(STAGE_MESSAGES):
+        inbound = await asyncio.wait_for(client.inbox.get(), 30)
+        client.ack(inbound)
+    used = time.process_time() - started
+    await client.stop()
+    return used / (STAGE_MESSAGES * TAGS) * 1e6
+
+
+def stage_cpu() -> tuple[dict[str, float], list[str]]:
+    """CPU us per reading of validate, evaluate and encode, and the encoded lines.
+
+    Message by message, as the collector does: a validated message is dropped once
+    encoded (holding thousands of them would make the garbage collector's passes
+    longer than the work measured).
+    """
+    site = "benchstage"
+    topic = telemetry_topic(site, "crane-01", "lmi")
+    evaluator = Evaluator([])
+    clock = time.process_time_ns
+    spent = {"validate": 0, "evaluate": 0, "encode": 0}
+    lines: list[str] = []
+    for payload in payloads(site, STAGE_MESSAGES):
+        started = clock()
+        message = validate(topic, payload)
+        validated = clock()
+        evaluator.evaluate(message)  # type: ignore[arg-type]
+        evaluated = clock()
+        encoded = encode_telemetry(message)  # type: ignore[arg-type]
+        done = clock()
+        spent["validate"] += validated - started
+        spent["evaluate"] += evaluated - validated
+        spent["encode"] += done - evaluated
+        lines += encoded
+    readings_ns = STAGE_MESSAGES * TAGS * 1000
+    return {stage: ns / readings_ns for stage, ns in spent.items()}, lines
+
+
+async def write_cpu(influx: Influx1, lines: list[str], batch_lines: int) -> float:
+    db = "bench_stage_write"
+    writer = V1Writer(InfluxV1(api="v1", url=influx.url, database=db, create_database=True))
+    await writer.create_database()
+    batches = [lines[i : i + batch_lines] for i in range(0, len(lines), batch_lines)]
+    started = time.process_time()
+    for batch in batches:
+        await writer.write(batch)
+    used = time.process_time() - started
+    await writer.close()
+    return used / (STAGE_MESSAGES * TAGS) * 1e6
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    logs.configure("console", "warning")
+    with tempfile.TemporaryDirectory(prefix="derrick-bench-collector-") as tmp:
+        work = Path(tmp)
+        with Mosquitto(work) as broker, Influx1(work) as influx, VictoriaMetrics(work) as vm:
+            vm_rate = run_vm(work, broker, vm)
+            print(f"collector_readings_per_s_vm: {vm_rate:.0f} readings/s")
+            rate, cpu_us, lines_per_write = run_influx1(work, broker, influx)
+            print(f"collector_readings_per_s_influx1: {rate:.0f} readings/s")
+            print(f"collector_cpu_us_per_reading_process: {cpu_us:.2f} us")
+            print(f"collector_lines_per_write_influx1: {lines_per_write:.0f} lines")
+            bare = bare_writer(influx, MAX_LINES)
+            print(f"bare_writer_readings_per_s_influx1: {bare:.0f} readings/s")
+            print(f"collector_vs_bare_influx1: {rate / bare * 100:.0f} %")
+            receive_us = asyncio.run(receive_cpu(broker))
+            stages, lines = stage_cpu()
+            write_us = asyncio.run(write_cpu(influx, lines, MAX_LINES))
+    for stage, us in {"receive": receive_us, **stages, "write": write_us}.items():
+        print(f"collector_cpu_us_per_reading_{stage}: {us:.3f} us")
+
+
+if __name__ == "__main__":
+    main()
