@@ -90,8 +90,12 @@ def stored(influx: Influx1) -> int:
 
 
 def pipeline() -> float:
-    base = Path(tempfile.mkdtemp(prefix="derrick-bench-"))
-    with Mosquitto(base) as broker_srv, Influx1(base) as influx:
+    with (
+        tempfile.TemporaryDirectory(prefix="derrick-bench-") as tmp,
+        Mosquitto(Path(tmp)) as broker_srv,
+        Influx1(Path(tmp)) as influx,
+    ):
+        base = Path(tmp)
         config = write_yaml(base / "collector.yaml", {
             "collector": {"id": "bench-collector"},
             "broker": {"host": "127.0.0.1", "port": broker_srv.port},
