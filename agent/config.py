@@ -299,10 +299,7 @@ class AgentConfig(StrictModel):
     @field_validator("devices")
     @classmethod
     def _devices_fit_together(cls, devices: list[Device]) -> list[Device]:
-        names = [dev.name for dev in devices]
-        dupes = sorted({name for name in names if names.count(name) > 1})
-        if dupes:
-            raise ValueError(f"device names must be unique: {', '.join(dupes)}")
+        configfile.require_unique([dev.name for dev in devices], "device names")
         problems = _shared_link_problems(devices)
         if problems:
             raise ValueError("\n".join(problems))

@@ -122,10 +122,7 @@ class RuleSet(StrictModel):
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
-        names = [rule.name for rule in self.rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        configfile.require_unique([rule.name for rule in self.rules], "rule names")
         return self
 
 

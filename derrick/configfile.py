@@ -206,3 +206,10 @@ def beside_config(value: object, info: ValidationInfo) -> object:
     if config_path and not path.is_absolute():
         path = Path(config_path).parent / path
     return path
+
+
+def require_unique(names: list[str], what: str) -> None:
+    """ValueError naming every repeated name (``what``: "device names", "rule names")."""
+    dupes = sorted({name for name in names if names.count(name) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique: {', '.join(dupes)}")

@@ -401,10 +401,7 @@ class RuleSet(StrictModel):
     @field_validator("rules")
     @classmethod
     def _consistent(cls, rules: list[Any]) -> list[Any]:
-        names = [rule.name for rule in rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"rule names must be unique: {', '.join(dupes)}")
+        configfile.require_unique([rule.name for rule in rules], "rule names")
         problems = _limit_order_problems(rules)
         if problems:
             raise ValueError("\n".join(problems))
