@@ -1,0 +1,172 @@
+"""Alarm manager: rule-engine conditions through the ISA-18.2 lifecycle, persisted.
+
+The glue between :mod:`collector.alarms.engine` (when does a condition hold?),
+:mod:`collector.alarms.lifecycle` (what does that mean for the alarm and the crews?) and
+:mod:`collector.alarms.state` (remember it across restarts). It returns lifecycle
+effects - announce, clear, journal - for the caller to notify and store (issue 6; the
+collector does not use it yet).
+
+Restart safety comes from the lifecycle: the engine starts with no memory, so after a
+restart it reports a standing condition as newly active, and the persisted record,
+already active, takes that as a no-op. No second announcement, and nothing forgotten.
+
+Engine condition -> lifecycle input:
+
+* ``active``: suppression ends (if it was on), the process is active;
+* ``suppressed``: suppression starts, the process is active (tracked behind it);
+* neither: suppression ends (if on), the process is normal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from collector.alarms.engine import ConditionChange, RuleEngine
+from collector.alarms.lifecycle import (
+    Acknowledge,
+    AlarmRecord,
+    Effect,
+    Event,
+    ProcessActive,
+    ProcessNormal,
+    Rejected,
+    RemoveFromService,
+    Reset,
+    ReturnToService,
+    Shelve,
+    Suppress,
+    Tick,
+    Transition,
+    Unshelve,
+    apply,
+)
+from collector.alarms.state import AlarmStateStore
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """An operator command from MQTT or HTTP."""
+
+    alarm_id: str
+    action: str  # acknowledge | reset | shelve | unshelve | remove_from_service | return_to_service
+    who: str
+    now_ns: int
+    comment: str = ""
+    duration_s: float = 0.0
+
+
+def alarm_id(change: ConditionChange) -> str:
+    """One alarm per rule and device: ``rule:site:asset:device``."""
+    return f"{change.rule}:{change.site}:{change.asset}:{change.device}"
+
+
+class AlarmManager:
+    def __init__(self, engine: RuleEngine, store: AlarmStateStore) -> None:
+        self.engine = engine
+        self.store = store
+        self.records: dict[str, AlarmRecord] = store.load()
+        self._max_shelve_s = {
+            rule.name: getattr(rule, "max_shelve_s", None) for rule in engine.rules
+        }
+
+    def on_conditions(self, changes: Iterable[ConditionChange]) -> list[Effect]:
+        """Feed the engine's condition changes through each alarm's lifecycle."""
+        effects: list[Effect] = []
+        changed: dict[str, AlarmRecord] = {}
+        for change in changes:
+            key = alarm_id(change)
+            record = changed.get(key) or self.records.get(key) or self._new(key, change)
+            for event in _inputs(record, change):
+                step = apply(record, event)
+                if isinstance(step, Transition):
+                    record = step.record
+                    effects.extend(step.effects)
+            changed[key] = record
+        self._keep(changed)
+        return effects
+
+    def tick(self, now_ns: int) -> list[Effect]:
+        """Time passes: engine delays and staleness, and shelves that expire."""
+        effects = self.on_conditions(self.engine.tick(now_ns))
+        changed = {}
+        for key, record in self.records.items():
+            if record.shelved_until_ns is not None and record.shelved_until_ns <= now_ns:
+                step = apply(record, Tick(now_ns=now_ns))
+                if isinstance(step, Transition) and step.record != record:
+                    changed[key] = step.record
+                    effects.extend(step.effects)
+        self._keep(changed)
+        return effects
+
+    def command(self, command: Command) -> list[Effect] | Rejected:
+        """An operator's acknowledge, reset, shelve...: effects, or why it does not apply."""
+        record = self.records.get(command.alarm_id)
+        if record is None:
+            return Rejected(f"no alarm {command.alarm_id!r}")
+        event = _command_event(command)
+        if isinstance(event, Rejected):
+            return event
+        step = apply(record, event)
+        if isinstance(step, Rejected):
+            return step
+        self._keep({command.alarm_id: step.record})
+        return list(step.effects)
+
+    def _new(self, key: str, change: ConditionChange) -> AlarmRecord:
+        max_shelve_s = self._max_shelve_s.get(change.rule)
+        extra = {"max_shelve_s": max_shelve_s} if max_shelve_s else {}
+        return AlarmRecord.new(
+            key,
+            latched=change.latched,
+            priority=change.priority,  # type: ignore[arg-type]
+            now_ns=change.ts_ns,
+            **extra,
+        )
+
+    def _keep(self, changed: dict[str, AlarmRecord]) -> None:
+        """Persist what changed (one durable transaction), then adopt it."""
+        fresh = {k: r for k, r in changed.items() if self.records.get(k) != r}
+        if fresh:
+            self.store.save(fresh.values())
+            self.records.update(fresh)
+
+
+def _inputs(record: AlarmRecord, change: ConditionChange) -> list[Event]:
+    now = change.ts_ns
+    holds = change.active or change.suppressed
+    events: list[Event] = []
+    if change.suppressed != record.suppressed:
+        events.append(Suppress(now_ns=now, on=change.suppressed))
+    if holds:
+        value = _number(change.value)
+        limit = value if change.limit is None else float(change.limit)
+        events.append(ProcessActive(now_ns=now, value=value, limit=limit, priority=change.priority))  # type: ignore[arg-type]
+    else:
+        events.append(ProcessNormal(now_ns=now, value=_number(change.value)))
+    return events
+
+
+def _number(value: object) -> float:
+    """Engine values as the lifecycle's floats: bools as 0/1, anything else as 0."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return 0.0
+
+
+def _command_event(command: Command) -> Event | Rejected:
+    now, who, comment = command.now_ns, command.who, command.comment
+    events: dict[str, Event] = {
+        "acknowledge": Acknowledge(now_ns=now, who=who, comment=comment),
+        "reset": Reset(now_ns=now, who=who, comment=comment),
+        "shelve": Shelve(now_ns=now, who=who, reason=comment, duration_s=command.duration_s),
+        "unshelve": Unshelve(now_ns=now, who=who, comment=comment),
+        "remove_from_service": RemoveFromService(now_ns=now, who=who, reason=comment),
+        "return_to_service": ReturnToService(now_ns=now, who=who, comment=comment),
+    }
+    return events.get(command.action) or Rejected(
+        f"unknown action {command.action!r}; use one of {', '.join(events)}"
+    )
