@@ -76,7 +76,7 @@ class Publisher:
             await self.client.wait_connected(timeout=float("inf"))
             self._boundary = self._live_after = self.spool.last_id()
             self._backlog_after = 0
-            backlog = self.spool.stats().depth
+            backlog = self.spool.depth
             self._replaying = backlog > 0
             if backlog:
                 log.info("replaying stored messages", backlog=backlog, window=self.window)

@@ -136,7 +136,7 @@ async def run(config: CollectorConfig) -> None:
         influx=writer.url,
         spool=str(config.spool.path),
         dead_letters=str(letters.dir),
-        spooled=spool.stats().depth,
+        spooled=spool.depth,
         api=config.influx.api,
         rules=len(config.rules.rules),
     )

@@ -142,7 +142,7 @@ class Store:
     # -- the spool -----------------------------------------------------------------------
 
     def spool_depth(self) -> int:
-        return self.spool.stats().depth if self.spool else 0
+        return self.spool.depth if self.spool else 0
 
     def _append(self, lines: list[str], priority: Priority) -> None:
         assert self.spool is not None

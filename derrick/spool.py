@@ -319,6 +319,11 @@ class Spool:
         log.debug("spool file shrunk", path=str(self.path), freed_bytes=freed)
         return freed
 
+    @property
+    def depth(self) -> int:
+        """Messages queued (the running count: no query, cheap enough for every batch)."""
+        return self._state.depth
+
     def stats(self, now_ns: int | None = None) -> SpoolStats:
         conn = self._connection()
         try:
