@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -15,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.alarms.settings import AlarmSettings
 from derrick import configfile
 from derrick.broker import BrokerSettings
 from derrick.configfile import StrictModel
@@ -86,46 +86,6 @@ class BatchSettings(StrictModel):
     max_delay_s: float = Field(default=0.5, gt=0, le=60)
 
 
-class ThresholdRule(StrictModel):
-    """Alarm when ``tag`` goes above a limit: fixed, or a percentage of another tag.
-
-    ``clear_percent`` is the deadband: the alarm clears only when the value falls below
-    that share of the limit, so a load hovering at the limit raises once, not on every
-    poll.
-    """
-
-    name: Ident
-    description: str = ""
-    kind: str = Field(default="*", description="glob on the equipment kind")
-    asset: str = Field(default="*", description="glob on the asset name")
-    tag: Ident
-    limit: float | None = None
-    limit_tag: Ident | None = None
-    limit_percent: float = Field(default=100.0, gt=0)
-    clear_percent: float = Field(default=95.0, gt=0)
-    priority: Literal["critical", "high", "medium", "low"] = "high"
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> Self:
-        if (self.limit is None) == (self.limit_tag is None):
-            raise ValueError("give either 'limit' (a number) or 'limit_tag' (another tag)")
-        if self.clear_percent > 100:
-            raise ValueError("clear_percent is a share of the limit: at most 100")
-        return self
-
-    def matches(self, kind: str, asset: str) -> bool:
-        return fnmatchcase(kind, self.kind) and fnmatchcase(asset, self.asset)
-
-
-class RuleSet(StrictModel):
-    rules: list[ThresholdRule] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique(self) -> Self:
-        configfile.require_unique([rule.name for rule in self.rules], "rule names")
-        return self
-
-
 class CollectorIdentity(StrictModel):
     id: Ident = Field(description="MQTT client id; keep it stable so the session persists")
     group: Ident | None = Field(
@@ -157,7 +117,7 @@ class CollectorConfig(StrictModel):
     broker: BrokerSettings = BrokerSettings()
     influx: InfluxSettings
     batch: BatchSettings = BatchSettings()
-    rules: RuleSet = RuleSet()
+    alarms: AlarmSettings = AlarmSettings()
     spool: SpoolSettings = SpoolSettings(max_mb=1024)
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -185,20 +145,32 @@ class CollectorConfig(StrictModel):
             letters = dict(letters or {})
             letters.setdefault("dir", Path("state") / f"deadletter-{ident}")
             data = {**data, "dead_letter": letters}
+        alarms = data.get("alarms") if isinstance(data, dict) else None
+        if isinstance(ident, str) and (alarms is None or isinstance(alarms, dict)):
+            alarms = dict(alarms or {})
+            alarms.setdefault("state", Path("state") / f"alarms-{ident}.db")
+            data = {**data, "alarms": alarms}
         return data
 
-    @field_validator("rules", mode="before")
+    @model_validator(mode="after")
+    def _member_of_alarms(self) -> Self:
+        members = self.alarms.members
+        if members and self.collector.id not in members:
+            raise ValueError(
+                f"alarms.members {members} must include this collector's id "
+                f"{self.collector.id!r}"
+            )
+        return self
+
+    @model_validator(mode="before")
     @classmethod
-    def _rules_file(cls, value: object, info: ValidationInfo) -> object:
-        """``rules`` may name a YAML file, relative to this config file."""
-        if not isinstance(value, str):
-            return value
-        config_path = (info.context or {}).get("config_path")
-        path = Path(config_path).parent / value if config_path else Path(value)
-        try:
-            return configfile.load(path, RuleSet)
-        except configfile.ConfigError as exc:
-            raise ValueError(f"rules file: {exc}") from None
+    def _moved_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "rules" in data:
+            raise ValueError(
+                "'rules' moved to 'alarms.rules': a list of rule files such as "
+                "alarm-rules/crane.yaml (see docs/alarm-rules.md)"
+            )
+        return data
 
 
 def load_config(path: Path | str) -> CollectorConfig:

@@ -16,7 +16,7 @@ import math
 
 from derrick.contract import (
     AgentMetrics,
-    AlarmEvent,
+    AlarmNotice,
     DeviceState,
     DeviceStatus,
     Quality,
@@ -64,14 +64,26 @@ def encode_telemetry(message: Telemetry) -> list[str]:
     return [f"{series}{','.join(fields)} {ts}" for ts, fields in fields_at.items() if fields]
 
 
-def encode_alarm(event: AlarmEvent) -> str:
-    """Alarm transitions as measurement ``alarms`` for the alarm timeline."""
-    message = _field_value(event.message)
+def encode_alarm(notice: AlarmNotice) -> str:
+    """An alarm notice (announce, clear, reminder, escalation, operator action) as
+    measurement ``alarms``: the alarm timeline and the operator journal.
+
+    ``event`` is a tag: a reset's journal entry and the clear it causes share one
+    instant, and as fields of one series the second would overwrite the first."""
+    fields = {
+        "state": notice.state,
+        "reason": notice.reason,
+        "message": notice.message,
+        "value": notice.value,
+        "limit": notice.limit,
+        "who": notice.who or None,
+        "comment": notice.comment or None,
+        "notice_key": notice.key,
+    }
     return (
-        f"alarms,asset={event.asset},device={event.device},priority={event.priority},"
-        f'rule={event.rule},site={event.site} state="{event.state.value}",'
-        f"value={_field_value(event.value)},limit={_field_value(event.limit)},"
-        f"message={message} {event.ts_ns}"
+        f"alarms,asset={notice.asset},device={notice.device},event={notice.event},"
+        f"priority={notice.priority},rule={notice.rule},site={notice.site} "
+        f"{_fields(fields)} {notice.ts_ns}"
     )
 
 

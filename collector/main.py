@@ -1,22 +1,27 @@
-"""derrick-collector: MQTT telemetry -> InfluxDB, and threshold alarms -> MQTT."""
+"""derrick-collector: MQTT telemetry -> InfluxDB; alarms -> MQTT, webhooks and e-mail."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
 
 import structlog
 
+from collector.alarms.builtin import JournalSender, MqttSender
+from collector.alarms.channels import Sender, make_sender
+from collector.alarms.httpapi import AlarmApi, HttpApiError
+from collector.alarms.notify import EVENTS_CHANNEL, JOURNAL_CHANNEL, STATE_CHANNEL
+from collector.alarms.service import AlarmService, Send
 from collector.config import CollectorConfig, load_config
 from collector.deadletter import DeadLetters
-from collector.evaluate import Evaluator
-from collector.influx import StoreError, V1Writer, make_writer
+from collector.influx import StoreError, V1Writer, Writer, make_writer
 from collector.lineproto import encode_stats
-from collector.notify import notify_forever
-from collector.receive import receive_forever
+from collector.receive import alarm_feed_forever, receive_forever
 from collector.sequence import SequenceTracker
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Store
@@ -25,9 +30,13 @@ from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
 from derrick.contract import (
     AGENT_METRICS_SUBSCRIPTION,
+    AGENT_STATUS_SUBSCRIPTION,
+    ALARM_COMMANDS_SUBSCRIPTION,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
-    AlarmEvent,
+    AlarmCommand,
+    AlarmCommandResult,
+    AlarmNotice,
     now_ns,
     shared,
 )
@@ -36,15 +45,21 @@ from derrick.spool import SpoolError
 
 log = structlog.get_logger("collector")
 
-# Alarm transitions waiting for the broker; only a long broker outage fills it.
-EVENT_QUEUE_SIZE = 10_000
+# What the session that feeds the alarms reads, unshared.
+ALARM_INPUTS = (
+    TELEMETRY_SUBSCRIPTION,
+    DEVICE_STATUS_SUBSCRIPTION,
+    AGENT_STATUS_SUBSCRIPTION,
+    ALARM_COMMANDS_SUBSCRIPTION,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="derrick-collector",
         description="Subscribe to Derrick telemetry on an MQTT broker, write it to InfluxDB "
-        "(v1 /write or v2 API) and raise threshold alarms on the MQTT alarm topics.",
+        "(v1 /write or v2 API), and raise alarms (ISA-18.2 lifecycle) to MQTT, webhooks "
+        "and e-mail. SIGHUP reloads the alarm rule files.",
         epilog="examples:\n"
         "  derrick-collector --config /etc/derrick/collector.yaml\n"
         "  derrick-collector --config collector.yaml --check   # validate config and exit",
@@ -68,6 +83,7 @@ async def report_forever(
     *,
     sequences: SequenceTracker | None,
     dead_letters: DeadLetters,
+    alarms: AlarmService | None = None,
 ) -> None:
     """Log a summary and store the collector's own counters every ``interval_s``."""
     loop = asyncio.get_running_loop()
@@ -79,6 +95,10 @@ async def report_forever(
             sequences.expire(time.monotonic())
             stats.seq_gaps, stats.seq_duplicates = sequences.gaps, sequences.duplicates
         stats.dead_letters = dead_letters.counts.get("written", 0)
+        if alarms is not None:
+            stats.alarms_raised = alarms.counts["announced"]
+            stats.alarms_cleared = alarms.counts["cleared"]
+            stats.alarms_dropped = alarms.outbox.dropped
         now, now_t = stats.snapshot(), loop.time()
         spool = store.spool.stats() if store.spool else None
         depth, age = (spool.depth, spool.oldest_age_s) if spool else (0, None)
@@ -91,7 +111,58 @@ async def report_forever(
             log.debug("store queue full, collector stats not stored")
 
 
-async def run(config: CollectorConfig) -> None:
+def build_alarms(
+    config: CollectorConfig, client: MqttClient, journal: Writer
+) -> AlarmService | None:
+    """The alarm service, or None when no rule files are configured."""
+    settings = config.alarms
+    if not settings.rules:
+        return None
+    senders: dict[str, Send] = {
+        EVENTS_CHANNEL: MqttSender(client, state=False).send,
+        STATE_CHANNEL: MqttSender(client, state=True).send,
+        JOURNAL_CHANNEL: JournalSender(journal).send,
+    }
+    closers = []
+    for name, channel in settings.channels.items():
+        sender = make_sender(channel)
+        senders[name] = _notice_sender(sender)
+        closers.append(sender.close)
+    return AlarmService(settings, config.collector.id, senders, closers=closers)
+
+
+def _notice_sender(sender: Sender) -> Send:
+    async def send(payload: str) -> None:
+        await sender.send(AlarmNotice.model_validate_json(payload))
+
+    return send
+
+
+def alarm_api(config: CollectorConfig, alarms: AlarmService) -> AlarmApi | None:
+    if not config.alarms.http.enabled:
+        return None
+
+    async def command(order: AlarmCommand) -> tuple[int, AlarmCommandResult]:
+        return alarms.command(order)
+
+    return AlarmApi(config.alarms.http, list_alarms=alarms.list_alarms, command=command)
+
+
+def reload_on_sighup(config: CollectorConfig, alarms: AlarmService) -> None:
+    """SIGHUP: read the rule files again; a bad file is logged and the old rules kept."""
+
+    def reload() -> None:
+        try:
+            rules = config.alarms.load_rules()
+        except (ConfigError, ValueError) as exc:
+            log.error("alarm rules not reloaded, keeping the old ones", reason=str(exc))
+            return
+        alarms.reload(rules)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, in one place
     stats = Stats()
     writer = make_writer(config.influx)
     if isinstance(writer, V1Writer) and config.influx.create_database:
@@ -104,8 +175,22 @@ async def run(config: CollectorConfig) -> None:
     client = MqttClient(
         config.broker, client_id=config.collector.id, manual_ack=True, inbox_size=config.queue_size
     )
+    group = config.collector.group
+    # In a group, alarms read the whole stream in a session of their own (see receive).
+    alarm_client = (
+        MqttClient(
+            config.broker,
+            client_id=f"{config.collector.id}-alarms",
+            manual_ack=True,
+            inbox_size=config.queue_size,
+        )
+        if group and config.alarms.rules
+        else None
+    )
+    journal = make_writer(config.influx)
+    alarms = build_alarms(config, alarm_client or client, journal)
+    api = alarm_api(config, alarms) if alarms else None
     store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
-    events: asyncio.Queue[AlarmEvent] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
     spool = config.spool.open()
     letters = config.dead_letter
     dead_letters = DeadLetters(
@@ -120,14 +205,18 @@ async def run(config: CollectorConfig) -> None:
         spool,
         dead_letters.put_refused,
     )
-    group = config.collector.group
-    for subscription in (
-        TELEMETRY_SUBSCRIPTION,
-        DEVICE_STATUS_SUBSCRIPTION,
-        AGENT_METRICS_SUBSCRIPTION,
-    ):
+    subscriptions = [TELEMETRY_SUBSCRIPTION, DEVICE_STATUS_SUBSCRIPTION, AGENT_METRICS_SUBSCRIPTION]
+    for subscription in subscriptions:
         await client.subscribe(shared(group, subscription), qos=1)
+    if alarms is not None:
+        feed = alarm_client or client
+        extra = ALARM_INPUTS if alarm_client else ALARM_INPUTS[2:]
+        for subscription in extra:
+            await feed.subscribe(subscription, qos=1)
     await client.start()
+    if alarm_client is not None:
+        await alarm_client.start()
+    api_port = await api.start() if api else None
     log.info(
         "collector started",
         collector=config.collector.id,
@@ -138,28 +227,37 @@ async def run(config: CollectorConfig) -> None:
         dead_letters=str(letters.dir),
         spooled=spool.depth,
         api=config.influx.api,
-        rules=len(config.rules.rules),
+        alarm_rules=len(alarms.engine.rules) if alarms else 0,
+        alarm_members=list(alarms.ownership.members) if alarms else None,
+        alarm_state=str(config.alarms.state) if alarms else None,
+        alarms_standing=sum(r.active for r in alarms.manager.records.values()) if alarms else 0,
+        alarm_api_port=api_port,
     )
-    evaluator = Evaluator(config.rules.rules)
     # In a shared-subscription group each collector sees a share of every agent's numbers.
     sequences = None if config.collector.group else SequenceTracker(config.sequence_grace_s)
 
-    def start_tasks(group: asyncio.TaskGroup) -> None:
-        group.create_task(
+    def start_tasks(task_group: asyncio.TaskGroup) -> None:
+        task_group.create_task(
             receive_forever(
                 client,
                 store_queue,
-                evaluator,
-                events,
+                None if alarm_client else alarms,
                 stats,
                 dead_letters=dead_letters,
                 sequences=sequences,
             )
         )
-        group.create_task(store.run(store_queue))
-        group.create_task(store.replay_forever())
-        group.create_task(notify_forever(events, client, store_queue, stats))
-        group.create_task(
+        task_group.create_task(store.run(store_queue))
+        task_group.create_task(store.replay_forever())
+        if alarms is not None:
+            alarms.start(task_group)
+            reload_on_sighup(config, alarms)
+            task_group.create_task(
+                kpi_forever(config.collector.id, alarms, store_queue, config.alarms.kpi.interval_s)
+            )
+        if alarm_client is not None and alarms is not None:
+            task_group.create_task(alarm_feed_forever(alarm_client, alarms, stats, dead_letters))
+        task_group.create_task(
             report_forever(
                 config.collector.id,
                 store,
@@ -167,6 +265,7 @@ async def run(config: CollectorConfig) -> None:
                 config.stats_interval_s,
                 sequences=sequences,
                 dead_letters=dead_letters,
+                alarms=alarms,
             )
         )
 
@@ -174,10 +273,37 @@ async def run(config: CollectorConfig) -> None:
         await run_until_signalled(start_tasks)
         log.info("collector stopping", **stats.snapshot())
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if api is not None:
+            await api.close()
+        if alarm_client is not None:
+            await alarm_client.stop()
         await client.stop()
         await writer.close()
+        await journal.close()
         spool.close()
         dead_letters.close()
+        if alarms is not None:
+            await alarms.close()
+
+
+async def kpi_forever(
+    collector_id: str,
+    alarms: AlarmService,
+    store_queue: asyncio.Queue[Batchable],
+    interval_s: float,
+) -> None:
+    """Alarm KPIs (ISA-18.2 / EEMUA 191) as measurements ``alarm_kpi`` and ``alarm_top``."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for alarm in alarms.kpis.stopped_chattering(now_ns()):
+            log.info("alarm no longer chattering", alarm_id=alarm)
+        lines = alarms.kpis.lines(collector_id, now_ns(), alarms.manager.records.values())
+        try:  # never wait for room: KPIs are recomputed next interval anyway
+            store_queue.put_nowait(Batchable(lines, None))
+        except asyncio.QueueFull:
+            log.debug("store queue full, alarm KPIs not stored")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,14 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         sys.stdout.write(
-            f"{args.config}: ok, {len(config.rules.rules)} alarm rules, "
+            f"{args.config}: ok, {len(config.alarms.ruleset)} alarm rules, "
             f"InfluxDB {config.influx.api} at {config.influx.url}\n"
         )
         return 0
     logs.configure(args.log_format or config.log.format, config.log.level)
     try:
         asyncio.run(run(config))
-    except (MqttError, StoreError, SpoolError, ValueError) as exc:
+    except (MqttError, StoreError, SpoolError, HttpApiError, ValueError) as exc:
         log.error("collector failed", error=str(exc))
         return 1
     return 0

@@ -1,8 +1,14 @@
-"""Receive and validate stages: broker messages -> store queue and evaluate.
+"""Receive and validate stages: broker messages -> store queue, and the alarm service.
 
 Every message is either stored (and acknowledged after the write) or rejected (logged
 with its reason, counted, and acknowledged at once so the broker does not send it again
 forever). A bad message never stops the good ones behind it.
+
+Alarm inputs take one of two paths. A collector alone (no ``collector.group``) gives
+the alarm service the telemetry it validates for storage. In a shared-subscription
+group each collector sees only a share of the stream, so a second MQTT session reads
+the whole stream for alarms (:func:`alarm_feed_forever`) and skips, before parsing,
+every asset this collector does not own.
 """
 
 from __future__ import annotations
@@ -13,66 +19,162 @@ import time
 import structlog
 from pydantic import ValidationError
 
+from collector.alarms.service import AlarmService
 from collector.deadletter import DeadLetters
-from collector.evaluate import Evaluator
 from collector.lineproto import encode_agent_metrics, encode_device_status, encode_telemetry
 from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
 from collector.validate import Rejected, classify, validate
-from derrick.contract import AgentMetrics, AlarmEvent, DeviceStatus
-from derrick.mqtt import InboundMessage, MqttClient
+from derrick.contract import (
+    TOPIC_ROOT,
+    AgentMetrics,
+    AgentStatus,
+    AlarmCommand,
+    DeviceStatus,
+    alarm_replies_topic,
+)
+from derrick.mqtt import InboundMessage, MqttClient, MqttError
 
 log = structlog.get_logger(__name__)
 
 TELEMETRY_SUFFIX = "/telemetry"
+COMMANDS_SUFFIX = "/alarm-commands"
+AGENTS_PREFIX = f"{TOPIC_ROOT}/agents/"
 
 
 async def receive_forever(
     client: MqttClient,
     store_queue: asyncio.Queue[Batchable],
-    evaluator: Evaluator,
-    events: asyncio.Queue[AlarmEvent],
+    alarms: AlarmService | None,
     stats: Stats,
     *,
     dead_letters: DeadLetters | None = None,
     sequences: SequenceTracker | None = None,
 ) -> None:
+    """The storage stream; ``alarms`` set when this session also feeds the alarms."""
     while True:
         inbound = await client.inbox.get()
         stats.messages += 1
-        if not inbound.topic.endswith(TELEMETRY_SUFFIX):
-            await _receive_health(client, inbound, store_queue, stats, dead_letters)
+        topic = inbound.topic
+        if not topic.endswith(TELEMETRY_SUFFIX):
+            await _receive_other(client, inbound, store_queue, stats, dead_letters, alarms)
             continue
-        result = validate(inbound.topic, inbound.payload)
+        result = validate(topic, inbound.payload)
         if isinstance(result, Rejected):
             _reject(client, inbound, result, stats, dead_letters)
             continue
         stats.readings += len(result.readings)
         if sequences is not None:
             sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
-        for event in evaluator.evaluate(result):
-            _queue_event(events, event, stats)
+        if alarms is not None:
+            alarms.observe_telemetry(result)
         await store_queue.put(Batchable(encode_telemetry(result), inbound))
 
 
-async def _receive_health(
+async def alarm_feed_forever(
+    client: MqttClient,
+    alarms: AlarmService,
+    stats: Stats,
+    dead_letters: DeadLetters | None = None,
+) -> None:
+    """The alarm session of a collector in a group: the whole stream, owned assets only.
+
+    Each message is acknowledged once the alarm state it changed is saved (the service
+    commits before it returns), so a killed collector misses no alarm input either.
+    """
+    while True:
+        inbound = await client.inbox.get()
+        topic = inbound.topic
+        if topic.endswith(TELEMETRY_SUFFIX):
+            parts = topic.split("/")
+            if len(parts) == 6 and not alarms.owns(parts[2], parts[3]):
+                client.ack(inbound)
+                continue
+            result = validate(topic, inbound.payload)
+            if isinstance(result, Rejected):  # the storage session dead-letters it
+                client.ack(inbound)
+                continue
+            alarms.observe_telemetry(result)
+            client.ack(inbound)
+        elif topic.endswith("/status") and not topic.startswith(AGENTS_PREFIX):
+            try:
+                status = DeviceStatus.model_validate_json(inbound.payload)
+            except ValidationError:  # the storage session dead-letters it
+                client.ack(inbound)
+                continue
+            alarms.observe_device(status)
+            client.ack(inbound)
+        else:
+            await _receive_alarm_topic(client, inbound, stats, dead_letters, alarms)
+
+
+async def _receive_other(  # noqa: PLR0917
     client: MqttClient,
     inbound: InboundMessage,
     store_queue: asyncio.Queue[Batchable],
     stats: Stats,
     dead_letters: DeadLetters | None,
+    alarms: AlarmService | None,
 ) -> None:
-    """Device status and agent metrics: stored as their own measurements."""
+    """Device status and agent metrics are stored; agent status and commands go to
+    the alarms."""
+    topic = inbound.topic
+    if topic.endswith(COMMANDS_SUFFIX) or (topic.startswith(AGENTS_PREFIX) and topic.endswith(
+        "/status"
+    )):
+        await _receive_alarm_topic(client, inbound, stats, dead_letters, alarms)
+        return
     try:
-        if inbound.topic.endswith("/metrics"):
+        if topic.endswith("/metrics"):
             line = encode_agent_metrics(AgentMetrics.model_validate_json(inbound.payload))
         else:
-            line = encode_device_status(DeviceStatus.model_validate_json(inbound.payload))
+            status = DeviceStatus.model_validate_json(inbound.payload)
+            line = encode_device_status(status)
+            if alarms is not None:
+                alarms.observe_device(status)
     except ValidationError as exc:
         _reject(client, inbound, classify(inbound.payload, exc), stats, dead_letters)
         return
     await store_queue.put(Batchable([line], inbound))
+
+
+async def _receive_alarm_topic(
+    client: MqttClient,
+    inbound: InboundMessage,
+    stats: Stats,
+    dead_letters: DeadLetters | None,
+    alarms: AlarmService | None,
+) -> None:
+    """Agent birth / last will, and operator commands."""
+    topic = inbound.topic
+    model = AlarmCommand if topic.endswith(COMMANDS_SUFFIX) else AgentStatus
+    try:
+        message = model.model_validate_json(inbound.payload)
+    except ValidationError as exc:
+        _reject(client, inbound, classify(inbound.payload, exc), stats, dead_letters)
+        return
+    if alarms is not None:
+        if isinstance(message, AgentStatus):
+            alarms.observe_agent(message)
+        else:
+            _command(client, topic, message, alarms)
+    client.ack(inbound)
+
+
+def _command(client: MqttClient, topic: str, command: AlarmCommand, alarms: AlarmService) -> None:
+    """Run an operator command from MQTT; the owner answers on the reply topic."""
+    parts = topic.split("/")
+    site, asset = parts[2], parts[3]
+    if not alarms.owns(site, asset):
+        return  # the owner of this asset answers
+    status, result = alarms.command(command)
+    if status == 421:
+        log.warning("alarm command for another asset", topic=topic, alarm_id=command.alarm_id)
+    try:
+        client.publish_nowait(alarm_replies_topic(site, asset), result.model_dump_json().encode())
+    except MqttError as exc:
+        log.warning("command reply not sent", alarm_id=command.alarm_id, reason=str(exc))
 
 
 def _reject(
@@ -94,16 +196,3 @@ def _reject(
     if dead_letters is not None:
         dead_letters.put(inbound.topic, inbound.payload, rejected.kind, rejected.reason)
     client.ack(inbound)
-
-
-def _queue_event(events: asyncio.Queue[AlarmEvent], event: AlarmEvent, stats: Stats) -> None:
-    """Hand an alarm transition to notify; if the broker has been away that long, say so."""
-    try:
-        events.put_nowait(event)
-    except asyncio.QueueFull:
-        stats.alarms_dropped += 1
-        log.error(
-            "alarm queue full, event dropped",
-            event_id=event.event_id,
-            dropped_total=stats.alarms_dropped,
-        )

@@ -8,7 +8,10 @@ Topic scheme (schema version 1)::
 
     derrick/v1/<site>/<asset>/<device>/telemetry    agent -> collector, QoS 1
     derrick/v1/<site>/<asset>/<device>/status       device up/down, retained
-    derrick/v1/<site>/<asset>/alarm/<rule>          collector -> crews, QoS 1
+    derrick/v1/<site>/<asset>/alarm/<device>/<rule> alarm state, retained (collector)
+    derrick/v1/<site>/<asset>/alarm-events          alarm notices (collector -> crews)
+    derrick/v1/<site>/<asset>/alarm-commands        acknowledge, reset, shelve... (operators)
+    derrick/v1/<site>/<asset>/alarm-replies         command results (collector)
     derrick/v1/agents/<agent>/status                agent birth / last will, retained
     derrick/v1/agents/<agent>/metrics               agent health, on an interval
     derrick/v1/agents/<agent>/events                agent notices (store-and-forward drops)
@@ -104,25 +107,85 @@ class Telemetry(_Frozen):
     readings: list[Reading] = Field(max_length=4096)
 
 
-class AlarmState(StrEnum):
-    RAISED = "raised"
-    CLEARED = "cleared"
+AlarmPriority = Literal["critical", "high", "medium", "low"]
+AlarmAction = Literal[
+    "acknowledge", "reset", "shelve", "unshelve", "remove_from_service", "return_to_service"
+]
+NoticeEvent = Literal[
+    "announce", "clear", "reminder", "escalation", "journal", "flood"
+]
 
 
-class AlarmEvent(_Frozen):
-    """A transition of one alarm rule on one asset."""
+class AlarmStateMessage(_Frozen):
+    """Retained current state of one alarm (rule on one device): what a panel shows."""
 
     v: Literal[1] = SCHEMA_VERSION
-    event_id: str = Field(description="stable id: rule, asset and transition instant")
+    alarm_id: str = Field(description="rule:site:asset:device")
     rule: Ident
     site: Ident
     asset: Ident
     device: Ident
-    state: AlarmState
-    priority: str
+    state: str = Field(description="ISA-18.2 state: normal, active_unacked, active_acked, ...")
+    active: bool
+    acked: bool
+    priority: AlarmPriority
+    value: float | None = None
+    limit: float | None = None
+    message: str = ""
+    shelved_until_ns: int | None = None
+    ts_ns: int = Field(ge=0)
+
+
+class AlarmNotice(_Frozen):
+    """One notification: an alarm event for crews, or one group of them (``flood``).
+
+    ``key`` is the idempotency key: the same notice delivered twice (a retry after a
+    crash between sending and recording it) carries the same key, so a receiver can
+    drop the repeat. ``alarms`` lists the members of a flood group.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    key: str
+    event: NoticeEvent
+    alarm_id: str
+    rule: Ident
+    site: Ident
+    asset: Ident
+    device: Ident
+    priority: AlarmPriority
+    state: str
     message: str
-    value: float
-    limit: float
+    reason: str = Field(default="", description="why: new, reactivated, shelve_expired, ...")
+    value: float | None = None
+    limit: float | None = None
+    who: str = ""
+    comment: str = ""
+    ts_ns: int = Field(ge=0)
+    alarms: list[AlarmNotice] = Field(default_factory=list, max_length=1000)
+
+
+class AlarmCommand(_Frozen):
+    """An operator's command on one alarm, by MQTT or HTTP."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    alarm_id: str = Field(min_length=1, max_length=300)
+    action: AlarmAction
+    who: str = Field(min_length=1, max_length=100)
+    comment: str = Field(default="", max_length=2000)
+    duration_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    request_id: str = Field(default="", max_length=100)
+
+
+class AlarmCommandResult(_Frozen):
+    """The answer to an :class:`AlarmCommand`, on the asset's reply topic."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    request_id: str
+    alarm_id: str
+    action: str
+    ok: bool
+    reason: str = ""
+    state: str = ""
     ts_ns: int = Field(ge=0)
 
 
@@ -224,11 +287,36 @@ def telemetry_topic(site: str, asset: str, device: str) -> str:
 TELEMETRY_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+/telemetry"
 
 
-def alarm_topic(site: str, asset: str, rule: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/{asset}/alarm/{rule}"
+def alarm_state_topic(site: str, asset: str, device: str, rule: str) -> str:
+    """Retained :class:`AlarmStateMessage` of one alarm."""
+    return f"{TOPIC_ROOT}/{site}/{asset}/alarm/{device}/{rule}"
 
 
-ALARM_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/alarm/+"
+ALARM_STATE_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/alarm/+/+"
+
+
+def alarm_events_topic(site: str, asset: str) -> str:
+    """The stream of :class:`AlarmNotice` s of one asset (not retained)."""
+    return f"{TOPIC_ROOT}/{site}/{asset}/alarm-events"
+
+
+ALARM_EVENTS_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/alarm-events"
+
+
+def alarm_commands_topic(site: str, asset: str) -> str:
+    """:class:`AlarmCommand` s for the alarms of one asset."""
+    return f"{TOPIC_ROOT}/{site}/{asset}/alarm-commands"
+
+
+ALARM_COMMANDS_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/alarm-commands"
+
+
+def alarm_replies_topic(site: str, asset: str) -> str:
+    """:class:`AlarmCommandResult` s for commands on one asset's alarms."""
+    return f"{TOPIC_ROOT}/{site}/{asset}/alarm-replies"
+
+
+AGENT_STATUS_SUBSCRIPTION = f"{TOPIC_ROOT}/agents/+/status"
 
 
 def device_status_topic(site: str, asset: str, device: str) -> str:

@@ -168,10 +168,12 @@ def start_pipeline(
     interval_s: float = 0.2,
     timeout_s: float = 0.5,
     metrics_interval_s: float = 30,
+    alarms: dict | None = None,
+    site: str | None = None,
 ) -> Pipeline:
-    """Agent and collector (with the shipped crane rules) for a fresh site name, so
-    runs sharing a broker and InfluxDB never mix."""
-    site = f"t{uuid.uuid4().hex[:8]}"
+    """Agent and collector (with the shipped crane rules, and ``alarms`` settings on
+    top) for a fresh site name, so runs sharing a broker and InfluxDB never mix."""
+    site = site or f"t{uuid.uuid4().hex[:8]}"
     broker = {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 2}
     agent_cfg = write_yaml(
         log_dir / "agent.yaml",
@@ -201,7 +203,11 @@ def start_pipeline(
             "broker": broker,
             "influx": influx,
             "batch": {"max_lines": 500, "max_delay_s": 0.1},
-            "rules": str(REPO / "config" / "rules" / "crane.yaml"),
+            "alarms": {
+                "rules": [str(REPO / "config" / "alarm-rules" / "crane.yaml")],
+                "state": str(log_dir / "alarms.db"),
+                **(alarms or {}),
+            },
             "stats_interval_s": 1,
             "log": {"format": "json"},
         },

@@ -21,7 +21,7 @@ import yaml
 
 from derrick import logs
 from derrick.broker import BrokerSettings
-from derrick.contract import ALARM_SUBSCRIPTION, AlarmEvent
+from derrick.contract import ALARM_EVENTS_SUBSCRIPTION, AlarmNotice
 from derrick.mqtt import MqttClient
 from devstack.programs import REPO, Program, start_simulator, write_yaml
 from devstack.services import Influx1, Mosquitto, free_port
@@ -44,7 +44,10 @@ def make_configs(base: Path, broker_port: int, influx_url: str, sim_port: int) -
     collector = yaml.safe_load((CONFIG / "collector.example.yaml").read_text())
     collector["broker"]["port"] = broker_port
     collector["influx"].update(url=influx_url, database=DATABASE, create_database=True)
-    collector["rules"] = str(CONFIG / collector["rules"])
+    collector["alarms"]["rules"] = [str(CONFIG / path) for path in collector["alarms"]["rules"]]
+    collector["alarms"]["state"] = str(base / "alarms.db")
+    collector["alarms"].pop("channels", None)  # the example's webhook and mail are not here
+    collector["alarms"].pop("routes", None)
     for config in (agent, collector):
         config["log"]["format"] = "json"
     return write_yaml(base / "agent.yaml", agent), write_yaml(base / "collector.yaml", collector)
@@ -57,11 +60,11 @@ def readings_written(influx: Influx1) -> int:
     return sum(value for s in series for value in s["values"][0][1:] if isinstance(value, int))
 
 
-def alarm_line(event: AlarmEvent) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts_ns / 1e9))
+def alarm_line(notice: AlarmNotice) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(notice.ts_ns / 1e9))
     return (
-        f"{stamp} ALARM {event.state.value.upper():<7} {event.priority:<8} "
-        f"{event.site}/{event.asset} {event.rule}: {event.message}"
+        f"{stamp} ALARM {notice.event.upper():<8} {notice.priority:<8} "
+        f"{notice.site}/{notice.asset}/{notice.device} {notice.rule}: {notice.message}"
     )
 
 
@@ -70,7 +73,7 @@ async def watch(
 ) -> tuple[dict[str, int], float]:
     counts = {"raised": 0, "cleared": 0}
     listener = MqttClient(broker, client_id="derrick-run-listener", persistent=False)
-    await listener.subscribe(ALARM_SUBSCRIPTION)
+    await listener.subscribe(ALARM_EVENTS_SUBSCRIPTION)
     await listener.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,9 +90,12 @@ async def watch(
                 raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly")
             with contextlib.suppress(TimeoutError):
                 message = await asyncio.wait_for(listener.inbox.get(), 0.5)
-                event = AlarmEvent.model_validate_json(message.payload)
-                counts[event.state.value] += 1
-                say(alarm_line(event))
+                notice = AlarmNotice.model_validate_json(message.payload)
+                if notice.event == "announce":
+                    counts["raised"] += 1
+                elif notice.event == "clear":
+                    counts["cleared"] += 1
+                say(alarm_line(notice))
             if loop.time() >= next_summary:
                 next_summary += SUMMARY_EVERY_S
                 say(await summary(influx, counts, loop.time() - started))

@@ -116,7 +116,7 @@ LIFT_S = 15.0
 REST_ANGLE_DEG = 70.0  # boom angle at t = 0
 DEMO_SLOT = 1
 DEMO_START_S = DEMO_SLOT * SLOT_S + LIFT_START_S
-FORCED_RATIO = 1.10  # hook load over SWL while an overload is forced
+FORCED_RATIO = 1.15  # hook load over SWL while an overload is forced: past the 110 % alarm
 # Scenario "high_wind": a squall adds this much to the mean wind and to the gust, taking
 # typical offshore limits (about 20 m/s mean for lifting) well past the line.
 SQUALL_MEAN_MS = 14.0
@@ -374,7 +374,7 @@ class CraneModel:
         return out
 
     def overload(self, active: bool) -> None:
-        """Force the hook load to 110 % of the safe working load until released."""
+        """Force the hook load to 115 % of the safe working load until released."""
         self._forced = active
 
     @property

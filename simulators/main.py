@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--overload",
         action="store_true",
-        help="start with an overload forced (hook load 110 %% of SWL) until POST /overload",
+        help="start with an overload forced (hook load 115 %% of SWL) until POST /overload",
     )
     add("--no-demo-overload", action="store_true", help="no scripted overload lift")
     add(

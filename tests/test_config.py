@@ -1,5 +1,6 @@
 """Config: examples validate; bad configs fail fast naming file, key and reason."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,6 @@ import yaml
 from agent.config import AgentConfig, Device
 from agent.config import load_config as load_agent_config
 from collector.alarms.rules import load_rules
-from collector.config import RuleSet
 from collector.config import load_config as load_collector_config
 from derrick import configfile
 from derrick.configfile import ConfigError, expand_env, location
@@ -33,8 +33,10 @@ def test_agent_example_is_valid():
 @pytest.mark.parametrize("name", ["collector.example.yaml", "collector.v2.example.yaml"])
 def test_collector_examples_are_valid(name, monkeypatch):
     monkeypatch.setenv("DERRICK_INFLUX_TOKEN", "t")
+    monkeypatch.setenv("DERRICK_SMTP_PASSWORD", "p")
     config = load_collector_config(CONFIG / name)
-    assert [r.name for r in config.rules.rules] == ["crane_overload"]
+    names = [r.name for r in config.alarms.ruleset.rules]
+    assert "crane_overload" in names and "rig_h2s_high" in names
 
 
 @pytest.mark.parametrize("path", sorted(PROFILE_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -47,11 +49,9 @@ def _loader(path: Path):
     relative = path.relative_to(CONFIG)
     if relative.parts[0] == "profiles":
         return lambda p: configfile.load(p, Profile)
-    if relative.parts[0] == "rules":
-        return lambda p: configfile.load(p, RuleSet)
     if relative.parts[0] == "scenarios":
         return load_script
-    if relative.parts[0] == "alarm-rules":  # the issue-6 rule sets (tests/test_alarm_rules.py)
+    if relative.parts[0] == "alarm-rules":  # alarm rule sets (also tests/test_alarm_rules.py)
         return load_rules
     if relative.parts[0] == "grafana":  # Grafana's own provisioning format (test_dashboards)
         return lambda p: yaml.safe_load(p.read_text())["apiVersion"] == 1 or None
@@ -67,6 +67,7 @@ def _loader(path: Path):
 )
 def test_every_yaml_in_config_is_valid(path, monkeypatch):
     monkeypatch.setenv("DERRICK_INFLUX_TOKEN", "t")
+    monkeypatch.setenv("DERRICK_SMTP_PASSWORD", "p")
     assert _loader(path)(path) is not None
 
 
@@ -145,11 +146,45 @@ def test_unreadable_and_malformed_files(tmp_path):
 
 
 def test_bad_rules_file_is_named(tmp_path):
-    (tmp_path / "rules.yaml").write_text("rules:\n  - {name: x, tag: hook_load}\n")
-    (tmp_path / "c.yaml").write_text("collector: {id: c}\ninflux: {api: v1}\nrules: rules.yaml\n")
+    (tmp_path / "rules.yaml").write_text("rules:\n  - {name: x, type: high, tag: hook_load}\n")
+    (tmp_path / "c.yaml").write_text(
+        "collector: {id: c}\ninflux: {api: v1}\nalarms: {rules: [rules.yaml]}\n"
+    )
     with pytest.raises(ConfigError) as caught:
         load_collector_config(tmp_path / "c.yaml")
     assert "rules.yaml: rules[0] (x): give either 'limit'" in str(caught.value)
+
+
+def test_old_rules_key_says_where_it_moved(tmp_path):
+    (tmp_path / "c.yaml").write_text("collector: {id: c}\ninflux: {api: v1}\nrules: r.yaml\n")
+    with pytest.raises(ConfigError, match=re.escape("'rules' moved to 'alarms.rules'")):
+        load_collector_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("alarms", "message"),
+    [
+        ("{members: [a, b]}", "must include this collector's id 'c'"),
+        (
+            "{routes: [{name: r, channels: [pager]}]}",
+            "routes[0] (r): unknown channel 'pager'",
+        ),
+        (
+            "{routes: [{name: r, channels: [], reminder_s: 60}]}",
+            "List should have at least 1 item",
+        ),
+        (
+            "{http: {enabled: true, host: 0.0.0.0}}",
+            "needs a token when it listens beyond loopback",
+        ),
+    ],
+)
+def test_bad_alarm_settings_are_named(tmp_path, alarms, message):
+    (tmp_path / "c.yaml").write_text(
+        f"collector: {{id: c}}\ninflux: {{api: v1}}\nalarms: {alarms}\n"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_collector_config(tmp_path / "c.yaml")
 
 
 CLI_CASES = {

@@ -9,7 +9,7 @@ from collector.lineproto import (
 )
 from derrick.contract import (
     AgentMetrics,
-    AlarmEvent,
+    AlarmNotice,
     DeviceCounters,
     DeviceStatus,
     QueueMetrics,
@@ -69,23 +69,30 @@ def test_non_finite_numbers_become_bad_quality():
     assert lines == [f'{SERIES} x_q="bad" 1']
 
 
-def test_alarm_event_line():
-    event = AlarmEvent(
-        event_id="e",
+def test_alarm_notice_line():
+    notice = AlarmNotice(
+        key="crane_overload:yard:crane-01:lmi:acknowledge:99",
+        event="journal",
+        alarm_id="crane_overload:yard:crane-01:lmi",
         rule="crane_overload",
         site="yard",
         asset="crane-01",
         device="lmi",
-        state="raised",
         priority="critical",
-        message="too heavy",
-        value=21.5,
-        limit=20.0,
+        state="active_acked",
+        message='load "111 %"',
+        reason="acknowledge",
+        value=111.5,
+        limit=110,
+        who="ana",
+        comment="on it",
         ts_ns=99,
     )
-    assert encode_alarm(event) == (
-        "alarms,asset=crane-01,device=lmi,priority=critical,rule=crane_overload,site=yard "
-        'state="raised",value=21.5,limit=20.0,message="too heavy" 99'
+    assert encode_alarm(notice) == (
+        "alarms,asset=crane-01,device=lmi,event=journal,priority=critical,rule=crane_overload,"
+        'site=yard state="active_acked",reason="acknowledge",message="load \\"111 %\\"",'
+        'value=111.5,limit=110.0,who="ana",comment="on it",'
+        'notice_key="crane_overload:yard:crane-01:lmi:acknowledge:99" 99'
     )
 
 

@@ -140,8 +140,8 @@ def test_overload_command_pushes_utilisation_above_100_until_released(t):
     model, reference = CraneModel(3, demo_overload=False), CraneModel(3, demo_overload=False)
     model.overload(True)
     forced = model.values(t)
-    assert forced["utilisation"] == pytest.approx(110.0)
-    assert forced["hook_load"] == pytest.approx(1.10 * forced["safe_working_load"])
+    assert forced["utilisation"] == pytest.approx(115.0)
+    assert forced["hook_load"] == pytest.approx(1.15 * forced["safe_working_load"])
     assert forced["overload_cutout"] is True
     assert model.overload_forced
     model.overload(False)
@@ -581,7 +581,7 @@ def test_overload_command_takes_effect_before_the_answer(clean_sim):
     assert read_value(port, cutout) is True
     hook = read_value(port, CRANE.register("hook_load"))
     swl = read_value(port, CRANE.register("safe_working_load"))
-    assert hook / swl == pytest.approx(1.10, rel=0.01)
+    assert hook / swl == pytest.approx(1.15, rel=0.01)
     assert http_json(f"{url}/overload", {"active": False})["active"] is False
     assert read_value(port, utilisation) < 100.0
     assert read_value(port, cutout) is False

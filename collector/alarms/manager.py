@@ -3,8 +3,8 @@
 The glue between :mod:`collector.alarms.engine` (when does a condition hold?),
 :mod:`collector.alarms.lifecycle` (what does that mean for the alarm and the crews?) and
 :mod:`collector.alarms.state` (remember it across restarts). It returns lifecycle
-effects - announce, clear, journal - for the caller to notify and store (issue 6; the
-collector does not use it yet).
+effects - announce, clear, journal - and hands them, with the records they changed, to
+a ``notices`` hook whose outbox rows are saved in the same transaction as the records.
 
 Restart safety comes from the lifecycle: the engine starts with no memory, so after a
 restart it reports a standing condition as newly active, and the persisted record,
@@ -20,7 +20,7 @@ Engine condition -> lifecycle input:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from collector.alarms.engine import ConditionChange, RuleEngine
@@ -42,7 +42,10 @@ from collector.alarms.lifecycle import (
     Unshelve,
     apply,
 )
+from collector.alarms.outbox import NewNotice
 from collector.alarms.state import AlarmStateStore
+
+NoticeHook = Callable[[list[Effect], dict[str, AlarmRecord]], list[NewNotice]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +66,12 @@ def alarm_id(change: ConditionChange) -> str:
 
 
 class AlarmManager:
-    def __init__(self, engine: RuleEngine, store: AlarmStateStore) -> None:
+    def __init__(
+        self, engine: RuleEngine, store: AlarmStateStore, notices: NoticeHook | None = None
+    ) -> None:
         self.engine = engine
         self.store = store
+        self._notices = notices
         self.records: dict[str, AlarmRecord] = store.load()
         self._max_shelve_s = {
             rule.name: getattr(rule, "max_shelve_s", None) for rule in engine.rules
@@ -84,21 +90,31 @@ class AlarmManager:
                     record = step.record
                     effects.extend(step.effects)
             changed[key] = record
-        self._keep(changed)
+        self._keep(changed, effects)
         return effects
 
     def tick(self, now_ns: int) -> list[Effect]:
         """Time passes: engine delays and staleness, and shelves that expire."""
-        effects = self.on_conditions(self.engine.tick(now_ns))
-        changed = {}
+        return self.on_conditions(self.engine.tick(now_ns)) + self.tick_shelves(now_ns)
+
+    def tick_shelves(self, now_ns: int) -> list[Effect]:
+        """Shelves that expire now re-announce their alarm."""
+        changed: dict[str, AlarmRecord] = {}
+        expired: list[Effect] = []
         for key, record in self.records.items():
             if record.shelved_until_ns is not None and record.shelved_until_ns <= now_ns:
                 step = apply(record, Tick(now_ns=now_ns))
                 if isinstance(step, Transition) and step.record != record:
                     changed[key] = step.record
-                    effects.extend(step.effects)
-        self._keep(changed)
-        return effects
+                    expired.extend(step.effects)
+        self._keep(changed, expired)
+        return expired
+
+    def rules_changed(self) -> None:
+        """The engine's rules were reloaded: take their shelve limits."""
+        self._max_shelve_s = {
+            rule.name: getattr(rule, "max_shelve_s", None) for rule in self.engine.rules
+        }
 
     def command(self, command: Command) -> list[Effect] | Rejected:
         """An operator's acknowledge, reset, shelve...: effects, or why it does not apply."""
@@ -111,7 +127,7 @@ class AlarmManager:
         step = apply(record, event)
         if isinstance(step, Rejected):
             return step
-        self._keep({command.alarm_id: step.record})
+        self._keep({command.alarm_id: step.record}, list(step.effects))
         return list(step.effects)
 
     def _new(self, key: str, change: ConditionChange) -> AlarmRecord:
@@ -125,12 +141,15 @@ class AlarmManager:
             **extra,
         )
 
-    def _keep(self, changed: dict[str, AlarmRecord]) -> None:
-        """Persist what changed (one durable transaction), then adopt it."""
+    def _keep(self, changed: dict[str, AlarmRecord], effects: list[Effect]) -> None:
+        """Persist what changed and the notices it caused (one durable transaction),
+        then adopt it."""
         fresh = {k: r for k, r in changed.items() if self.records.get(k) != r}
-        if fresh:
-            self.store.save(fresh.values())
-            self.records.update(fresh)
+        if not fresh:
+            return
+        notices = self._notices(effects, fresh) if self._notices else []
+        self.store.save(fresh.values(), notices)
+        self.records.update(fresh)
 
 
 def _inputs(record: AlarmRecord, change: ConditionChange) -> list[Event]:

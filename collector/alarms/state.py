@@ -1,5 +1,5 @@
 """Persisted alarm state: every alarm's lifecycle record, so a restart neither fires an
-alarm again nor forgets one that is active (issue 6; not wired into the collector yet).
+alarm again nor forgets one that is active.
 
 One SQLite file (WAL), one row per alarm: its id and its record as JSON
 (:meth:`AlarmRecord.to_dict`). Alarm transitions are rare and each one matters, so every
@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from collector.alarms.lifecycle import AlarmRecord, RecordError
+from collector.alarms.outbox import INSERT, SCHEMA, NewNotice
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,7 @@ class AlarmStateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise AlarmStateError(f"alarm state {path}: {exc}") from exc
 
@@ -64,13 +66,20 @@ class AlarmStateStore:
                 log.error("stored alarm state skipped", alarm_id=alarm_id, reason=str(exc))
         return records
 
-    def save(self, records: Iterable[AlarmRecord]) -> None:
-        """Store these records (insert or replace), all in one durable transaction."""
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, shared with the notification outbox (one transaction for both)."""
+        return self._db
+
+    def save(self, records: Iterable[AlarmRecord], notices: Iterable[NewNotice] = ()) -> None:
+        """Store these records (insert or replace) and the notices their change caused,
+        all in one durable transaction."""
         rows = [
             (r.alarm_id, json.dumps(r.to_dict(), separators=(",", ":")), r.last_transition_ns)
             for r in records
         ]
-        if not rows:
+        notice_rows = [n.row() for n in notices]
+        if not rows and not notice_rows:
             return
         try:
             with self._db:
@@ -79,6 +88,7 @@ class AlarmStateStore:
                     "INSERT OR REPLACE INTO alarms (alarm_id, record, updated_ns) VALUES (?, ?, ?)",
                     rows,
                 )
+                self._db.executemany(INSERT, notice_rows)
         except sqlite3.Error as exc:
             raise AlarmStateError(f"alarm state {self.path}: {exc}") from exc
 

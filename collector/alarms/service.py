@@ -1,0 +1,246 @@
+"""Alarm service: the collector's evaluate -> notify side, wired together.
+
+Telemetry, device status and agent status of the assets this collector owns go through
+the rule engine and the lifecycle (:class:`AlarmManager`); every change is saved with
+the notices it causes (:class:`Router` -> outbox, one transaction), and one
+:class:`Deliverer` per channel sends them. A timer drives delays, staleness, shelve
+expiry, reminders and escalations; operator commands come from MQTT and HTTP.
+
+Replayed (``historical``) telemetry is not evaluated: it arrives minutes or hours late
+and out of step with live data, and an alarm announced now for a load that was lifted
+an hour ago would send a crew to the wrong problem. The outage itself is what the crew
+must hear about, and the ``device_offline`` / ``agent_offline`` / ``stale`` rules say
+so while it lasts; the replayed readings are stored, so the history shows what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from collector.alarms.engine import ConditionChange, RuleEngine
+from collector.alarms.kpi import AlarmKpis
+from collector.alarms.lifecycle import Annunciate, Clear, Effect, Journal, Rejected
+from collector.alarms.manager import AlarmManager, Command, alarm_id
+from collector.alarms.notify import (
+    BUILT_IN,
+    Deliverer,
+    Router,
+    split_alarm_id,
+    state_message,
+)
+from collector.alarms.outbox import Outbox
+from collector.alarms.ownership import Ownership
+from collector.alarms.rules import RuleSet
+from collector.alarms.settings import AlarmSettings
+from collector.alarms.state import AlarmStateStore
+from derrick.contract import (
+    AgentStatus,
+    AlarmCommand,
+    AlarmCommandResult,
+    DeviceStatus,
+    Telemetry,
+    now_ns,
+)
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[str], Awaitable[None]]
+ENFORCE_EVERY_S = 60.0
+
+
+class AlarmService:
+    def __init__(
+        self,
+        settings: AlarmSettings,
+        collector_id: str,
+        senders: dict[str, Send],
+        rules: RuleSet | None = None,
+        closers: list[Callable[[], Awaitable[None]]] | None = None,
+    ) -> None:
+        self._closers = closers or []
+        self.settings = settings
+        self.collector_id = collector_id
+        self.ownership = Ownership(collector_id, settings.members or [collector_id])
+        self.engine = RuleEngine(rules if rules is not None else settings.ruleset)
+        self.store = AlarmStateStore(settings.state)
+        self.outbox = Outbox(
+            self.store.db, settings.outbox.max_pending, settings.outbox.keep_delivered_h * 3600
+        )
+        self.messages: dict[str, str] = {}
+        self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
+        self.manager = AlarmManager(self.engine, self.store, self.router.rows)
+        self.kpis = AlarmKpis(settings.kpi)
+        self.counts = {"announced": 0, "cleared": 0, "commands": 0, "rejected_commands": 0}
+        missing = [name for name in [*BUILT_IN, *settings.channels] if name not in senders]
+        if missing:
+            raise ValueError(f"no sender for channels {missing}")
+        self.deliverers = {
+            name: Deliverer(
+                name,
+                send,
+                self.outbox,
+                settings.retry,
+                None if name in BUILT_IN else settings.flood,
+            )
+            for name, send in senders.items()
+        }
+
+    # --- inputs -----------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """False when no rules are configured (then nothing is evaluated)."""
+        return bool(self.engine.rules)
+
+    def owns(self, site: str, asset: str) -> bool:
+        return self.ownership.owns(site, asset)
+
+    def observe_telemetry(self, message: Telemetry, now: int | None = None) -> None:
+        if message.historical or not self.ownership.owns(message.site, message.asset):
+            return
+        changes = self.engine.observe(message, now_ns() if now is None else now)
+        if changes:
+            self._apply(changes)
+
+    def observe_device(self, status: DeviceStatus, now: int | None = None) -> None:
+        if not self.ownership.owns(status.site, status.asset):
+            return
+        changes = self.engine.observe_device(status, now_ns() if now is None else now)
+        if changes:
+            self._apply(changes)
+
+    def observe_agent(self, status: AgentStatus, now: int | None = None) -> None:
+        """Every collector follows every agent; only the owner of its alarm acts."""
+        changes = self.engine.observe_agent(status, now_ns() if now is None else now)
+        if changes:
+            self._apply(changes)
+
+    def tick(self, now: int | None = None) -> None:
+        now = now_ns() if now is None else now
+        effects = self.manager.on_conditions(self._owned(self.engine.tick(now)))
+        effects += self.manager.tick_shelves(now)
+        self.outbox.insert(self.router.due(self.manager.records.values(), now))
+        self._after(effects)
+        self._wake()
+
+    def reload(self, rules: RuleSet, now: int | None = None) -> None:
+        changes = self.engine.reload(rules, now_ns() if now is None else now)
+        self.manager.rules_changed()
+        log.info("alarm rules reloaded", rules=len(rules))
+        if changes:
+            self._apply(changes)
+
+    def command(
+        self, command: AlarmCommand, now: int | None = None
+    ) -> tuple[int, AlarmCommandResult]:
+        """An operator command: (HTTP-style status, result)."""
+        now = now_ns() if now is None else now
+        self.counts["commands"] += 1
+        status, reason = self._command_status(command)
+        if status == 200:
+            order = Command(
+                alarm_id=command.alarm_id,
+                action=command.action,
+                who=command.who,
+                now_ns=now,
+                comment=command.comment,
+                duration_s=command.duration_s,
+            )
+            outcome = self.manager.command(order)
+            if isinstance(outcome, Rejected):
+                status, reason = 409, outcome.reason
+            else:
+                self._after(outcome)
+                self._wake()
+        if status != 200:
+            self.counts["rejected_commands"] += 1
+        record = self.manager.records.get(command.alarm_id)
+        log.info("alarm command", alarm_id=command.alarm_id, action=command.action,
+                 who=command.who, status=status, reason=reason)  # fmt: skip
+        return status, AlarmCommandResult(
+            request_id=command.request_id,
+            alarm_id=command.alarm_id,
+            action=command.action,
+            ok=status == 200,
+            reason=reason,
+            state=record.state.value if record else "",
+            ts_ns=now,
+        )
+
+    def _command_status(self, command: AlarmCommand) -> tuple[int, str]:
+        try:
+            _rule, site, asset, _device = split_alarm_id(command.alarm_id)
+        except ValueError:
+            return 404, "alarm ids are rule:site:asset:device"
+        if not self.ownership.owns(site, asset):
+            return 421, f"alarm belongs to collector {self.ownership.owner(site, asset)}"
+        if command.alarm_id not in self.manager.records:
+            return 404, f"no alarm {command.alarm_id!r}"
+        return 200, ""
+
+    def list_alarms(self) -> list[dict[str, Any]]:
+        return [
+            state_message(record, self.messages.get(key, "")).model_dump()
+            for key, record in sorted(self.manager.records.items())
+        ]
+
+    # --- internals --------------------------------------------------------------------
+
+    def _owned(self, changes: list[ConditionChange]) -> list[ConditionChange]:
+        return [c for c in changes if self.ownership.owns(c.site, c.asset)]
+
+    def _apply(self, changes: list[ConditionChange]) -> None:
+        changes = self._owned(changes)
+        for change in changes:
+            self.messages[alarm_id(change)] = change.message
+        effects = self.manager.on_conditions(changes)
+        if effects:
+            self._after(effects)
+            self._wake()
+
+    def _after(self, effects: list[Effect]) -> None:
+        for alarm in self.kpis.observe(effects):
+            log.warning("alarm chattering", alarm_id=alarm)
+        for effect in effects:
+            if isinstance(effect, Annunciate):
+                self.counts["announced"] += 1
+                log.warning("alarm", alarm_id=effect.alarm_id, priority=effect.priority,
+                            reason=effect.reason.value, value=effect.value, limit=effect.limit,
+                            message=self.messages.get(effect.alarm_id, ""))  # fmt: skip
+            elif isinstance(effect, Clear):
+                self.counts["cleared"] += 1
+                log.info("alarm cleared", alarm_id=effect.alarm_id, value=effect.value)
+            elif isinstance(effect, Journal):
+                log.info("alarm journal", alarm_id=effect.alarm_id, action=effect.action.value,
+                         who=effect.who, comment=effect.comment)  # fmt: skip
+
+    def _wake(self) -> None:
+        for deliverer in self.deliverers.values():
+            deliverer.wake.set()
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def start(self, group: asyncio.TaskGroup) -> None:
+        for deliverer in self.deliverers.values():
+            group.create_task(deliverer.run())
+        group.create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_enforce = loop.time() + ENFORCE_EVERY_S
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            self.tick()
+            if loop.time() >= next_enforce:
+                next_enforce = loop.time() + ENFORCE_EVERY_S
+                self.outbox.enforce(now_ns())
+
+    async def close(self) -> None:
+        """Release the channels' resources and close the state file."""
+        for close in self._closers:
+            await close()
+        self.store.close()
