@@ -268,3 +268,21 @@ def test_a_collector_evaluates_only_the_assets_it_owns(tmp_path):
     )
     assert status == 421 and owner_of("s1", other, members) in result.reason
     asyncio.run(svc.close())
+
+
+def test_a_rule_reload_keeps_standing_alarms_and_drops_removed_rules(tmp_path):
+    svc, ch = service(tmp_path)
+    svc.observe_telemetry(telemetry(load=120, temp=95), 1 * S)
+    assert {r.alarm_id.split(":")[0] for r in svc.manager.records.values() if r.active} == {
+        "overload", "hot",
+    }  # fmt: skip
+    only_overload = RuleSet(rules=[RULES.rules[0]])
+    svc.reload(only_overload, 2 * S)
+    svc.observe_telemetry(telemetry(load=130, temp=99), 3 * S)
+    asyncio.run(deliver(svc))
+    events = [(n.rule, n.event) for n in ch["hook"].notices()]
+    # The overload was announced once, before the reload; the removed rule's alarm clears.
+    assert events.count(("overload", "announce")) == 1
+    assert ("hot", "clear") in events and ("overload", "clear") not in events
+    assert svc.manager.records[OVERLOAD].active
+    asyncio.run(svc.close())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -213,14 +214,16 @@ class Router:
 
     def _state_row(self, record: AlarmRecord) -> NewNotice:
         message = state_message(record, self.messages.get(record.alarm_id, ""))
+        payload = message.model_dump_json()
+        digest = hashlib.blake2b(payload.encode(), digest_size=6).hexdigest()
         return NewNotice(
-            f"{record.alarm_id}:state:{record.last_transition_ns}",
+            f"{record.alarm_id}:state:{record.last_transition_ns}:{digest}",
             STATE_CHANNEL,
             record.alarm_id,
             "state",
             record.priority,
             f"{message.site}/{message.asset}",
-            message.model_dump_json(),
+            payload,
             record.last_transition_ns,
             record.last_transition_ns,
         )
