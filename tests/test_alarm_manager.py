@@ -68,6 +68,17 @@ def test_a_restart_mid_alarm_neither_announces_again_nor_forgets(tmp_path):
     assert isinstance(cleared, Clear) and cleared.alarm_id == OVERLOAD
 
 
+def test_an_alarm_that_ended_while_the_collector_was_down_clears_on_the_first_reading(tmp_path):
+    first = manager(tmp_path)
+    feed(first, 0, hook_load=120)
+    first.store.close()
+    second = manager(tmp_path)
+    (cleared,) = feed(second, 10, hook_load=20)  # never seen high by this engine
+    assert isinstance(cleared, Clear) and cleared.alarm_id == OVERLOAD
+    assert second.records[OVERLOAD].state is LifecycleState.RTN_UNACKED
+    second.store.close()
+
+
 def test_acknowledge_is_journaled_and_persisted_and_bad_commands_rejected(tmp_path):
     mgr = manager(tmp_path)
     feed(mgr, 0, hook_load=120)

@@ -263,7 +263,15 @@ class RuleEngine:
         self._agent_site: dict[str, str] = {}
         self._timers: dict[_State, int] = {}  # states waiting for an on/off delay
         self._stale: dict[_State, None] = {}  # stale-rule states, checked on every tick
+        self._held: dict[tuple[str, str, str, str], bool] = {}  # restored conditions
         self._set_rules(rules)
+
+    def restore(self, held: dict[tuple[str, str, str, str], bool]) -> None:
+        """Conditions that held when the process stopped: ``(rule, site, asset, device)``
+        -> suppressed. Their states start as holding when first bound, so the first
+        normal reading after a restart clears them (with deadband and off-delay) instead
+        of leaving a restored active alarm with nothing to end it."""
+        self._held.update(held)
 
     @property
     def rules(self) -> list[Any]:
@@ -403,12 +411,25 @@ class RuleEngine:
                     self._timers[st] = st.deadline
             else:
                 st = _State(rule, host)
+                self._restore(st, rule.name, host)
             states[rule.name] = st
         gone = [st for name, st in old.items() if states.get(name) is not st]
         for st in gone:
             self._timers.pop(st, None)
             self._stale.pop(st, None)
         return states, gone
+
+    def _restore(self, st: _State, rule: str, host: _Device | _Agent) -> None:
+        if not self._held:
+            return
+        if isinstance(host, _Agent):
+            key = (rule, host.site, host.agent, host.agent)
+        else:
+            key = (rule, host.site, host.asset, host.device)
+        suppressed = self._held.pop(key, None)
+        if suppressed is not None:
+            st.raw = True
+            st.reported = (not suppressed, suppressed)
 
     def _cleared(self, gone: list[_State], now: int) -> list[ConditionChange]:
         return [self._change(st, False, False, now) for st in gone if st.reported != (False, False)]

@@ -73,6 +73,13 @@ class AlarmManager:
         self.store = store
         self._notices = notices
         self.records: dict[str, AlarmRecord] = store.load()
+        engine.restore(
+            {
+                tuple(key.split(":", 3)): record.suppressed  # type: ignore[misc]
+                for key, record in self.records.items()
+                if record.active and key.count(":") == 3
+            }
+        )
         self._max_shelve_s = {
             rule.name: getattr(rule, "max_shelve_s", None) for rule in engine.rules
         }
