@@ -215,10 +215,15 @@ CASES = {
         ],
         [(1, False, True), (3, True, False), (4, False, False)],
     ),
-    "depends_on_quality: bad input suppresses a standing alarm": (
+    "depends_on_quality: bad input holds a standing alarm (no end, no second announce)": (
         {"type": "high", "tag": "x", "limit": 10},
         [(0, {"x": 11}), (1, {"x": ("bad", 0)}), (2, {"x": 12}), (3, {"x": 1})],
-        [(0, True, False), (1, False, True), (2, True, False), (3, False, False)],
+        [(0, True, False), (3, False, False)],
+    ),
+    "depends_on_quality: a new alarm waits for good input": (
+        {"type": "high", "tag": "x", "limit": 10},
+        [(0, {"x": 1}), (1, {"x": ("bad", 0)}), (2, {"x": 12})],
+        [(2, True, False)],
     ),
     "depends_on_quality false: bad input ignored": (
         {"type": "high", "tag": "x", "limit": 10, "depends_on_quality": False},
@@ -279,10 +284,23 @@ def test_device_offline_and_fault_suppression():
         )
         return [(c.rule, c.active, c.suppressed) for c in changes]
 
-    assert status(DeviceState.DOWN, 10) == [("r1", False, True)]
+    # The standing process alarm is held through the outage: neither ended nor announced
+    # again when the device returns; the device's own alarm says what is wrong.
+    assert status(DeviceState.DOWN, 10) == []
     assert engine.tick(39 * S) == []
     assert [(c.rule, c.active) for c in engine.tick(40 * S)] == [("r0", True)]
-    assert status(DeviceState.UP, 50) == [("r0", False, False), ("r1", True, False)]
+    assert status(DeviceState.UP, 50) == [("r0", False, False)]
+
+
+def test_a_device_down_withholds_a_new_process_alarm():
+    engine = RuleEngine(rules_of({"type": "high", "tag": "x", "limit": 10, "on_delay_s": 0}))
+    engine.observe(message({"x": 1}), 0)
+    engine.observe_device(
+        DeviceStatus(site="s1", asset="a1", device="plc", agent="gw", state=DeviceState.DOWN,
+                     ts_ns=1), 1 * S,
+    )  # fmt: skip
+    (held,) = engine.observe(message({"x": 11}), 2 * S)  # a last reading before the cut
+    assert (held.active, held.suppressed) == (False, True)
 
 
 def test_agent_offline_learns_the_site_from_telemetry():

@@ -3,15 +3,17 @@
 There is no Grafana here, so devstack.grafana does Grafana's part: the unit tests check
 the JSON and the provisioning files and how variables and macros are filled in; the
 integration tests run a real fleet (2 cranes, 1 rig) -> agent -> mosquitto -> collector
--> InfluxDB 1.6 once, with an overload alarm and a short PLC outage, and then run every
-variable, panel and annotation query of every dashboard as Grafana would send it. Each
-must answer without error and with at least one value.
+-> InfluxDB 1.6 once, with overloads on both cranes driven through the ISA-18.2 alarm
+lifecycle (announce, acknowledge, return to normal, reset), an alarm flood, and a short PLC
+outage, and then run every variable, panel and annotation query of every dashboard as
+Grafana would send it. Each must answer without error and with at least one value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from devstack.grafana import (
     Variable,
 )
 from devstack.programs import REPO, Program, http_json, wait_for, write_yaml
-from devstack.services import free_port_block
+from devstack.services import free_port, free_port_block
 
 DASHBOARDS = grafana.load_dashboards()
 BY_TITLE = {d.title: d for d in DASHBOARDS}
@@ -47,14 +49,21 @@ VARIABLE_QUERIES = [q for d in DASHBOARDS for q in d.variable_queries()]
 # What each measurement holds (README "InfluxDB schema"): tags, then fields.
 TAGS = {
     "telemetry": {"site", "asset", "device", "kind"},
-    "alarms": {"site", "asset", "device", "rule", "priority"},
+    "alarms": {"site", "asset", "device", "rule", "priority", "event"},
+    "alarm_kpi": {"collector"},
+    "alarm_top": {"alarm", "rule", "site", "asset", "device", "collector"},
     "collector": {"collector"},
     "agent": {"agent", "site"},
     "device_status": {"site", "asset", "device"},
 }
 FIELDS = {
     "telemetry": {r.tag for kind in ("crane", "rig") for r in load_profile(kind).registers},
-    "alarms": {"state", "value", "limit", "message"},
+    "alarms": {"state", "reason", "message", "value", "limit", "who", "comment", "notice_key"},
+    "alarm_kpi": {
+        "alarms_per_window", "in_flood", "flood_s_total", "active", "unacked", "standing",
+        "shelved", "suppressed", "out_of_service", "chattering",
+    },
+    "alarm_top": {"count", "chattering"},
     "collector": {
         "messages", "readings", "lines_written", "bad_messages", "dead_letters", "seq_gaps",
         "seq_duplicates", "batch_latency_ms", "spool_depth", "spool_oldest_age_s",
@@ -70,6 +79,10 @@ FIELDS = {
 
 def _id(query: Query) -> str:
     return f"{query.dashboard.removeprefix('Derrick / ')}: {query.source} [{query.ref_id}]"
+
+
+def _panel(dashboard, title: str) -> dict:
+    return next(p for p in dashboard.panels() if p["title"] == title)
 
 
 def _walk(node, path=""):
@@ -137,15 +150,25 @@ def test_query_names_only_known_measurements_tags_and_fields(query):
     assert quoted <= known, sorted(quoted - known)
 
 
+# Per collector, without site or asset tags: their panels show every collector's series.
+UNFILTERED = {"alarm_kpi"}
+
+
 def test_queries_are_filtered_by_the_dashboard_variables():
     for dashboard in DASHBOARDS:
         names = {v.name for v in dashboard.variables}
         for query in dashboard.queries():
-            used = set(re.findall(r"/\^\$(\w+)\$/", query.text))
-            assert used, f"{query.label}: not filtered by any variable"
-            assert used <= names, query.label
             if "GROUP BY time(" in query.text:
                 assert "$__interval" in query.text and "$timeFilter" in query.text, query.label
+            used = set(re.findall(r"/\^\$(\w+)\$/", query.text))
+            if set(re.findall(r'FROM "(\w+)"', query.text)) <= UNFILTERED:
+                # One series per collector, and the panel says why site/asset do not apply.
+                assert not used, query.label
+                assert re.search(r'GROUP BY (time\(\$__interval\), )?"collector"', query.text)
+                assert "per collector" in _panel(dashboard, query.source)["description"].lower()
+                continue
+            assert used, f"{query.label}: not filtered by any variable"
+            assert used <= names, query.label
 
 
 def test_datasource_provisioning_takes_url_and_database_from_the_environment():
@@ -258,9 +281,17 @@ class Stack:
 
 
 ASSETS = {"crane-01": ("lmi-1", "crane"), "crane-02": ("lmi-2", "crane"), "rig-01": ("plc", "rig")}
+FLOOD_PER_WINDOW = 3
+# The shipped crane rules (config/alarm-rules/crane.yaml) a forced overload sets off: 115 %
+# of the safe working load is past the 90 % warning, the 100 % cut-out and rated load, 110 %.
+OVERLOAD_RULES = {
+    "crane_overload", "crane_lmi_warning", "crane_hook_load_rated", "crane_lmi_cutout",
+}  # fmt: skip
 
 
-def _configs(base: Path, site: str, broker_port: int, influx_url: str, db: str, plc_port: int):
+def _configs(
+    base: Path, site: str, broker_port: int, influx_url: str, db: str, plc_port: int, api: int
+):
     broker = {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 2}
     devices = [
         {
@@ -293,7 +324,13 @@ def _configs(base: Path, site: str, broker_port: int, influx_url: str, db: str, 
             "broker": broker,
             "influx": {"api": "v1", "url": influx_url, "database": db, "create_database": True},
             "batch": {"max_lines": 500, "max_delay_s": 0.2},
-            "rules": str(REPO / "config" / "rules" / "crane.yaml"),
+            "alarms": {
+                "rules": [str(REPO / "config" / "alarm-rules" / "crane.yaml")],
+                "state": str(base / "alarms.db"),
+                # KPIs every second, not every minute; the run's 8 announcements are a flood.
+                "kpi": {"interval_s": 1, "flood_per_window": FLOOD_PER_WINDOW},
+                "http": {"enabled": True, "port": api},
+            },
             "stats_interval_s": 1,
             "log": {"format": "json"},
         },
@@ -310,6 +347,43 @@ def _count(influx, db: str, query: str) -> int:
         for value in row[1:]
         if isinstance(value, int)
     )
+
+
+def _alarm_id(site: str, asset: str, rule: str) -> str:
+    return f"{rule}:{site}:{asset}:{ASSETS[asset][0]}"
+
+
+def _operator(api: str, alarm_id: str, action: str, comment: str) -> dict:
+    """An operator command through the collector's alarm HTTP API; 409 raises HTTPError."""
+    return http_json(f"{api}/alarms/{alarm_id}/{action}", {"who": "test", "comment": comment})
+
+
+def _alarm_story(influx, db: str, site: str, control: dict, api: str, collector) -> None:
+    """Overload both cranes (4 alarms each: 8 announcements, a flood). crane-01 stays
+    overloaded with its overload acknowledged; crane-02 goes the whole way: acknowledged,
+    load released (the latched overload holds, the other three return unacknowledged),
+    reset (journal and clear)."""
+    for asset in ("crane-01", "crane-02"):
+        http_json(f"{control[asset]}/overload", {"active": True})
+    announced = "SELECT count(\"state\") FROM alarms WHERE \"event\" = 'announce'"
+    wait_for(
+        lambda: _count(influx, db, announced) >= 2 * len(OVERLOAD_RULES), 20,
+        "overload alarms on both cranes", program=collector,
+    )  # fmt: skip
+    http_json(f"{control['crane-02']}/overload", {"active": False})
+    for asset in ("crane-01", "crane-02"):
+        _operator(api, _alarm_id(site, asset, "crane_overload"), "acknowledge", "stopping lift")
+    overload_2 = _alarm_id(site, "crane-02", "crane_overload")
+    # A latched alarm is reset only once its process is normal: 409 until the load is off.
+    wait_for(
+        lambda: _operator(api, overload_2, "reset", "inspected, no damage"), 20,
+        "reset of crane-02's overload", interval=0.3, program=collector,
+    )  # fmt: skip
+    cleared = "SELECT count(\"state\") FROM alarms WHERE \"event\" = 'clear'"
+    wait_for(
+        lambda: _count(influx, db, cleared) >= len(OVERLOAD_RULES), 20,
+        "crane-02's alarms cleared", program=collector,
+    )  # fmt: skip
 
 
 def _soft_wait(check) -> None:
@@ -330,7 +404,10 @@ def stack(tmp_path_factory, mosquitto, influx1):
          str(control_port), "--seed", "11", "--no-demo-overload", "--log-format", "json"],
         base / "fleet.log",
     ).start()  # fmt: skip
-    agent_cfg, collector_cfg = _configs(base, site, mosquitto.port, influx1.url, db, plc_port)
+    api_port = free_port()
+    agent_cfg, collector_cfg = _configs(
+        base, site, mosquitto.port, influx1.url, db, plc_port, api_port
+    )
     collector = Program("collector", ["--config", str(collector_cfg)], base / "collector.log")
     agent = Program("agent", ["--config", str(agent_cfg)], base / "agent.log")
     control = {asset: f"http://127.0.0.1:{control_port + i}" for i, asset in enumerate(ASSETS)}
@@ -344,17 +421,22 @@ def stack(tmp_path_factory, mosquitto, influx1):
             return set(grafana.option_values(response)) == set(ASSETS)
 
         wait_for(assets, 30, "telemetry of all three PLCs", interval=0.3, program=collector)
-        http_json(f"{control['crane-01']}/overload", {"active": True})
-        raised = "SELECT count(\"state\") FROM alarms WHERE \"state\" = 'raised'"
-        wait_for(lambda: _count(influx1, db, raised), 20, "overload alarm", program=collector)
         # A short outage of crane-01 and the rig: bad-quality marks and device down/up.
+        # Before the alarms: a device going down suppresses its alarms, and coming back
+        # re-announces them unacknowledged.
         for asset in ("crane-01", "rig-01"):
             http_json(f"{control[asset]}/fault", {"silent": True})
         bad = "SELECT count(/_q$/) FROM telemetry WHERE \"asset\" = '{}'"
         for asset in ("crane-01", "rig-01"):
             wait_for(lambda a=asset: _count(influx1, db, bad.format(a)), 15, f"bad {asset}")
+        back = time.time_ns() // 1_000_000
         for asset in ("crane-01", "rig-01"):
             http_json(f"{control[asset]}/fault", {"silent": False})
+        good = f"SELECT count(utilisation) FROM telemetry WHERE asset='crane-01' AND time>{back}ms"
+        wait_for(  # good readings again: the overload must not start while suppressed
+            lambda: _count(influx1, db, good) >= 2, 15, "crane-01 good", program=collector
+        )
+        _alarm_story(influx1, db, site, control, f"http://127.0.0.1:{api_port}", collector)
 
         def health():  # three agent reports, so rates and differences have two intervals
             return (
@@ -365,6 +447,11 @@ def stack(tmp_path_factory, mosquitto, influx1):
             )
 
         _soft_wait(health)
+        kpis = (  # two KPI reports in flood: a time in flood; the top alarms of the window
+            'SELECT count("flood_s_total") FROM alarm_kpi WHERE "flood_s_total" > 0',
+            'SELECT count("count") FROM alarm_top',
+        )
+        wait_for(lambda: all(_count(influx1, db, q) >= 2 for q in kpis), 15, "alarm KPIs")
         yield Stack(site, db, influx1, {})
     finally:
         codes = {p.name: (p.stop(), p.log_tail()) for p in (agent, collector, fleet)}
@@ -436,21 +523,97 @@ def _panel_rows(stack, uid: str, title: str) -> list[dict]:
 
 @pytest.mark.integration
 def test_dashboards_show_what_happened(stack):
-    """The panels tell the story of the run: three assets, one active overload on
-    crane-01, its bad-quality marks from the outage, the crane's variable picks crane-01."""
+    """The panels tell the story of the run: three assets, crane-01 still overloaded (its
+    four alarms active), its bad-quality marks from the outage, the crane's variable picks
+    crane-01."""
     assert _panel_rows(stack, "derrick-fleet", "Assets reporting")[0]["count"] == 3
-    assert _panel_rows(stack, "derrick-fleet", "Active alarms")[0]["count"] == 1
+    assert _panel_rows(stack, "derrick-fleet", "Active alarms")[0]["count"] == 4
+    assert _panel_rows(stack, "derrick-fleet", "Alarms announced")[0]["count"] == 8
     cranes = {row["asset"]: row for row in _panel_rows(stack, "derrick-fleet", "Cranes")}
     assert set(cranes) == {"crane-01", "crane-02"}
-    assert cranes["crane-01"]["utilisation %"] > 100
-    assert cranes["crane-02"]["utilisation %"] < 100
-    events = _panel_rows(stack, "derrick-alarms", "Alarm events")
-    assert [(e["state"], e["asset"], e["rule"]) for e in events] == [
-        ("raised", "crane-01", "crane_overload")
-    ]
+    assert cranes["crane-01"]["utilisation %"] > 110
+    assert cranes["crane-02"]["utilisation %"] < 90
     crane = next(d for d in DASHBOARDS if d.uid == "derrick-crane")
     assert stack.selection(crane)["asset"] == Selection(("crane-01",))
     marks = _panel_rows(stack, "derrick-crane", "Bad-quality readings")
     assert sum(row["count_hook_load_q"] for row in marks) > 0
     rig = next(d for d in DASHBOARDS if d.uid == "derrick-rig")
     assert stack.selection(rig)["asset"] == Selection(("rig-01",))
+
+
+# After _alarm_story: crane-01 overloaded, its overload acknowledged; crane-02 released,
+# its overload reset, the three others back to normal but never acknowledged.
+FINAL_STATES = {
+    ("crane-01", "crane_overload"): "active_acked",
+    **{("crane-01", rule): "active_unacked" for rule in OVERLOAD_RULES - {"crane_overload"}},
+    ("crane-02", "crane_overload"): "normal",
+    **{("crane-02", rule): "rtn_unacked" for rule in OVERLOAD_RULES - {"crane_overload"}},
+}
+
+
+def _alarm_panel(stack, title: str) -> list[dict]:
+    return _panel_rows(stack, "derrick-alarms", title)
+
+
+@pytest.mark.integration
+def test_alarm_timeline_follows_each_alarm_through_its_lifecycle(stack):
+    """What the operator did and what the process did, as the panels show it."""
+    latest = _alarm_panel(stack, "Latest state per alarm")
+    assert {(row["asset"], row["rule"]): row["state"] for row in latest} == FINAL_STATES
+    active = sum(state.startswith("active_") for state in FINAL_STATES.values())
+    unacked = sum(state.endswith("_unacked") for state in FINAL_STATES.values())
+    assert (active, unacked) == (4, 6)
+    assert _alarm_panel(stack, "Active alarms")[0]["count"] == active
+    assert _alarm_panel(stack, "Unacknowledged")[0]["count"] == unacked
+    assert _alarm_panel(stack, "Announced in range")[0]["count"] == 8
+    assert _alarm_panel(stack, "Assets alarmed in range")[0]["count"] == 2
+    # The state timeline ends where the latest notices left each alarm.
+    timeline = {}
+    for row in _alarm_panel(stack, "Alarm state"):
+        if row["last"] is not None:
+            timeline[(row["asset"], row["rule"])] = row["last"]
+    assert timeline == FINAL_STATES
+    events = _alarm_panel(stack, "Alarm events")
+    assert [e["time"] for e in events] == sorted((e["time"] for e in events), reverse=True)
+    overload = sorted(
+        (e["asset"], e["event"], e["reason"], e["who"], e["comment"])
+        for e in events
+        if e["rule"] == "crane_overload"
+    )
+    assert overload == [
+        ("crane-01", "announce", "new", None, None),
+        ("crane-01", "journal", "acknowledge", "test", "stopping lift"),
+        ("crane-02", "announce", "new", None, None),
+        ("crane-02", "clear", "", None, None),
+        ("crane-02", "journal", "acknowledge", "test", "stopping lift"),
+        ("crane-02", "journal", "reset", "test", "inspected, no damage"),
+    ]
+    clears = {(e["asset"], e["rule"], e["state"]) for e in events if e["event"] == "clear"}
+    assert clears == {("crane-02", r, s) for (a, r), s in FINAL_STATES.items() if a == "crane-02"}
+    actions = _alarm_panel(stack, "annotation Operator actions")
+    assert sorted((a["reason"], a["who"]) for a in actions) == [
+        ("acknowledge", "test"), ("acknowledge", "test"), ("reset", "test")
+    ]
+    announcements = _alarm_panel(stack, "annotation Alarm announcements")
+    assert len(announcements) == 8 and {a["reason"] for a in announcements} == {"new"}
+
+
+@pytest.mark.integration
+def test_alarm_kpi_panels_show_the_flood_and_the_top_alarms(stack):
+    """8 announcements within the 10-minute window with a flood threshold of 3: a flood.
+    The KPI counts agree with what the alarm notices say."""
+    rates = _alarm_panel(stack, "Alarms per 10 min vs flood threshold")
+    assert max(row["alarms per window"] for row in rates) == 8 > FLOOD_PER_WINDOW
+    assert _alarm_panel(stack, "Time in flood")[0]["time in flood"] > 0
+    assert 0 < _alarm_panel(stack, "Share of time in flood")[0]["in flood"] <= 101
+    [now] = _alarm_panel(stack, "Alarm system now")
+    assert now["collector"] == f"col-{stack.site}"
+    assert {k: v for k, v in now.items() if k not in ("time", "collector")} == {
+        "active": 4, "unacknowledged": 6, "standing": 0, "shelved": 0, "suppressed": 0,
+        "out of service": 0, "chattering": 0,
+    }  # fmt: skip
+    counts = _alarm_panel(stack, "Standing, unacknowledged, shelved, chattering")
+    assert counts[-1]["unacknowledged"] == 6
+    top = {(row["asset"], row["rule"]): row for row in _alarm_panel(stack, "Top alarms")}
+    assert set(top) == set(FINAL_STATES)
+    assert {(row["announcements"], row["chattering"]) for row in top.values()} == {(1, False)}

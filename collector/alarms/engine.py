@@ -453,44 +453,64 @@ class RuleEngine:
                 changes.append(change)
         return changes
 
+    def _advance(self, st: _State, cond: bool, now: int) -> None:
+        """Move the condition towards ``cond`` through its on- or off-delay."""
+        if cond == st.raw:
+            if st.deadline is not None:  # the flip did not last its delay
+                st.deadline = None
+                del self._timers[st]
+        elif st.deadline is None:
+            delay = st.on_ns if cond else st.off_ns
+            if delay:
+                st.deadline = self._timers[st] = now + delay
+            else:
+                st.raw = cond
+        elif now >= st.deadline:
+            st.raw = cond
+            st.deadline = None
+            del self._timers[st]
+
     def _evaluate(self, st: _State, now: int) -> ConditionChange | None:
         cond = st.check(st, now)
         if cond is not None:
-            if cond == st.raw:
-                if st.deadline is not None:  # the flip did not last its delay
-                    st.deadline = None
-                    del self._timers[st]
-            elif st.deadline is None:
-                delay = st.on_ns if cond else st.off_ns
-                if delay:
-                    st.deadline = self._timers[st] = now + delay
-                else:
-                    st.raw = cond
-            elif now >= st.deadline:
-                st.raw = cond
-                st.deadline = None
-                del self._timers[st]
+            self._advance(st, cond, now)
         if not st.raw:
             if st.reported == (False, False):
                 return None
             return self._report(st, False, False, now)
-        suppressed = self._suppressed(st)
+        by_state = self._machine_state_suppresses(st)
+        if not by_state and self._input_unknown(st):
+            if st.reported == (True, False):
+                return None  # a standing alarm stays standing while its input is unknown
+            suppressed = True
+        else:
+            suppressed = by_state
         active = not suppressed
         if st.reported == (active, suppressed):
             return None
         return self._report(st, active, suppressed, now)
 
     @staticmethod
-    def _suppressed(st: _State) -> bool:
+    def _input_unknown(st: _State) -> bool:
+        """The device is down or the input's quality is not good.
+
+        This withholds a *new* alarm (bad data must not raise one; the device's own
+        fault alarm says what is wrong), but never hides a standing one: a comms blip
+        would otherwise end it and announce it again when the data returns - two
+        announcements for one event.
+        """
+        if not st.uses_quality:
+            return False
         host = st.host
-        if st.uses_quality:
-            if host.down:  # type: ignore[union-attr]
-                return True
-            quality = host.quality.get(st.tag)  # type: ignore[union-attr]
-            if quality is not None and quality is not _GOOD:
-                return True
+        if host.down:  # type: ignore[union-attr]
+            return True
+        quality = host.quality.get(st.tag)  # type: ignore[union-attr]
+        return quality is not None and quality is not _GOOD
+
+    @staticmethod
+    def _machine_state_suppresses(st: _State) -> bool:
         if st.rule.suppress_when:
-            values = host.values  # type: ignore[union-attr]
+            values = st.host.values  # type: ignore[union-attr]
             return any(cond.holds(values.get(cond.tag)) for cond in st.rule.suppress_when)
         return False
 
