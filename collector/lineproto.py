@@ -17,6 +17,7 @@ import math
 from derrick.contract import (
     AgentMetrics,
     AlarmNotice,
+    AlarmStateMessage,
     DeviceState,
     DeviceStatus,
     Quality,
@@ -84,6 +85,22 @@ def encode_alarm(notice: AlarmNotice) -> str:
         f"alarms,asset={notice.asset},device={notice.device},event={notice.event},"
         f"priority={notice.priority},rule={notice.rule},site={notice.site} "
         f"{_fields(fields)} {notice.ts_ns}"
+    )
+
+
+def encode_alarm_state(state: AlarmStateMessage) -> str:
+    """One alarm's state after a change, as measurement ``alarm_state``."""
+    fields = {
+        "state": state.state,
+        "active": state.active,
+        "acked": state.acked,
+        "value": state.value,
+        "limit": state.limit,
+        "message": state.message,
+    }
+    return (
+        f"alarm_state,asset={state.asset},device={state.device},priority={state.priority},"
+        f"rule={state.rule},site={state.site} {_fields(fields)} {state.ts_ns}"
     )
 
 

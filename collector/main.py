@@ -12,10 +12,15 @@ from pathlib import Path
 
 import structlog
 
-from collector.alarms.builtin import JournalSender, MqttSender
+from collector.alarms.builtin import HistorySender, JournalSender, MqttSender
 from collector.alarms.channels import Sender, make_sender
 from collector.alarms.httpapi import AlarmApi, HttpApiError
-from collector.alarms.notify import EVENTS_CHANNEL, JOURNAL_CHANNEL, STATE_CHANNEL
+from collector.alarms.notify import (
+    EVENTS_CHANNEL,
+    HISTORY_CHANNEL,
+    JOURNAL_CHANNEL,
+    STATE_CHANNEL,
+)
 from collector.alarms.service import AlarmService, Send
 from collector.config import CollectorConfig, load_config
 from collector.deadletter import DeadLetters
@@ -112,9 +117,13 @@ async def report_forever(
 
 
 def build_alarms(
-    config: CollectorConfig, client: MqttClient, journal: Writer
+    config: CollectorConfig, client: MqttClient, journal: Writer, history: Writer
 ) -> AlarmService | None:
-    """The alarm service, or None when no rule files are configured."""
+    """The alarm service, or None when no rule files are configured.
+
+    ``journal`` and ``history`` are InfluxDB writers of their own: each delivery loop
+    writes on its own connection.
+    """
     settings = config.alarms
     if not settings.rules:
         return None
@@ -122,6 +131,7 @@ def build_alarms(
         EVENTS_CHANNEL: MqttSender(client, state=False).send,
         STATE_CHANNEL: MqttSender(client, state=True).send,
         JOURNAL_CHANNEL: JournalSender(journal).send,
+        HISTORY_CHANNEL: HistorySender(history).send,
     }
     closers = []
     for name, channel in settings.channels.items():
@@ -187,8 +197,8 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         if group and config.alarms.rules
         else None
     )
-    journal = make_writer(config.influx)
-    alarms = build_alarms(config, alarm_client or client, journal)
+    journal, history = make_writer(config.influx), make_writer(config.influx)
+    alarms = build_alarms(config, alarm_client or client, journal, history)
     api = alarm_api(config, alarms) if alarms else None
     store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
     spool = config.spool.open()
@@ -282,6 +292,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         await client.stop()
         await writer.close()
         await journal.close()
+        await history.close()
         spool.close()
         dead_letters.close()
         if alarms is not None:

@@ -13,7 +13,13 @@ import json
 import pytest
 
 from collector.alarms.channels import DeliveryError
-from collector.alarms.notify import BUILT_IN, EVENTS_CHANNEL, JOURNAL_CHANNEL, STATE_CHANNEL
+from collector.alarms.notify import (
+    BUILT_IN,
+    EVENTS_CHANNEL,
+    HISTORY_CHANNEL,
+    JOURNAL_CHANNEL,
+    STATE_CHANNEL,
+)
 from collector.alarms.ownership import Ownership, owner_of
 from collector.alarms.rules import RuleSet
 from collector.alarms.service import AlarmService
@@ -96,6 +102,7 @@ def test_an_overload_reaches_every_channel_once_with_its_state(tmp_path):
     assert [n.key for n in ch[JOURNAL_CHANNEL].notices()] == [announce.key]
     (state,) = [json.loads(p) for p in ch[STATE_CHANNEL].sent]
     assert (state["state"], state["active"], state["acked"]) == ("active_unacked", True, False)
+    assert ch[HISTORY_CHANNEL].sent == ch[STATE_CHANNEL].sent
     asyncio.run(svc.close())
 
 

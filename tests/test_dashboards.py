@@ -50,6 +50,7 @@ VARIABLE_QUERIES = [q for d in DASHBOARDS for q in d.variable_queries()]
 TAGS = {
     "telemetry": {"site", "asset", "device", "kind"},
     "alarms": {"site", "asset", "device", "rule", "priority", "event"},
+    "alarm_state": {"site", "asset", "device", "rule", "priority"},
     "alarm_kpi": {"collector"},
     "alarm_top": {"alarm", "rule", "site", "asset", "device", "collector"},
     "collector": {"collector"},
@@ -59,6 +60,7 @@ TAGS = {
 FIELDS = {
     "telemetry": {r.tag for kind in ("crane", "rig") for r in load_profile(kind).registers},
     "alarms": {"state", "reason", "message", "value", "limit", "who", "comment", "notice_key"},
+    "alarm_state": {"state", "active", "acked", "value", "limit", "message"},
     "alarm_kpi": {
         "alarms_per_window", "in_flood", "flood_s_total", "active", "unacked", "standing",
         "shelved", "suppressed", "out_of_service", "chattering",

@@ -3,6 +3,7 @@
 from collector.lineproto import (
     encode_agent_metrics,
     encode_alarm,
+    encode_alarm_state,
     encode_device_status,
     encode_stats,
     encode_telemetry,
@@ -10,6 +11,7 @@ from collector.lineproto import (
 from derrick.contract import (
     AgentMetrics,
     AlarmNotice,
+    AlarmStateMessage,
     DeviceCounters,
     DeviceStatus,
     QueueMetrics,
@@ -93,6 +95,28 @@ def test_alarm_notice_line():
         'site=yard state="active_acked",reason="acknowledge",message="load \\"111 %\\"",'
         'value=111.5,limit=110.0,who="ana",comment="on it",'
         'notice_key="crane_overload:yard:crane-01:lmi:acknowledge:99" 99'
+    )
+
+
+def test_alarm_state_line():
+    state = AlarmStateMessage(
+        alarm_id="crane_overload:yard:crane-01:lmi",
+        rule="crane_overload",
+        site="yard",
+        asset="crane-01",
+        device="lmi",
+        state="latched",
+        active=False,
+        acked=True,
+        priority="critical",
+        value=80.0,
+        limit=110.0,
+        message="OVERLOAD",
+        ts_ns=7,
+    )
+    assert encode_alarm_state(state) == (
+        "alarm_state,asset=crane-01,device=lmi,priority=critical,rule=crane_overload,site=yard "
+        'state="latched",active=false,acked=true,value=80.0,limit=110.0,message="OVERLOAD" 7'
     )
 
 

@@ -193,6 +193,12 @@ def test_overload_latches_until_acknowledged_and_reset_over_mqtt(tmp_path, sim, 
             10,
             "overload in the alarm journal",
         )
+        query = f"SELECT state FROM alarm_state WHERE site='{site}' AND rule='crane_overload'"
+        history = wait_for(
+            lambda: (found := rows(influx1, db, query)) and len(found) >= 4 and found,
+            10,
+            "overload state history",
+        )
     finally:
         http_json(f"{sim.control}/overload", {"active": False})
         codes = pipe.stop()
@@ -221,6 +227,8 @@ def test_overload_latches_until_acknowledged_and_reset_over_mqtt(tmp_path, sim, 
         ("journal", "acknowledge", "test-crew"),
         ("journal", "reset", "test-crew"),
     ]
+    # Every change is in alarm_state, also latching, which notifies nobody.
+    assert [r["state"] for r in history] == ["active_unacked", "active_acked", "latched", "normal"]
 
 
 def rows(influx1, db, query):

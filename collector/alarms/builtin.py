@@ -10,7 +10,7 @@ import asyncio
 
 from collector.alarms.channels import DeliveryError
 from collector.influx import DataRejected, StoreError, Writer
-from collector.lineproto import encode_alarm
+from collector.lineproto import encode_alarm, encode_alarm_state
 from derrick.contract import (
     AlarmNotice,
     AlarmStateMessage,
@@ -66,9 +66,21 @@ class JournalSender:
 
     async def send(self, payload: str) -> None:
         line = encode_alarm(AlarmNotice.model_validate_json(payload))
+        await self._write(line)
+
+    async def _write(self, line: str) -> None:
         try:
             await self.writer.write([line])
         except DataRejected as exc:
             raise DeliveryError(str(exc), retryable=False) from exc
         except StoreError as exc:
             raise DeliveryError(str(exc), retryable=True) from exc
+
+
+class HistorySender(JournalSender):
+    """Writes every alarm state change to InfluxDB as measurement ``alarm_state``, so a
+    dashboard's "state now" is exact even for changes that notify nobody (latching,
+    suppression, a shelf ending while the process is normal)."""
+
+    async def send(self, payload: str) -> None:
+        await self._write(encode_alarm_state(AlarmStateMessage.model_validate_json(payload)))

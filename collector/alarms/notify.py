@@ -20,6 +20,7 @@ import hashlib
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Literal
 
@@ -45,7 +46,8 @@ NS = 1_000_000_000
 EVENTS_CHANNEL = "_events"  # MQTT alarm-events stream, every notice
 STATE_CHANNEL = "_state"  # MQTT retained alarm state, every change
 JOURNAL_CHANNEL = "_journal"  # InfluxDB measurement ``alarms``, every notice
-BUILT_IN = (EVENTS_CHANNEL, STATE_CHANNEL, JOURNAL_CHANNEL)
+HISTORY_CHANNEL = "_history"  # InfluxDB measurement ``alarm_state``, every change
+BUILT_IN = (EVENTS_CHANNEL, STATE_CHANNEL, JOURNAL_CHANNEL, HISTORY_CHANNEL)
 PRIORITIES: tuple[AlarmPriority, ...] = ("critical", "high", "medium", "low")
 
 RoutedEvent = Literal["announce", "clear", "reminder", "escalation", "journal"]
@@ -165,7 +167,8 @@ class Router:
         for record in changed.values():
             if record.acked:
                 self.unacked_since.pop(record.alarm_id, None)
-            rows.append(self._state_row(record))
+            state = self._state_row(record)
+            rows += [state, replace(state, channel=HISTORY_CHANNEL)]
         return rows
 
     def _notice(self, effect: Effect, record: AlarmRecord) -> AlarmNotice:
