@@ -243,8 +243,10 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         alarms_standing=sum(r.active for r in alarms.manager.records.values()) if alarms else 0,
         alarm_api_port=api_port,
     )
-    # In a shared-subscription group each collector sees a share of every agent's numbers.
-    sequences = None if config.collector.group else SequenceTracker(config.sequence_grace_s)
+    # In a shared-subscription group each collector sees a share of every agent's numbers;
+    # the alarm session, when there is one, sees them all (see receive.alarm_feed_forever).
+    tracked = not config.collector.group or alarm_client is not None
+    sequences = SequenceTracker(config.sequence_grace_s) if tracked else None
 
     def start_tasks(task_group: asyncio.TaskGroup) -> None:
         task_group.create_task(
@@ -254,7 +256,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
                 None if alarm_client else alarms,
                 stats,
                 dead_letters=dead_letters,
-                sequences=sequences,
+                sequences=None if alarm_client else sequences,
             )
         )
         task_group.create_task(store.run(store_queue))
@@ -266,7 +268,9 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
                 kpi_forever(config.collector.id, alarms, store_queue, config.alarms.kpi.interval_s)
             )
         if alarm_client is not None and alarms is not None:
-            task_group.create_task(alarm_feed_forever(alarm_client, alarms, stats, dead_letters))
+            task_group.create_task(
+                alarm_feed_forever(alarm_client, alarms, stats, dead_letters, sequences)
+            )
         task_group.create_task(
             report_forever(
                 config.collector.id,

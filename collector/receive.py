@@ -14,6 +14,7 @@ every asset this collector does not own.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import structlog
@@ -77,16 +78,22 @@ async def alarm_feed_forever(
     alarms: AlarmService,
     stats: Stats,
     dead_letters: DeadLetters | None = None,
+    sequences: SequenceTracker | None = None,
 ) -> None:
     """The alarm session of a collector in a group: the whole stream, owned assets only.
 
     Each message is acknowledged once the alarm state it changed is saved (the service
     commits before it returns), so a killed collector misses no alarm input either.
+    Seeing the whole stream, it also keeps the sequence accounting of the agents this
+    collector owns (by the same hash, on ``agents/<agent>``), so a group counts every
+    agent's gaps and duplicates once.
     """
     while True:
         inbound = await client.inbox.get()
         topic = inbound.topic
         if topic.endswith(TELEMETRY_SUFFIX):
+            if sequences is not None:
+                _count_sequence(inbound.payload, alarms, sequences)
             parts = topic.split("/")
             if len(parts) == 6 and not alarms.owns(parts[2], parts[3]):
                 client.ack(inbound)
@@ -107,6 +114,21 @@ async def alarm_feed_forever(
             client.ack(inbound)
         else:
             await _receive_alarm_topic(client, inbound, stats, dead_letters, alarms)
+
+
+# The agent writes these three fields in this order (derrick.contract.Telemetry), so
+# the numbers can be read without parsing a message whose asset another collector owns.
+_SEQUENCE = re.compile(rb'"agent":"([A-Za-z0-9_.-]+)","boot":"([^"\\]{1,64})","seq":(\d+)')
+_SEQUENCE_WINDOW = 600  # bytes from the start of the payload where they are
+
+
+def _count_sequence(payload: bytes, alarms: AlarmService, sequences: SequenceTracker) -> None:
+    found = _SEQUENCE.search(payload, 0, _SEQUENCE_WINDOW)
+    if found is None:
+        return
+    agent = found[1].decode()
+    if alarms.owns("agents", agent):
+        sequences.observe(agent, found[2].decode(), int(found[3]), time.monotonic())
 
 
 async def _receive_other(  # noqa: PLR0917

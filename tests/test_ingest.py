@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from collector.alarms.ownership import owner_of
 from collector.deadletter import read_dead_letters
 from derrick.broker import BrokerSettings
 from derrick.contract import Reading, Telemetry, now_ns, telemetry_topic
 from derrick.mqtt import MqttClient
-from devstack.programs import Program, wait_for, write_yaml
+from devstack.programs import REPO, Program, wait_for, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -281,6 +282,61 @@ def test_sequence_gaps_and_duplicates_are_counted_and_logged(
         assert collector.stop() == 0, collector.log_tail()
     assert log.count('"sequence gap: messages never arrived"') == 1, log
     assert '"where": "seq 50..59"' in log
+
+
+def test_a_group_with_alarms_counts_each_agents_gaps_once(tmp_path, mosquitto, influx1, influx_db):
+    """Each collector of a group stores a share, but its alarm session reads everything:
+    the owner of ``agents/gw`` counts that agent's numbers, the others do not."""
+    site = f"t{uuid.uuid4().hex[:8]}"
+    names = [f"col{n}-{site}" for n in range(3)]
+    alarms = {
+        "rules": [str(REPO / "config" / "alarm-rules" / "crane.yaml")],
+        "members": names,
+    }
+    collectors = [
+        start_collector(
+            tmp_path,
+            name,
+            mosquitto,
+            influx1,
+            influx_db,
+            group=f"g-{site}",
+            sequence_grace_s=1,
+            alarms={**alarms, "state": str(tmp_path / f"{name}.db")},
+        )
+        for name in names
+    ]
+    numbers = [*range(50), *range(60, 100), *range(10)]  # 50-59 never sent, 0-9 twice
+
+    async def send() -> None:
+        client = MqttClient(BrokerSettings(port=mosquitto.port), f"pub-{uuid.uuid4().hex[:6]}")
+        await client.start()
+        await client.wait_connected(10)
+        for seq in numbers:
+            await client.publish(telemetry_topic(site, "crane-01", "lmi"), message(site, seq))
+        await client.stop()
+
+    def counts() -> dict[str, list[int]] | None:
+        names_re = "|".join(names)
+        result = influx1.query(
+            "SELECT sum(seq_gaps), sum(seq_duplicates) FROM collector "
+            f"WHERE collector =~ /^({names_re})$/ GROUP BY collector",
+            db=influx_db,
+        )
+        series = result["results"][0].get("series") or []
+        found = {s["tags"]["collector"]: s["values"][0][1:] for s in series}
+        total = [sum(v[0] for v in found.values()), sum(v[1] for v in found.values())]
+        return found if total == [10, 10] else None
+
+    try:
+        asyncio.run(send())
+        found = wait_for(counts, 30, "10 gaps and 10 duplicates across the group")
+    finally:
+        for collector in collectors:
+            assert collector.stop() == 0, collector.log_tail()
+    owner = owner_of("agents", "gw", names)
+    assert found[owner] == [10, 10]
+    assert all(found[name] == [0, 0] for name in names if name != owner)
 
 
 def test_points_influxdb_refuses_are_dead_lettered_with_its_message(

@@ -2,7 +2,9 @@
 
 from structlog.testing import capture_logs
 
+from collector.receive import _SEQUENCE
 from collector.sequence import SequenceTracker
+from derrick.contract import Reading, Telemetry, mark_historical
 
 
 def feed(tracker, seqs, boot="b", at=0.0):
@@ -46,3 +48,14 @@ def test_repeats_are_duplicates_and_boots_are_separate():
     feed(tracker, [3, 4])  # redelivered
     feed(tracker, range(3), boot="new")  # the agent restarted: numbers start again
     assert (tracker.duplicates, tracker.gaps) == (2, 0)
+
+
+def test_the_group_alarm_session_reads_numbers_from_agent_payloads_without_parsing():
+    """receive._SEQUENCE depends on the agent's field order (derrick.contract.Telemetry)."""
+    payload = Telemetry(
+        site="s", asset="a", device="d", kind="crane", agent="gw-1.x", boot="5f0c-9", seq=1042,
+        readings=[Reading(tag="agent", value=1.0, ts_ns=1)],
+    ).model_dump_json().encode()  # fmt: skip
+    for raw in (payload, mark_historical(payload)):
+        found = _SEQUENCE.search(raw, 0, 600)
+        assert found is not None and found.groups() == (b"gw-1.x", b"5f0c-9", b"1042")
