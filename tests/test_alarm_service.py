@@ -113,6 +113,9 @@ def test_restart_mid_alarm_sends_nothing_again_and_still_clears(tmp_path):
     assert len(ch["hook"].sent) == 1
     asyncio.run(svc.close())
     again, ch2 = service(tmp_path)  # same state file: the alarm is remembered
+    (listed,) = again.list_alarms()
+    assert listed["state"] == "active_unacked"
+    assert listed["message"] == "load 120.00 above limit 100.00"
     again.observe_telemetry(telemetry(load=130), 5 * S)
     asyncio.run(deliver(again))
     assert ch2["hook"].sent == [], "a restart must not announce a standing alarm again"

@@ -27,6 +27,7 @@ connection never finds a stale one.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import email.utils
 import functools
 import hashlib
@@ -685,7 +686,8 @@ class EmailSender:
     def message(self, notice: AlarmNotice) -> EmailMessage:
         """The e-mail for ``notice``."""
         subject, body = render_text(notice)
-        msg = EmailMessage()
+        # Lines up to SMTP's 998 characters: a long X-Derrick-Key is not folded.
+        msg = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
         msg["Subject"] = subject
         msg["From"] = self.settings.sender
         msg["To"] = ", ".join(self.settings.to)

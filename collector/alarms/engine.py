@@ -72,13 +72,14 @@ class ConditionChange:
 class _Device:
     __slots__ = (
         "agent", "asset", "by_tag", "device", "down", "kind", "last_good", "quality",
-        "seen_ns", "site", "states", "values",
+        "seen_ns", "site", "states", "status_known", "values",
     )  # fmt: skip
 
     def __init__(self, site: str, asset: str, device: str, kind: str | None, now: int):
         self.site, self.asset, self.device, self.kind = site, asset, device, kind
         self.agent = ""
         self.down = False
+        self.status_known = False  # no DeviceStatus yet: the first one is always evaluated
         self.values: dict[str, Any] = {}  # tag -> last good value
         self.quality: dict[str, Quality] = {}  # tag -> latest quality
         self.last_good: dict[str, int] = {}  # tag -> now_ns of its last good reading
@@ -104,7 +105,8 @@ class _State:
 
     __slots__ = (
         "after_ns", "amount", "band", "band_pct", "bit", "check", "deadline", "factor",
-        "fixed", "high", "host", "limit", "limit_tag", "mono", "off_ns", "on_ns", "raw",
+        "fixed", "high", "hold_until", "host", "limit", "limit_tag", "mono", "off_ns", "on_ns",
+        "raw",
         "reported", "rising", "rule", "tag", "uses_quality", "value", "when", "window_ns",
     )  # fmt: skip
 
@@ -116,6 +118,7 @@ class _State:
         self.value: Any = None
         self.limit: float | None = None
         self.mono: deque[tuple[int, float]] = deque()
+        self.hold_until = 0  # a restored rate-of-change condition holds until then
         self.bind(rule)
 
     def bind(self, rule: Any) -> None:
@@ -196,6 +199,8 @@ def _rate_of_change(st: _State, now: int) -> bool | None:
         mono.popleft()
     change = value - mono[0][1] if st.rising else mono[0][1] - value
     st.value, st.limit = change, st.amount
+    if st.raw and now < st.hold_until:
+        return True  # restored: the window since the restart is too short to end it
     return change >= st.amount - st.band if st.raw else change >= st.amount
 
 
@@ -287,14 +292,17 @@ class RuleEngine:
     def observe(self, message: Telemetry, now_ns: int) -> list[ConditionChange]:
         """Take one telemetry message; the changes its readings caused."""
         dev = self._devices.get((message.site, message.asset, message.device))
+        changes: list[ConditionChange] = []
         if dev is None or dev.kind != message.kind:
             dev = self._device(message.site, message.asset, message.device, message.kind, now_ns)
+            if dev.status_known:  # its status came before its kind (and so its rules)
+                changes = self._evaluate_all(self._offline_states(dev), now_ns)
         if dev.agent != message.agent or self._agent_site.get(message.agent) != message.site:
             dev.agent = message.agent
             self._learn_site(message.agent, message.site)
         by_tag = dev.by_tag
         if not by_tag:
-            return []
+            return changes
         values, quality, last_good = dev.values, dev.quality, dev.last_good
         touched: dict[_State, None] = {}
         for reading in message.readings:
@@ -308,7 +316,6 @@ class RuleEngine:
                 values[tag] = reading.value
                 last_good[tag] = now_ns
             touched.update(dict.fromkeys(states))
-        changes = []
         for st in touched:
             change = self._evaluate(st, now_ns)
             if change is not None:
@@ -323,10 +330,14 @@ class RuleEngine:
         dev.agent = status.agent
         self._learn_site(status.agent, status.site)
         down = status.state is DeviceState.DOWN
-        if down == dev.down:
+        if down == dev.down and dev.status_known:
             return []
-        dev.down = down
+        dev.down, dev.status_known = down, True
         return self._evaluate_all(dev.states.values(), now_ns)
+
+    @staticmethod
+    def _offline_states(dev: _Device) -> list[_State]:
+        return [st for st in dev.states.values() if isinstance(st.rule, DeviceOfflineRule)]
 
     def observe_agent(self, status: AgentStatus, now_ns: int) -> list[ConditionChange]:
         """Take an agent's birth message or last will: ``agent_offline`` rules."""
@@ -427,9 +438,14 @@ class RuleEngine:
         else:
             key = (rule, host.site, host.asset, host.device)
         suppressed = self._held.pop(key, None)
-        if suppressed is not None:
-            st.raw = True
-            st.reported = (not suppressed, suppressed)
+        if suppressed is None:
+            return
+        st.raw = True
+        st.reported = (not suppressed, suppressed)
+        if isinstance(host, _Device) and isinstance(st.rule, StaleRule):
+            host.last_good.setdefault(st.tag, 0)  # stale until a good reading says not
+        elif isinstance(st.rule, RateOfChangeRule):
+            st.hold_until = host.seen_ns + st.window_ns  # a full window before it may end
 
     def _cleared(self, gone: list[_State], now: int) -> list[ConditionChange]:
         return [self._change(st, False, False, now) for st in gone if st.reported != (False, False)]

@@ -173,6 +173,15 @@ class Outbox:
         )
         return dict(cursor.fetchall())
 
+    def last_states(self, channel: str) -> dict[str, str]:
+        """The newest state payload of each alarm on ``channel`` (texts after a restart)."""
+        cursor = self._execute(
+            "SELECT alarm_id, payload FROM notices WHERE id IN "
+            "(SELECT MAX(id) FROM notices WHERE channel = ? GROUP BY alarm_id)",
+            (channel,),
+        )
+        return dict(cursor.fetchall())
+
     def depth(self) -> dict[str, int]:
         """Undelivered rows per channel."""
         cursor = self._execute(

@@ -16,6 +16,7 @@ so while it lasts; the replayed readings are stored, so the history shows what h
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from collector.alarms.lifecycle import Annunciate, Clear, Effect, Journal, Rejec
 from collector.alarms.manager import AlarmManager, Command, alarm_id
 from collector.alarms.notify import (
     BUILT_IN,
+    STATE_CHANNEL,
     Deliverer,
     Router,
     split_alarm_id,
@@ -70,7 +72,10 @@ class AlarmService:
         self.outbox = Outbox(
             self.store.db, settings.outbox.max_pending, settings.outbox.keep_delivered_h * 3600
         )
-        self.messages: dict[str, str] = {}
+        self.messages: dict[str, str] = {
+            alarm: json.loads(payload).get("message", "")
+            for alarm, payload in self.outbox.last_states(STATE_CHANNEL).items()
+        }
         self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
         self.manager = AlarmManager(self.engine, self.store, self.router.rows)
         self.kpis = AlarmKpis(settings.kpi)
@@ -121,7 +126,10 @@ class AlarmService:
 
     def tick(self, now: int | None = None) -> None:
         now = now_ns() if now is None else now
-        effects = self.manager.on_conditions(self._owned(self.engine.tick(now)))
+        changes = self._owned(self.engine.tick(now))
+        for change in changes:
+            self.messages[alarm_id(change)] = change.message
+        effects = self.manager.on_conditions(changes)
         effects += self.manager.tick_shelves(now)
         self.outbox.insert(self.router.due(self.manager.records.values(), now))
         self._after(effects)

@@ -1,0 +1,234 @@
+"""A whole alarm pipeline on loopback, one simulated PLC per asset, for end-to-end tests.
+
+One simulator process per asset (crane or rig profile, its own seed and ``--speed``),
+one agent polling all of them, one collector with the shipped crane and rig rule sets,
+a webhook channel and an e-mail channel (both routed every priority), and the operator
+HTTP API on a fixed free port (so a restarted collector answers on the same one). The
+broker, InfluxDB and the receivers are the caller's: the test fixtures' servers and
+:mod:`devstack.receivers`.
+
+    stack = AlarmStack(tmp, broker_port=..., influx={...}, hook_url=hooks.url,
+                       smtp_port=mail.port, assets=[AssetSpec("crane-oil", speed=10)])
+    stack.start()
+    stack.control("crane-oil", "/scenario", {"name": "hydraulic_overheat", "active": True})
+    status, alarms = stack.api("GET", "/alarms")
+    stack.restart_collector()          # SIGKILL, then the same config again
+    stack.stop()
+
+Every program logs JSON to ``<base_dir>/<name>.log``; configs are written there too.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from devstack.programs import REPO, Program, http_json, wait_for, write_yaml
+from devstack.services import free_port
+
+RULES = (
+    REPO / "config" / "alarm-rules" / "crane.yaml",
+    REPO / "config" / "alarm-rules" / "rig.yaml",
+)
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    """One asset: its own simulated PLC (a ``derrick-sim`` process) and agent device.
+
+    ``silent_at_start``: the PLC answers nothing from before the agent's first poll.
+    ``device`` is the agent's device name (unique within the agent).
+    """
+
+    name: str
+    profile: str = "crane"
+    seed: int = 1
+    speed: float = 1.0
+    silent_at_start: bool = False
+    device_settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return f"{self.name}-plc"
+
+
+@dataclass(frozen=True)
+class Plc:
+    """A running simulator: its process, Modbus port and control API."""
+
+    program: Program
+    port: int
+    control: str
+
+
+class AlarmStack:
+    """Simulators, agent and collector for one fresh site (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        broker_port: int,
+        influx: dict[str, Any],
+        hook_url: str,
+        smtp_port: int,
+        assets: list[AssetSpec],
+        interval_s: float = 0.5,
+        timeout_s: float = 0.5,
+        retry: dict[str, float] | None = None,
+        site: str | None = None,
+    ) -> None:
+        self.base_dir = base_dir
+        self.site = site or f"t{uuid.uuid4().hex[:8]}"
+        self.assets = {asset.name: asset for asset in assets}
+        self.broker = {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 2}
+        self.influx = influx
+        self.hook_url = hook_url
+        self.smtp_port = smtp_port
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.retry = retry or {"min_s": 0.5, "max_s": 2}
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.plcs: dict[str, Plc] = {}
+        self.collector = Program("collector", [], base_dir / "collector.log")
+        self.agent = Program("agent", [], base_dir / "agent.log")
+
+    # --- start and stop ------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Simulators (all at once), then the collector (API answering), then the agent."""
+        self.start_simulators()
+        collector_cfg = write_yaml(self.base_dir / "collector.yaml", self.collector_config())
+        agent_cfg = write_yaml(self.base_dir / "agent.yaml", self.agent_config())
+        self.collector.args = ["--config", str(collector_cfg)]
+        self.agent.args = ["--config", str(agent_cfg)]
+        self.start_collector()
+        self.agent.start()
+        return self
+
+    def start_simulators(self) -> None:
+        for asset in self.assets.values():
+            port, control_port = free_port(), free_port()
+            args = [
+                "--profile", asset.profile, "--seed", str(asset.seed),
+                "--speed", str(asset.speed), "--no-demo-overload",
+                "--port", str(port), "--control-port", str(control_port),
+                "--log-format", "json",
+            ]  # fmt: skip
+            program = Program("sim", args, self.base_dir / f"sim-{asset.name}.log").start()
+            self.plcs[asset.name] = Plc(program, port, f"http://127.0.0.1:{control_port}")
+        for name, plc in self.plcs.items():
+            wait_for(lambda plc=plc: http_json(f"{plc.control}/health"), 30,
+                     f"simulator {name}", program=plc.program)  # fmt: skip
+            if self.assets[name].silent_at_start:
+                http_json(f"{plc.control}/fault", {"silent": True})
+
+    def start_collector(self) -> None:
+        self.collector.start()
+        wait_for(lambda: self.api("GET", "/health")[0] == 200, 30, "collector alarm API",
+                 program=self.collector)  # fmt: skip
+
+    def restart_collector(self) -> None:
+        """SIGKILL the collector and start it again with the same config."""
+        self.collector.kill()
+        self.start_collector()
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop every program (agent first); exit code by name."""
+        codes = {"agent": self.agent.stop(), "collector": self.collector.stop()}
+        for name, plc in self.plcs.items():
+            codes[f"sim-{name}"] = plc.program.stop()
+        return codes
+
+    # --- configs ---------------------------------------------------------------------------
+
+    def agent_config(self) -> dict[str, Any]:
+        devices = [
+            {
+                "name": asset.device,
+                "asset": asset.name,
+                "profile": asset.profile,
+                "host": "127.0.0.1",
+                "port": self.plcs[asset.name].port,
+                "interval_s": self.interval_s,
+                "timeout_s": self.timeout_s,
+                **asset.device_settings,
+            }
+            for asset in self.assets.values()
+        ]
+        return {
+            "agent": {"id": f"gw-{self.site}", "site": self.site},
+            "broker": self.broker,
+            "devices": devices,
+            "spool": {"path": str(self.base_dir / "agent-spool.db")},
+            "log": {"format": "json"},
+        }
+
+    def collector_config(self) -> dict[str, Any]:
+        return {
+            "collector": {"id": f"col-{self.site}"},
+            "broker": self.broker,
+            "influx": self.influx,
+            "batch": {"max_lines": 500, "max_delay_s": 0.1},
+            "alarms": {
+                "rules": [str(path) for path in RULES],
+                "state": str(self.base_dir / "alarms.db"),
+                "channels": {
+                    "hook": {"type": "webhook", "url": self.hook_url},
+                    "mail": {
+                        "type": "email",
+                        "host": "127.0.0.1",
+                        "port": self.smtp_port,
+                        "sender": "derrick@test",
+                        "to": ["crew@test"],
+                    },
+                },
+                "routes": [{"name": "all", "channels": ["hook", "mail"]}],
+                "http": {"enabled": True, "port": self.api_port},
+                "retry": self.retry,
+            },
+            "log": {"format": "json"},
+        }
+
+    # --- talking to the parts ----------------------------------------------------------------
+
+    def alarm_id(self, rule: str, asset: str) -> str:
+        return f"{rule}:{self.site}:{asset}:{self.assets[asset].device}"
+
+    def control(self, asset: str, path: str, body: dict[str, Any] | None = None) -> dict:
+        """The simulator control API of ``asset``: GET without a body, else POST."""
+        return http_json(f"{self.plcs[asset].control}{path}", body)
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """The collector's operator API: (status, parsed JSON); errors are answers too."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - loopback, built here
+            f"{self.api_url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, json.loads(exc.read() or b"null")
+
+    def alarm(self, rule: str, asset: str) -> tuple[int, Any]:
+        """GET /alarms/<id> of ``rule`` on ``asset``."""
+        return self.api("GET", f"/alarms/{urllib.parse.quote(self.alarm_id(rule, asset))}")
+
+    def command(
+        self, rule: str, asset: str, action: str, who: str, comment: str = ""
+    ) -> tuple[int, Any]:
+        """POST /alarms/<id>/<action> with ``who`` and ``comment``."""
+        path = f"/alarms/{urllib.parse.quote(self.alarm_id(rule, asset))}/{action}"
+        return self.api("POST", path, {"who": who, "comment": comment})
