@@ -361,3 +361,44 @@ def test_shipped_rule_sets_raise_on_their_scenarios():
         ("rig_h2s_low", 140), ("rig_h2s_stel", 160), ("rig_h2s_high", 180),
         ("rig_pit_gain_high", 190), ("rig_kick", 200),
     ]  # fmt: skip
+
+
+def _status(state: DeviceState) -> DeviceStatus:
+    return DeviceStatus(site="s1", asset="a1", device="plc", agent="gw", state=state, ts_ns=1)
+
+
+def test_a_device_reported_down_before_its_first_telemetry_raises_offline():
+    engine = RuleEngine(rules_of({"type": "device_offline", "after_s": 0, "kind": "crane"}))
+    assert engine.observe_device(_status(DeviceState.DOWN), 0) == []  # kind not known yet
+    (offline,) = engine.observe(message({"x": ("bad", 0)}), 1 * S)
+    assert (offline.rule, offline.active) == ("r0", True)
+
+
+def _restored(rules: RuleSet) -> RuleEngine:
+    engine = RuleEngine(rules)
+    engine.restore({("r0", "s1", "a1", "plc"): False})
+    return engine
+
+
+def test_a_restored_offline_alarm_clears_when_the_first_status_says_up():
+    engine = _restored(rules_of({"type": "device_offline", "after_s": 0, "kind": "crane"}))
+    engine.observe(message({"x": 1.0}), 0)  # binds the restored condition
+    (back,) = engine.observe_device(_status(DeviceState.UP), 1 * S)
+    assert (back.rule, back.active, back.suppressed) == ("r0", False, False)
+
+
+def test_a_restored_stale_alarm_holds_until_a_good_reading():
+    engine = _restored(rules_of({"type": "stale", "tag": "x", "after_s": 30}))
+    assert engine.observe(message({"x": ("bad", 0)}), 0) == []
+    assert engine.tick(10 * S) == []  # still stale: no good reading since the restart
+    (fresh,) = engine.observe(message({"x": 1.0}), 11 * S)
+    assert not fresh.active
+
+
+def test_a_restored_rate_of_change_alarm_holds_for_a_full_window():
+    rule = {"type": "rate_of_change", "tag": "x", "window_s": 60, "rise": 1.0}
+    engine = _restored(rules_of({**rule, "on_delay_s": 0, "off_delay_s": 0}))
+    assert engine.observe(message({"x": 5.0}), 0) == []  # an empty window proves nothing
+    assert engine.observe(message({"x": 5.0}), 59 * S) == []
+    (ended,) = engine.observe(message({"x": 5.0}), 61 * S)
+    assert not ended.active

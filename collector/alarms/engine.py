@@ -443,7 +443,8 @@ class RuleEngine:
         st.raw = True
         st.reported = (not suppressed, suppressed)
         if isinstance(host, _Device) and isinstance(st.rule, StaleRule):
-            host.last_good.setdefault(st.tag, 0)  # stale until a good reading says not
+            # stale already, and so until a good reading says otherwise
+            host.last_good.setdefault(st.tag, host.seen_ns - st.after_ns)
         elif isinstance(st.rule, RateOfChangeRule):
             st.hold_until = host.seen_ns + st.window_ns  # a full window before it may end
 
