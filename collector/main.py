@@ -21,7 +21,9 @@ from collector.alarms.notify import (
     JOURNAL_CHANNEL,
     STATE_CHANNEL,
 )
+from collector.alarms.outbox import OutboxError
 from collector.alarms.service import AlarmService, Send
+from collector.alarms.state import AlarmStateError
 from collector.config import CollectorConfig, load_config
 from collector.deadletter import DeadLetters
 from collector.influx import StoreError, V1Writer, Writer, make_writer
@@ -337,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_format or config.log.format, config.log.level)
     try:
         asyncio.run(run(config))
-    except (MqttError, StoreError, SpoolError, HttpApiError, ValueError) as exc:
+    except (
+        MqttError, StoreError, SpoolError, HttpApiError, AlarmStateError, OutboxError, ValueError
+    ) as exc:
         log.error("collector failed", error=str(exc))
         return 1
     return 0

@@ -402,3 +402,11 @@ def test_a_restored_rate_of_change_alarm_holds_for_a_full_window():
     assert engine.observe(message({"x": 5.0}), 59 * S) == []
     (ended,) = engine.observe(message({"x": 5.0}), 61 * S)
     assert not ended.active
+
+
+def test_live_telemetry_proves_an_agent_online_despite_a_late_last_will():
+    engine = RuleEngine(rules_of({"type": "agent_offline", "site": "s1", "after_s": 5}))
+    engine.observe(message({"x": 1}), 0)
+    assert engine.observe_agent(AgentStatus(agent="gw", state="offline"), 1 * S) == []
+    assert engine.observe(message({"x": 1}), 2 * S) == []  # the will was stale
+    assert engine.tick(10 * S) == []

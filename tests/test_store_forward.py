@@ -130,9 +130,11 @@ def test_broker_stopped_60s_every_reading_arrives_once_in_order(tmp_path, mosqui
             try:
                 time.sleep(60)
             finally:
+                # The end of the outage is when the broker starts, not when start() returns:
+                # the agent may be back, publishing live, before it does.
+                outage = (outage[0], time.time_ns())
                 mosquitto.start()
-            outage = (outage[0], time.time_ns())
-            received = tap.wait(complete_after(outage[1] + 2 * 10**9), 90, "replay")
+            received = tap.wait(complete_after(time.time_ns() + 2 * 10**9), 90, "replay")
             assert agent.alive, agent.log_tail()
         finally:
             code = agent.stop()

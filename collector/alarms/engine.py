@@ -300,6 +300,9 @@ class RuleEngine:
         if dev.agent != message.agent or self._agent_site.get(message.agent) != message.site:
             dev.agent = message.agent
             self._learn_site(message.agent, message.site)
+        agent = self._agents.get(message.agent)
+        if agent is not None and agent.offline and not message.historical:
+            changes += self._online_again(agent, now_ns)
         by_tag = dev.by_tag
         if not by_tag:
             return changes
@@ -334,6 +337,16 @@ class RuleEngine:
             return []
         dev.down, dev.status_known = down, True
         return self._evaluate_all(dev.states.values(), now_ns)
+
+    def _online_again(self, agent: _Agent, now: int) -> list[ConditionChange]:
+        """Live telemetry from an agent marked offline: it is online.
+
+        A last will can arrive after the agent's new birth message (the broker publishes
+        the old connection's will when the agent reconnects under the same client id),
+        leaving "offline" retained while the agent is publishing.
+        """
+        agent.offline = False
+        return self._evaluate_all(agent.states.values(), now)
 
     @staticmethod
     def _offline_states(dev: _Device) -> list[_State]:
