@@ -545,8 +545,10 @@ def test_nothing_unexpected_and_nothing_twice(run):
     notices = [r.json for r in requests]
     assert all(n["key"] == k for n, k in zip(notices, keys, strict=True))
     assert not [n for n in notices if n["event"] == "flood"], "no asset passed the flood limit"
+    # The broker is shared with the session's other tests: their agents, gone now, left
+    # retained last wills that this collector rightly alarms on. Judge this site only.
     for notice in notices:
-        if notice["event"] == "announce":
+        if notice["event"] == "announce" and notice["site"] == run.stack.site:
             expected = EXPECTED[notice["asset"]]
             assert expected.get(notice["rule"]) == notice["priority"], notice
     for event in ("announce", "clear"):
