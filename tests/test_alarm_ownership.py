@@ -377,6 +377,7 @@ def test_owner_killed_while_its_asset_is_overloaded_does_not_announce_again(
 
     cluster.overload(asset, True)
     wait_for(lambda: announces(hooks, OVERLOAD)[overload], 30, "the overload announce")
+    wait_for(lambda: announces(hooks, CUTOUT)[cutout], 30, "the cut-out announce")  # sent next
     sent_before = announces(hooks, OVERLOAD) + announces(hooks, CUTOUT)
     killed_at, started = kill_and_restart(cluster, victim)
     restarted_ns = time.time_ns()
