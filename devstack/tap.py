@@ -76,8 +76,7 @@ class Tap:
         client = MqttClient(self.settings, self.client_id, persistent=True, inbox_size=1_000_000)
         await client.start()
         await client.subscribe(self.topic, qos=1)
-        await client.wait_connected(timeout=10)
-        await asyncio.sleep(0.2)  # SUBACK
+        await client.wait_subscribed(timeout=10)  # the broker forwards from now on
         self._ready.set()
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
