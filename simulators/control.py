@@ -33,6 +33,7 @@ from http import HTTPStatus
 
 import structlog
 
+from derrick.httperror import HttpError
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger("sim")
@@ -44,16 +45,6 @@ IO_TIMEOUT_S = 5.0
 
 class ControlError(Exception):
     """The control server could not listen."""
-
-
-class HttpError(Exception):
-    """A request answered with an error status and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True)

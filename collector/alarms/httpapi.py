@@ -56,6 +56,7 @@ from pydantic import (
 from derrick import configfile
 from derrick.configfile import StrictModel
 from derrick.contract import AlarmCommand, AlarmCommandResult
+from derrick.httperror import HttpError
 
 log = structlog.get_logger(__name__)
 
@@ -139,16 +140,6 @@ class HttpApiSettings(StrictModel):
 
 class HttpApiError(Exception):
     """The API cannot start: no token to check, or the address cannot be listened on."""
-
-
-class HttpError(Exception):
-    """A request answered with an error status and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
