@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from derrick import configfile
 from derrick.configfile import StrictModel, beside_config
 
 MQTT_PORT = 1883
@@ -23,16 +24,6 @@ MQTTS_PORT = 8883
 
 
 _resolve = beside_config
-
-
-def _must_be_readable(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{path}: not readable")
-    return path
 
 
 class BrokerTls(StrictModel):
@@ -60,7 +51,7 @@ class BrokerTls(StrictModel):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _exists(cls, value: Path | None) -> Path | None:
-        return _must_be_readable(value)
+        return configfile.readable_file(value)
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> Self:
@@ -126,7 +117,7 @@ class BrokerSettings(StrictModel):
     @field_validator("password_file")
     @classmethod
     def _exists(cls, value: Path | None) -> Path | None:
-        return _must_be_readable(value)
+        return configfile.readable_file(value)
 
     @model_validator(mode="after")
     def _one_password_source(self) -> Self:

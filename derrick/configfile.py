@@ -208,6 +208,17 @@ def beside_config(value: object, info: ValidationInfo) -> object:
     return path
 
 
+def readable_file(path: Path | None) -> Path | None:
+    """For validators of file keys: the file exists and this process may read it."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path}: not readable")
+    return path
+
+
 def require_unique(names: list[str], what: str) -> None:
     """ValueError naming every repeated name (``what``: "device names", "rule names")."""
     dupes = sorted({name for name in names if names.count(name) > 1})

@@ -49,6 +49,7 @@ from urllib.parse import quote, urlsplit
 import structlog
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from derrick import configfile
 from derrick.configfile import StrictModel, beside_config
 from derrick.contract import AlarmNotice
 
@@ -101,16 +102,6 @@ def _env_is_set(name: str | None) -> str | None:
     if name is not None and name not in os.environ:
         raise ValueError(f"environment variable {name} is not set")
     return name
-
-
-def _readable_file(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{path}: not readable")
-    return path
 
 
 def _read_secret(env: str | None, file: Path | None, what: str) -> SecretStr | None:
@@ -221,7 +212,7 @@ class WebhookChannel(StrictModel):
     @field_validator("token_file", "ca_file")
     @classmethod
     def _exists(cls, value: Path | None) -> Path | None:
-        return _readable_file(value)
+        return configfile.readable_file(value)
 
     @field_validator("headers")
     @classmethod
@@ -323,7 +314,7 @@ class EmailChannel(StrictModel):
     @field_validator("password_file", "ca_file")
     @classmethod
     def _exists(cls, value: Path | None) -> Path | None:
-        return _readable_file(value)
+        return configfile.readable_file(value)
 
     @model_validator(mode="after")
     def _login(self) -> Self:
