@@ -19,6 +19,17 @@ per write), ``max_delay_s`` 0.5, no alarm rules, ``log.level: warning``.
   advance, POSTed to InfluxDB 1.6 /write in batches of ``max_lines`` over one kept-alive
   connection (the collector has one write in flight too); ``collector_vs_bare_influx1``
   is the collector's rate as a share of it.
+* ``collector_readings_per_s_influx1_backlog`` (and ``collector_vs_bare_influx1_backlog``):
+  the collector frozen with SIGSTOP while every message is published, then resumed; from
+  SIGCONT until InfluxDB holds them all. No publisher shares the cores in that time: the
+  rate of one collector draining a backlog (after a restart or a network cut).
+* ``cpu_us_per_reading_{influx1,influx1_backlog,bare}_<process>``: CPU per reading of
+  every process in each run (collector, mosquitto, database, and this process: the
+  publishers, or the bare writer), so the whole machine's budget is visible.
+* ``collector_cpu_budget_us_per_reading_80pct``: the CPU per reading a collector could
+  spend and still reach 80 % of the bare writer on this machine: the cores' CPU time per
+  reading at that rate, less InfluxDB's CPU per reading under the bare writer and
+  mosquitto's in the backlog run (the bound most favourable to the collector).
 * ``collector_cpu_us_per_reading_{receive,validate,evaluate,encode,write}``: CPU of each
   stage, measured in this process. receive: paho's network thread, the hand-off to the
   event loop and the manual PUBACK, draining messages mosquitto queued for a persistent
@@ -46,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -240,14 +252,32 @@ def profiled(pid: int, name: str) -> Iterator[None]:
         _note(f"profile: {out}")
 
 
-def timed_run(
-    broker: Mosquitto, site: str, program: Program, count: Callable[[str], int]
-) -> tuple[float, float]:
-    """Publish every message, wait until all are stored; (seconds, collector CPU seconds).
+@dataclass
+class Run:
+    """One timed run: wall seconds, and the CPU seconds each process spent in it."""
 
-    A few messages first, stored before the clock starts: the collector is subscribed
-    and has made its first write.
-    """
+    seconds: float
+    cpu: dict[str, float]
+
+    def cpu_us_per_reading(self) -> dict[str, float]:
+        return {name: used / (MESSAGES * TAGS) * 1e6 for name, used in self.cpu.items()}
+
+
+class CpuMeter:
+    """CPU seconds (utime + stime, all threads) of named processes since creation."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.own = time.process_time()
+
+    def used(self, own_name: str) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()}
+        return {**used, own_name: time.process_time() - self.own}
+
+
+def warm_up(broker: Mosquitto, site: str, program: Program, count: Callable[[str], int]) -> None:
+    """A few messages, stored: the collector is subscribed and has made its first write."""
     settings = BrokerSettings(host="127.0.0.1", port=broker.port)
     warm = f"{site}warm"
     warm_topic = telemetry_topic(warm, "crane-01", "lmi")
@@ -257,52 +287,110 @@ def timed_run(
         return count(warm) > 0
 
     wait_for(warmed, 60, "collector subscribed and writing", interval=1.0, program=program)
+
+
+def wait_stored(site: str, program: Program, count: Callable[[str], int]) -> None:
+    wait_for(
+        lambda: count(site) >= MESSAGES,
+        120,
+        f"{site}: all readings stored",
+        interval=0.05,
+        program=program,
+    )
+
+
+def timed_run(
+    broker: Mosquitto, site: str, program: Program, count: Callable[[str], int], store_pid: int
+) -> Run:
+    """Publish every message, wait until all are stored.
+
+    The clock runs from the first publish: the publishers (this process) share the
+    two cores with mosquitto, the collector and the database, as agents would not.
+    """
+    warm_up(broker, site, program, count)
     messages = payloads(site)
-    assert program.process is not None
-    cpu_before = cpu_seconds(program.process.pid)
+    assert program.process is not None and broker.pid is not None
+    pids = {"collector": program.process.pid, "mosquitto": broker.pid, "database": store_pid}
+    meter = CpuMeter(pids)
     with profiled(program.process.pid, site):
         started = time.perf_counter()
-        asyncio.run(publish_all(settings, telemetry_topic(site, "crane-01", "lmi"), messages))
-        published = time.perf_counter() - started
-        wait_for(
-            lambda: count(site) >= MESSAGES,
-            120,
-            f"{site}: all readings stored",
-            interval=0.05,
-            program=program,
+        asyncio.run(
+            publish_all(settings_of(broker), telemetry_topic(site, "crane-01", "lmi"), messages)
         )
+        published = time.perf_counter() - started
+        wait_stored(site, program, count)
         seconds = time.perf_counter() - started
     _note(f"{site}: published in {published:.2f} s, all stored after {seconds:.2f} s")
-    return seconds, cpu_seconds(program.process.pid) - cpu_before
+    return Run(seconds, meter.used("publishers"))
+
+
+def backlog_run(
+    broker: Mosquitto, site: str, program: Program, count: Callable[[str], int], store_pid: int
+) -> Run:
+    """The collector frozen (SIGSTOP) while every message is published, then thawed:
+    the clock runs from SIGCONT until all are stored. Only mosquitto, the collector
+    and the database work in that time: the rate of one collector draining a backlog,
+    as after a restart or a network cut."""
+    warm_up(broker, site, program, count)
+    messages = payloads(site)
+    assert program.process is not None and broker.pid is not None
+    pid = program.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asyncio.run(
+            publish_all(settings_of(broker), telemetry_topic(site, "crane-01", "lmi"), messages)
+        )
+    finally:
+        meter = CpuMeter({"collector": pid, "mosquitto": broker.pid, "database": store_pid})
+        started = time.perf_counter()
+        os.kill(pid, signal.SIGCONT)
+    wait_stored(site, program, count)
+    seconds = time.perf_counter() - started
+    _note(f"{site}: backlog stored {seconds:.2f} s after the collector resumed")
+    return Run(seconds, meter.used("bench"))
+
+
+def settings_of(broker: Mosquitto) -> BrokerSettings:
+    return BrokerSettings(host="127.0.0.1", port=broker.port)
 
 
 def run_vm(work: Path, broker: Mosquitto, vm: VictoriaMetrics) -> float:
     site = "benchvm"
     influx = {"api": "v2", "url": vm.url, "org": "derrick", "bucket": "derrick"}
+    assert vm.pid is not None
     with collector(work / "vm", broker, influx) as program:
-        seconds, _cpu = timed_run(broker, site, program, lambda s: vm_count(vm, s))
+        run = timed_run(broker, site, program, lambda s: vm_count(vm, s), vm.pid)
     if not vm_fields_complete(vm, site):
         raise RuntimeError("VictoriaMetrics: not every field of every message stored")
-    return MESSAGES * TAGS / seconds
+    return MESSAGES * TAGS / run.seconds
 
 
-def run_influx1(work: Path, broker: Mosquitto, influx: Influx1) -> tuple[float, float, float]:
-    """(readings/s, collector CPU us per reading, lines per write)."""
+def run_influx1(work: Path, broker: Mosquitto, influx: Influx1) -> tuple[Run, Run, float]:
+    """(the publish-and-store run, the backlog run, lines per write)."""
     site, db = "benchinflux", "bench_collector"
     settings = {"api": "v1", "url": influx.url, "database": db, "create_database": True}
+    assert influx.pid is not None
+
+    def count(s: str) -> int:
+        return influx_count(influx, db, s)
+
     with collector(work / "influx1", broker, settings) as program:
-        seconds, cpu = timed_run(broker, site, program, lambda s: influx_count(influx, db, s))
+        run = timed_run(broker, site, program, count, influx.pid)
         time.sleep(1.2)  # one more stats interval, for the batch sizes
-    if not influx_fields_complete(influx, db, site):
-        raise RuntimeError("InfluxDB: not every field of every message stored")
-    return MESSAGES * TAGS / seconds, cpu / (MESSAGES * TAGS) * 1e6, batch_sizes(influx, db)
+        lines_per_write = batch_sizes(influx, db)
+        if not influx_fields_complete(influx, db, site):
+            raise RuntimeError("InfluxDB: not every field of every message stored")
+        backlog = backlog_run(broker, f"{site}backlog", program, count, influx.pid)
+        if not influx_fields_complete(influx, db, f"{site}backlog"):
+            raise RuntimeError("InfluxDB: not every field of every backlog message stored")
+    return run, backlog, lines_per_write
 
 
 # -- the bare writer -----------------------------------------------------------------------------
 
 
-def bare_writer(influx: Influx1, batch_lines: int, connections: int = CONNECTIONS) -> float:
-    """Readings/s of plain POSTs of pre-encoded batches on kept-alive connections."""
+def bare_writer(influx: Influx1, batch_lines: int, connections: int = CONNECTIONS) -> Run:
+    """Plain POSTs of pre-encoded batches on kept-alive connections."""
     site, db = "benchbare", "bench_bare"
     influx.create_database(db)
     lines = [
@@ -333,17 +421,20 @@ def bare_writer(influx: Influx1, batch_lines: int, connections: int = CONNECTION
     threads = [
         threading.Thread(target=post, args=(bodies[i::connections],)) for i in range(connections)
     ]
+    assert influx.pid is not None
+    meter = CpuMeter({"database": influx.pid})
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - started
+    used = meter.used("writer")
     if errors:
         raise RuntimeError(f"bare writer: {errors[0]}")
     if influx_count(influx, db, site) != MESSAGES:
         raise RuntimeError("bare writer: not every message stored")
-    return MESSAGES * TAGS / seconds
+    return Run(seconds, used)
 
 
 # -- CPU per stage, in this process ----------------------------------------------------------------
@@ -424,6 +515,26 @@ async def write_cpu(influx: Influx1, lines: list[str], batch_lines: int) -> floa
 # -- main ------------------------------------------------------------------------------------------
 
 
+def collector_budget_us(bare: Run, backlog: Run) -> float:
+    """CPU per reading the collector could spend and still reach 80 % of the bare writer.
+
+    At that rate this machine's cores give (cores / rate) CPU seconds per reading. Of
+    them InfluxDB takes at least what it took per reading from the bare writer (its
+    cheapest: full batches, a short window), and mosquitto what it took in the backlog
+    run (no publisher on the machine): the bound most favourable to the collector.
+    """
+    cores = len(os.sched_getaffinity(0))
+    target_rate = 0.8 * MESSAGES * TAGS / bare.seconds
+    database_us = bare.cpu_us_per_reading()["database"]
+    mosquitto_us = backlog.cpu_us_per_reading()["mosquitto"]
+    return cores / target_rate * 1e6 - database_us - mosquitto_us
+
+
+def print_cpu(prefix: str, run: Run) -> None:
+    for name, us in run.cpu_us_per_reading().items():
+        print(f"{prefix}_{name}: {us:.2f} us")
+
+
 def main() -> None:
     logs.configure("console", "warning")
     with tempfile.TemporaryDirectory(prefix="derrick-bench-collector-") as tmp:
@@ -431,13 +542,24 @@ def main() -> None:
         with Mosquitto(work) as broker, Influx1(work) as influx, VictoriaMetrics(work) as vm:
             vm_rate = run_vm(work, broker, vm)
             print(f"collector_readings_per_s_vm: {vm_rate:.0f} readings/s")
-            rate, cpu_us, lines_per_write = run_influx1(work, broker, influx)
+            run, backlog, lines_per_write = run_influx1(work, broker, influx)
+            rate = MESSAGES * TAGS / run.seconds
             print(f"collector_readings_per_s_influx1: {rate:.0f} readings/s")
-            print(f"collector_cpu_us_per_reading_process: {cpu_us:.2f} us")
+            process_us = run.cpu_us_per_reading()["collector"]
+            print(f"collector_cpu_us_per_reading_process: {process_us:.2f} us")
             print(f"collector_lines_per_write_influx1: {lines_per_write:.0f} lines")
             bare = bare_writer(influx, MAX_LINES)
-            print(f"bare_writer_readings_per_s_influx1: {bare:.0f} readings/s")
-            print(f"collector_vs_bare_influx1: {rate / bare * 100:.0f} %")
+            bare_rate = MESSAGES * TAGS / bare.seconds
+            print(f"bare_writer_readings_per_s_influx1: {bare_rate:.0f} readings/s")
+            print(f"collector_vs_bare_influx1: {rate / bare_rate * 100:.0f} %")
+            backlog_rate = MESSAGES * TAGS / backlog.seconds
+            print(f"collector_readings_per_s_influx1_backlog: {backlog_rate:.0f} readings/s")
+            print(f"collector_vs_bare_influx1_backlog: {backlog_rate / bare_rate * 100:.0f} %")
+            budget = collector_budget_us(bare, backlog)
+            print(f"collector_cpu_budget_us_per_reading_80pct: {budget:.2f} us")
+            print_cpu("cpu_us_per_reading_influx1", run)
+            print_cpu("cpu_us_per_reading_influx1_backlog", backlog)
+            print_cpu("cpu_us_per_reading_bare", bare)
             receive_us = asyncio.run(receive_cpu(broker))
             stages, lines = stage_cpu()
             write_us = asyncio.run(write_cpu(influx, lines, MAX_LINES))
