@@ -33,7 +33,7 @@ from http import HTTPStatus
 
 import structlog
 
-from derrick.httperror import HttpError
+from derrick.httpserver import HttpError, body_length, read_head
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger("sim")
@@ -55,29 +55,12 @@ class Request:
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as exc:
-        raise HttpError(431, f"request line and headers above {MAX_HEAD_BYTES} bytes") from exc
-    request_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise HttpError(400, f"malformed request line {request_line[:80]!r}")
-    headers: dict[str, str] = {}
-    for line in filter(None, header_lines):
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise HttpError(400, f"malformed header line {line[:80]!r}")
-        headers[name.strip().lower()] = value.strip()
-    if "transfer-encoding" in headers:
-        raise HttpError(501, "Transfer-Encoding is not supported; send Content-Length")
-    length = headers.get("content-length", "0")
-    if not length.isdigit():
-        raise HttpError(400, f"bad Content-Length {length[:20]!r}")
-    if int(length) > MAX_BODY_BYTES:
+    method, target, headers = await read_head(reader, MAX_HEAD_BYTES)
+    length = body_length(headers)
+    if length > MAX_BODY_BYTES:
         raise HttpError(413, f"body above {MAX_BODY_BYTES} bytes")
-    body = await reader.readexactly(int(length))
-    return Request(parts[0], parts[1].split("?", 1)[0], body)
+    body = await reader.readexactly(length)
+    return Request(method, target.split("?", 1)[0], body)
 
 
 def _reject_constant(name: str) -> object:

@@ -56,7 +56,7 @@ from pydantic import (
 from derrick import configfile
 from derrick.configfile import StrictModel
 from derrick.contract import AlarmCommand, AlarmCommandResult
-from derrick.httperror import HttpError
+from derrick.httpserver import HttpError, body_length, read_head
 
 log = structlog.get_logger(__name__)
 
@@ -162,43 +162,20 @@ class Reply:
 # --- reading a request -------------------------------------------------------------------
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
-    """Method, target and headers (names lower-case) of the next request."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as exc:
-        raise HttpError(431, f"request line and headers above {MAX_HEAD_BYTES} bytes") from exc
-    request_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        raise HttpError(400, f"malformed request line {request_line[:80]!r}")
-    headers: dict[str, str] = {}
-    for line in filter(None, header_lines):
-        name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        if not colon or not name:
-            raise HttpError(400, f"malformed header line {line[:80]!r}")
-        if name in headers and name in ("content-length", "authorization", USER_HEADER):
-            raise HttpError(400, f"repeated header {name}")
-        headers[name] = value.strip()
-    return parts[0], parts[1], headers
+_UNIQUE_HEADERS = ("content-length", "authorization", USER_HEADER)
 
 
 async def _read_request(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_body: int
 ) -> Request:
-    method, target, headers = await _read_head(reader)
-    if "transfer-encoding" in headers:
-        raise HttpError(501, "Transfer-Encoding is not supported; send Content-Length")
-    length = headers.get("content-length", "0")
-    if not length.isdigit():
-        raise HttpError(400, f"bad Content-Length {length[:20]!r}")
-    if int(length) > max_body:
+    method, target, headers = await read_head(reader, MAX_HEAD_BYTES, _UNIQUE_HEADERS)
+    length = body_length(headers)
+    if length > max_body:
         raise HttpError(413, f"body above {max_body // 1024} KiB")
-    if int(length) and headers.get("expect", "").lower() == "100-continue":
+    if length and headers.get("expect", "").lower() == "100-continue":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it on larger bodies
         await writer.drain()
-    body = await reader.readexactly(int(length))
+    body = await reader.readexactly(length)
     path, _, query = target.partition("?")
     return Request(method, path, query, headers, body)
 
