@@ -276,9 +276,13 @@ class CpuMeter:
         return {**used, own_name: time.process_time() - self.own}
 
 
+def settings_of(broker: Mosquitto) -> BrokerSettings:
+    return BrokerSettings(host="127.0.0.1", port=broker.port)
+
+
 def warm_up(broker: Mosquitto, site: str, program: Program, count: Callable[[str], int]) -> None:
     """A few messages, stored: the collector is subscribed and has made its first write."""
-    settings = BrokerSettings(host="127.0.0.1", port=broker.port)
+    settings = settings_of(broker)
     warm = f"{site}warm"
     warm_topic = telemetry_topic(warm, "crane-01", "lmi")
 
@@ -348,10 +352,6 @@ def backlog_run(
     seconds = time.perf_counter() - started
     _note(f"{site}: backlog stored {seconds:.2f} s after the collector resumed")
     return Run(seconds, meter.used("bench"))
-
-
-def settings_of(broker: Mosquitto) -> BrokerSettings:
-    return BrokerSettings(host="127.0.0.1", port=broker.port)
 
 
 def run_vm(work: Path, broker: Mosquitto, vm: VictoriaMetrics) -> float:
@@ -442,7 +442,7 @@ def bare_writer(influx: Influx1, batch_lines: int, connections: int = CONNECTION
 
 async def receive_cpu(broker: Mosquitto) -> float:
     """CPU per reading of paho receiving, handing to the loop, and the manual PUBACK."""
-    settings = BrokerSettings(host="127.0.0.1", port=broker.port)
+    settings = settings_of(broker)
     site = "benchreceive"
     topic = telemetry_topic(site, "crane-01", "lmi")
 
