@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from collector.alarms.engine import RuleEngine
 from collector.alarms.lifecycle import Annunciate, Clear, Journal, LifecycleState, Rejected
 from collector.alarms.manager import AlarmManager, Command
@@ -109,3 +111,127 @@ def test_suppressed_by_machine_state_then_announced_when_it_ends(tmp_path):
     assert record.state is LifecycleState.SUPPRESSED_BY_DESIGN and record.active
     (raised,) = feed(mgr, 1, oil_temp=95, power_on=True)
     assert isinstance(raised, Annunciate)
+
+
+# --- suppression ending with the condition cleared, or not (issue 13) --------------------
+
+HOT = {
+    "type": "high", "tag": "oil_temp", "limit": 80,
+    "suppress_when": [{"tag": "power_on", "equals": False}],
+}  # fmt: skip
+HOT_ID = "r0:s1:a1:plc"
+# Where the alarm stands when the power goes off: name -> (latched, steps at t = 0, 1...):
+# a dict is a reading with the power on, a string an operator command.
+BEFORE_POWER_OFF = {
+    "normal": (False, [{"oil_temp": 60}]),
+    "unacked": (False, [{"oil_temp": 90}]),
+    "acked": (False, [{"oil_temp": 90}, "acknowledge"]),
+    "latched": (True, [{"oil_temp": 90}, {"oil_temp": 60}]),  # owes a reset
+    "shelved": (False, [{"oil_temp": 90}, "shelve"]),
+    "out_of_service": (False, [{"oil_temp": 90}, "remove_from_service"]),
+}
+STILL_HIDDEN = {
+    "shelved": LifecycleState.SHELVED,
+    "out_of_service": LifecycleState.OUT_OF_SERVICE,
+}
+
+
+def operator(mgr: AlarmManager, action: str, t: float) -> list:
+    duration_s = 3600.0 if action == "shelve" else 0.0
+    effects = mgr.command(Command(HOT_ID, action, "j.smith", round(t * S), "test", duration_s))
+    assert not isinstance(effects, Rejected), effects
+    return effects
+
+
+def power_off_at_95(tmp_path, start: str) -> AlarmManager:
+    """The alarm in ``start``, then the power off at 95 degC (suppressed), then 99 degC
+    (no new condition change: the stored value stays 95)."""
+    latched, steps = BEFORE_POWER_OFF[start]
+    mgr = AlarmManager(
+        RuleEngine(rules_of({**HOT, "latched": latched})), AlarmStateStore(tmp_path / "alarms.db")
+    )
+    for t, step in enumerate(steps):
+        if isinstance(step, str):
+            operator(mgr, step, t)
+        else:
+            feed(mgr, t, power_on=True, **step)
+    assert feed(mgr, 10, oil_temp=95, power_on=False) == []
+    assert feed(mgr, 20, oil_temp=99, power_on=False) == []
+    record = mgr.records[HOT_ID]
+    assert (record.suppressed, record.active, record.value) == (True, True, 95.0)
+    return mgr
+
+
+@pytest.mark.parametrize("start", list(BEFORE_POWER_OFF))
+def test_power_on_with_the_condition_cleared_returns_to_normal_silently(tmp_path, start):
+    mgr = power_off_at_95(tmp_path, start)
+    before = mgr.records[HOT_ID]
+    assert feed(mgr, 30, oil_temp=60, power_on=True) == []  # suppression end + clear
+    record = mgr.records[HOT_ID]
+    state = STILL_HIDDEN.get(start, LifecycleState.NORMAL)
+    assert (record.state, record.active, record.acked, record.value) == (state, False, True, 60.0)
+    assert (record.annunciations, record.activations) == (
+        before.annunciations,
+        before.activations,
+    )
+    assert record.last_transition_ns == 30 * S
+    mgr.store.close()
+    assert AlarmStateStore(tmp_path / "alarms.db").load()[HOT_ID] == record  # kept
+
+
+@pytest.mark.parametrize("start", list(BEFORE_POWER_OFF))
+def test_power_on_with_the_condition_active_announces_its_current_value(tmp_path, start):
+    mgr = power_off_at_95(tmp_path, start)
+    effects = feed(mgr, 30, oil_temp=99, power_on=True)  # suppression end, still hot
+    record = mgr.records[HOT_ID]
+    assert (record.active, record.value, record.limit) == (True, 99.0, 80.0)
+    if start in STILL_HIDDEN:
+        assert (record.state, effects) == (STILL_HIDDEN[start], [])
+        return
+    (announced,) = effects
+    assert isinstance(announced, Annunciate)
+    assert (announced.reason, announced.value, announced.limit, announced.ts_ns) == (
+        "unsuppressed",
+        99.0,
+        80.0,
+        30 * S,
+    )
+    assert (record.state, record.acked) == (LifecycleState.ACTIVE_UNACKED, False)
+
+
+@pytest.mark.parametrize(
+    ("start", "state", "cleared"),
+    [
+        ("unacked", LifecycleState.RTN_UNACKED, True),
+        ("latched", LifecycleState.LATCHED, False),  # no clear: it stands until reset
+    ],
+)
+def test_suppression_end_then_a_clear_later_is_two_notices(tmp_path, start, state, cleared):
+    mgr = power_off_at_95(tmp_path, start)
+    (announced,) = feed(mgr, 30, oil_temp=99, power_on=True)
+    assert isinstance(announced, Annunciate) and announced.value == 99.0
+    later = feed(mgr, 40, oil_temp=60, power_on=True)
+    assert [(type(e), e.value) for e in later] == ([(Clear, 60.0)] if cleared else [])
+    assert mgr.records[HOT_ID].state is state
+
+
+def release(mgr: AlarmManager, start: str) -> list:
+    """End the hiding condition the operator set: the shelf expires, or return to service."""
+    if start == "shelved":
+        return mgr.tick(2 * 3600 * S)
+    return operator(mgr, "return_to_service", 50)
+
+
+@pytest.mark.parametrize("start", list(STILL_HIDDEN))
+@pytest.mark.parametrize("hot", [True, False], ids=["still-hot", "cleared"])
+def test_released_after_the_suppression_ended_shows_the_process_as_it_is(tmp_path, start, hot):
+    mgr = power_off_at_95(tmp_path, start)
+    assert feed(mgr, 30, oil_temp=99 if hot else 60, power_on=True) == []
+    effects = release(mgr, start)
+    journal = ["Journal"] if start == "out_of_service" else []
+    if hot:
+        assert kinds(effects) == [*journal, "Annunciate"]
+        assert (effects[-1].value, effects[-1].limit) == (99.0, 80.0)
+    else:
+        assert kinds(effects) == journal
+        assert mgr.records[HOT_ID].state is LifecycleState.NORMAL

@@ -137,11 +137,11 @@ TABLE = {
     "AA/L":       "-     LT:    !     !     SH:J   !        SU:    -       OOS:J !      -    -",
     "LT/unacked": "AU:A  -      LT:J  N:JC  SH:J   !        SU:    -       OOS:J !      -    -",
     "LT/acked":   "AU:A  -      !     N:JC  SH:J   !        SU:    -       OOS:J !      -    -",
-    "SH+":        "-     SH:    !     !     SH:J   AU:JA    SU:    -       OOS:J !      -    AU:A",
+    "SH+":        "SH:   SH:    !     !     SH:J   AU:JA    SU:    -       OOS:J !      -    AU:A",
     "SH-":        "SH:   -      !     !     SH:J   N:J      SU:    -       OOS:J !      -    N:",
-    "SU+":        "-     SU:    !     !     SU:J   !        -      AU:A    OOS:J !      -    -",
+    "SU+":        "SU:   SU:    !     !     SU:J   !        -      AU:A    OOS:J !      -    -",
     "SU-":        "SU:   -      !     !     SU:J   !        -      N:      OOS:J !      -    -",
-    "OOS+":       "-     OOS:   !     !     !      !        OOS:   -       !     AU:JA  -    -",
+    "OOS+":       "OOS:  OOS:   !     !     !      !        OOS:   -       !     AU:JA  -    -",
     "OOS-":       "OOS:  -      !     !     !      !        OOS:   -       !     N:J    -    -",
 }
 # fmt: on
@@ -369,6 +369,134 @@ def test_process_inputs_reject_non_finite_values_at_construction():
 def test_replayed_activation_does_not_refire():
     record, _ = run(fresh(), active(T0), ack(T0 + S))
     assert apply(record, active(T0 + 2 * S, value=20.0)) == Transition(record)
+
+
+# --- suppression ending, and the process (issue 13) -------------------------------------
+
+T2 = T1 + 5 * S
+SUP_ON = Suppress(now_ns=T0, on=True)
+OOS = RemoveFromService(now_ns=T0, who=WHO, reason="sensor")
+# What the process is when the suppression ends: not the 12.0 / 10.0 / critical stored.
+NOW_ACTIVE = ProcessActive(now_ns=T1, value=13.5, limit=11.0, priority="high")
+# A suppressed active alarm: name -> (latched, path, hiding state left after suppression;
+# None: none, the alarm is visible again).
+SUPPRESSED = {
+    "AU": (False, [active(), SUP_ON], None),
+    "AA": (False, [active(), ack(), SUP_ON], None),
+    "AU/L": (True, [active(), SUP_ON], None),
+    "LT": (True, [active(), normal(), SUP_ON, active()], None),  # bad again while hidden
+    "SH": (False, [active(), shelve(), SUP_ON], LifecycleState.SHELVED),
+    "OOS": (False, [active(), OOS, SUP_ON], LifecycleState.OUT_OF_SERVICE),
+}
+# How the suppression's end and the process input are ordered (the manager gives the
+# process input first when one change carries both).
+ENDINGS = {
+    "end+still-active": [NOW_ACTIVE, Suppress(now_ns=T1, on=False)],
+    "end+clear": [normal(T1), Suppress(now_ns=T1, on=False)],
+    "clear, end later": [normal(T1), Suppress(now_ns=T2, on=False)],
+}
+
+
+def suppressed(start: str) -> AlarmRecord:
+    latched, path, _ = SUPPRESSED[start]
+    record, _ = run(fresh(latched=latched), *path)
+    assert (record.suppressed, record.active, record.value) == (True, True, 12.0)
+    assert record.state in {LifecycleState.SUPPRESSED_BY_DESIGN, LifecycleState.OUT_OF_SERVICE}
+    return record
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+@pytest.mark.parametrize("start", list(SUPPRESSED))
+def test_suppression_ending_acts_on_the_process_as_it_is_then(start, ending):
+    before = suppressed(start)
+    after, effects = run(before, *ENDINGS[ending])
+    still_active = ending == "end+still-active"
+    assert (after.suppressed, after.active) == (False, still_active)
+    assert after.value == (13.5 if still_active else 9.0)
+    assert after.activations == before.activations  # no new excursion
+    hidden = SUPPRESSED[start][2]
+    if hidden is not None:  # still hidden: nothing is announced yet
+        assert (after.state, effects) == (hidden, [])
+    elif still_active:
+        assert effects == [
+            Annunciate(
+                alarm_id="rig1.hookload.overload",
+                priority="high",
+                value=13.5,
+                limit=11.0,
+                reason=AnnounceReason.UNSUPPRESSED,
+                ts_ns=T1,
+            )
+        ]
+        assert (after.state, after.acked) == (LifecycleState.ACTIVE_UNACKED, False)
+    else:  # cleared while suppressed: back to normal silently, nothing owed, no latch
+        assert (after.state, after.acked, effects) == (LifecycleState.NORMAL, True, [])
+    announced = sum(isinstance(e, Annunciate) for e in effects)
+    assert after.annunciations == before.annunciations + announced
+
+
+@pytest.mark.parametrize(
+    ("start", "state", "letters"),
+    [
+        ("AU", LifecycleState.RTN_UNACKED, "AC"),
+        ("AA", LifecycleState.RTN_UNACKED, "AC"),  # the ack was dropped on hiding
+        ("AU/L", LifecycleState.LATCHED, "A"),  # latched: stays annunciated until reset
+        ("LT", LifecycleState.LATCHED, "A"),
+        ("SH", LifecycleState.SHELVED, ""),
+        ("OOS", LifecycleState.OUT_OF_SERVICE, ""),
+    ],
+)
+def test_suppression_ending_then_a_clear_later(start, state, letters):
+    """The process was still active when the suppression ended: a real announcement
+    (with the stored value, which nothing has changed), then the clear on its own."""
+    after, effects = run(suppressed(start), Suppress(now_ns=T1, on=False), normal(T2))
+    assert (after.state, after.active, after.value) == (state, False, 9.0)
+    assert "".join(LETTER[type(e)] for e in effects) == letters
+    if letters:
+        assert (effects[0].reason, effects[0].value, effects[0].ts_ns) == (
+            AnnounceReason.UNSUPPRESSED,
+            12.0,
+            T1,
+        )
+    if "C" in letters:
+        assert (effects[1].value, effects[1].ts_ns) == (9.0, T2)
+
+
+@pytest.mark.parametrize(
+    ("start", "release", "reason"),
+    [
+        ("SH", Tick(now_ns=FAR), AnnounceReason.SHELVE_EXPIRED),
+        ("OOS", ReturnToService(now_ns=FAR, who=WHO), AnnounceReason.RETURNED_TO_SERVICE),
+    ],
+)
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_the_last_hiding_condition_announces_the_process_as_it_is_then(
+    start, release, reason, ending
+):
+    """Suppression ended under a shelf or out of service: its release decides."""
+    hidden, _ = run(suppressed(start), *ENDINGS[ending])
+    after, effects = run(hidden, release)
+    announced = [e for e in effects if isinstance(e, Annunciate)]
+    if ending == "end+still-active":
+        assert [(e.reason, e.value, e.limit, e.priority) for e in announced] == [
+            (reason, 13.5, 11.0, "high")
+        ]
+        assert after.state is LifecycleState.ACTIVE_UNACKED
+    else:
+        assert (announced, after.state, after.acked) == ([], LifecycleState.NORMAL, True)
+
+
+@pytest.mark.parametrize("start", ["SH+", "SU+", "OOS+"])
+def test_a_hidden_active_process_tracks_its_value_without_effects(start):
+    before = start_record(start)
+    after, effects = run(before, NOW_ACTIVE)
+    assert effects == []
+    assert (after.value, after.limit, after.priority) == (13.5, 11.0, "high")
+    assert (after.activations, after.annunciations) == (
+        before.activations,
+        0 + before.annunciations,
+    )
+    assert apply(after, NOW_ACTIVE) == Transition(after)  # the same numbers again: no-op
 
 
 @pytest.mark.parametrize("start", list(STARTS))

@@ -56,7 +56,9 @@ tick            -          -              -          -          -
 =============== ========== ============== ========== ========== ================
 
 Hidden states: process active/normal update the tracked process only (record changes, no
-effects; ``-`` if already in that process state). acknowledge and reset are ``!``.
+effects; ``-`` if already in that process state, except that process active on an active
+process takes its new value, limit and priority: ``-`` only if they are unchanged).
+acknowledge and reset are ``!``.
 SHELVED: shelve ``J`` (new expiry), unshelve ``J`` then leave, expiry leaves. SUPPRESSED:
 shelve ``J`` (state stays), unshelve ``J`` if shelved else ``!``, suppress off leaves.
 OUT_OF_SERVICE: every command but return-to-service ``!``, suppress on/off only sets the
@@ -70,11 +72,15 @@ Decisions
 * Clear means "the alarm is no longer a standing alarm for the crew": for non-latched
   alarms when the process returns to normal (acked or not), for latched alarms on reset.
 * Process active while already active is a no-op (the evaluator reports transitions; a
-  replay after a restart must not re-fire). A process that goes bad again from RTN_UNACKED
-  or LATCHED re-announces (``AnnounceReason.REACTIVATED``): it is a new excursion the crew
-  has not seen, even if the previous one is still unacknowledged. Chattering is therefore
-  annunciated every time; damping it is the rule engine's job (deadband, on-delay) and the
-  operator's (shelve). ``Annunciate.reason`` lets a notifier rate-limit re-announcements.
+  replay after a restart must not re-fire). While hidden it refreshes the tracked value,
+  limit and priority instead (still no effects, no activation), so that leaving announces
+  the process as it is then: a caller ending a hiding condition together with news of
+  the process gives the process input first (``collector.alarms.manager`` does).
+* A process that goes bad again from RTN_UNACKED or LATCHED re-announces
+  (``AnnounceReason.REACTIVATED``): it is a new excursion the crew has not seen, even if
+  the previous one is still unacknowledged. Chattering is therefore annunciated every
+  time; damping it is the rule engine's job (deadband, on-delay) and the operator's
+  (shelve). ``Annunciate.reason`` lets a notifier rate-limit re-announcements.
 * Suppression is an input from the machine state, not an operator action: no journal.
   Shelve expiry is not an operator action either: no journal, but it re-announces.
 * ``last_transition_ns`` is the ``now_ns`` of the last input that changed the record.
@@ -534,7 +540,7 @@ def _journal(r: AlarmRecord, action: Action, who: str, comment: str, now_ns: int
 
 def _process_active(r: AlarmRecord, e: ProcessActive) -> Transition:
     if r.active:
-        return Transition(r)
+        return _refresh(r, e)
     process = {
         "active": True,
         "value": e.value,
@@ -553,6 +559,19 @@ def _process_active(r: AlarmRecord, e: ProcessActive) -> Transition:
         state=LifecycleState.ACTIVE_UNACKED,
         acked=False,
     )
+
+
+def _refresh(r: AlarmRecord, e: ProcessActive) -> Transition:
+    """An active process reported active again: a no-op, except while hidden.
+
+    A hidden alarm takes the new value, limit and priority (no effects, no activation),
+    so leaving the hiding state announces what the process is now, not what it was when
+    it was hidden. A visible one keeps what was announced; a replay must not re-fire.
+    """
+    process = {"value": e.value, "limit": e.limit, "priority": e.priority}
+    if r.state not in HIDDEN or all(getattr(r, k) == v for k, v in process.items()):
+        return Transition(r)
+    return _changed(r, e.now_ns, **process)
 
 
 def _process_normal(r: AlarmRecord, e: ProcessNormal) -> Transition:

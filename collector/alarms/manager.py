@@ -10,11 +10,15 @@ Restart safety comes from the lifecycle: the engine starts with no memory, so af
 restart it reports a standing condition as newly active, and the persisted record,
 already active, takes that as a no-op. No second announcement, and nothing forgotten.
 
-Engine condition -> lifecycle input:
+Engine condition -> lifecycle inputs, in this order (see ``_inputs``):
 
-* ``active``: suppression ends (if it was on), the process is active;
-* ``suppressed``: suppression starts, the process is active (tracked behind it);
-* neither: suppression ends (if on), the process is normal.
+* ``active``: the process is active, then suppression ends (if it was on): the
+  announcement carries the value and limit of this change;
+* ``suppressed``: suppression starts (if it was off), then the process is active (tracked
+  behind it);
+* neither: the process is normal, then suppression ends (if it was on): a condition that
+  cleared while suppressed returns to normal silently (the records and their history
+  show it; no announcement, no clear).
 """
 
 from __future__ import annotations
@@ -160,18 +164,30 @@ class AlarmManager:
 
 
 def _inputs(record: AlarmRecord, change: ConditionChange) -> list[Event]:
-    now = change.ts_ns
-    holds = change.active or change.suppressed
-    events: list[Event] = []
-    if change.suppressed != record.suppressed:
-        events.append(Suppress(now_ns=now, on=change.suppressed))
-    if holds:
-        value = _number(change.value)
-        limit = value if change.limit is None else float(change.limit)
-        events.append(ProcessActive(now_ns=now, value=value, limit=limit, priority=change.priority))  # type: ignore[arg-type]
-    else:
-        events.append(ProcessNormal(now_ns=now, value=_number(change.value)))
-    return events
+    """The lifecycle inputs for one condition change, in the order that keeps them true.
+
+    Suppression starts before the process input and ends after it, so the process input
+    always lands while the alarm is hidden, and ending the suppression acts on the process
+    as this change reports it: cleared in the same change, the alarm returns to normal
+    silently; still active, it is announced with this change's value, limit and priority.
+    The other order ended the suppression on the process as stored when it began, and a
+    clear on restarting the pumps went out as an announcement of the stale value (0 bar)
+    and its clear in the same millisecond, owing an acknowledgement (issue 13).
+    """
+    process = _process_input(change)
+    if change.suppressed == record.suppressed:
+        return [process]
+    suppress = Suppress(now_ns=change.ts_ns, on=change.suppressed)
+    return [suppress, process] if change.suppressed else [process, suppress]
+
+
+def _process_input(change: ConditionChange) -> ProcessActive | ProcessNormal:
+    """Active or suppressed: the process is active (tracked behind a suppression)."""
+    value = _number(change.value)
+    if not (change.active or change.suppressed):
+        return ProcessNormal(now_ns=change.ts_ns, value=value)
+    limit = value if change.limit is None else float(change.limit)
+    return ProcessActive(now_ns=change.ts_ns, value=value, limit=limit, priority=change.priority)  # type: ignore[arg-type]
 
 
 def _number(value: object) -> float:
