@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from collector import acl
 from collector.alarms.builtin import HistorySender, JournalSender, MqttSender
 from collector.alarms.channels import Sender, make_sender
 from collector.alarms.httpapi import AlarmApi, HttpApiError
@@ -324,6 +325,8 @@ async def kpi_forever(
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] in acl.COMMANDS:  # derrick-collector acl|passwd: broker accounts
+        return acl.main(argv)
     args = parse_args(argv)
     try:
         config = load_config(args.config)
