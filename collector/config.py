@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -15,6 +16,7 @@ from pydantic import (
 )
 
 from collector.alarms.settings import AlarmSettings
+from collector.validate import Window
 from derrick import configfile
 from derrick.broker import BrokerSettings
 from derrick.configfile import StrictModel
@@ -82,8 +84,80 @@ InfluxSettings = Annotated[InfluxV1 | InfluxV2, Field(discriminator="api")]
 
 
 class BatchSettings(StrictModel):
+    """When a batch of lines is written (see collector.store)."""
+
     max_lines: int = Field(default=5000, ge=1, le=100_000)
-    max_delay_s: float = Field(default=0.5, gt=0, le=60)
+    max_delay_s: float = Field(
+        default=0.5, gt=0, le=60, description="write at the latest this long after the first"
+    )
+    pause_s: float = Field(
+        default=0.005,
+        gt=0,
+        le=1,
+        description="write as soon as nothing new arrived for this long (arrivals paused)",
+    )
+
+
+class IngestSettings(StrictModel):
+    """How strictly messages are taken, and how the broker may feed the collector."""
+
+    ts_min: date = Field(
+        default=date(2000, 1, 1), description="readings stamped before this day are rejected"
+    )
+    ts_max: date = Field(
+        default=date(2100, 1, 1), description="readings stamped on or after it are rejected"
+    )
+    field_types: bool = Field(
+        default=True,
+        description="learn each telemetry field's type (InfluxDB's field keys, first value) "
+        "and reject a message that contradicts it before writing",
+    )
+    mqtt_version: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="5 announces receive_maximum to the broker; 3.1.1 is held to the "
+        "broker's own in-flight limit (mosquitto: max_inflight_messages, 20 by default)",
+    )
+    receive_maximum: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="unacknowledged messages the broker may send at once (MQTT 5)",
+    )
+    max_deliveries: int = Field(
+        default=3,
+        ge=2,
+        le=100,
+        description="a message redelivered this often without being stored or rejected is "
+        "dead-lettered as poison",
+    )
+    deliveries: Path = Field(
+        default=Path("state") / "deliveries.db",
+        description="redelivery ledger; default state/deliveries-<collector.id>.db",
+    )
+    stall_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="/health is unhealthy when a stage has not moved this long while "
+        "messages wait for it",
+    )
+
+    @field_validator("deliveries")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> object:
+        return configfile.beside_config(value, info)
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.ts_max <= self.ts_min:
+            raise ValueError("ts_max must be after ts_min")
+        return self
+
+    def window(self) -> Window:
+        return Window(_day_ns(self.ts_min), _day_ns(self.ts_max))
+
+
+def _day_ns(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1_000_000_000
 
 
 class CollectorIdentity(StrictModel):
@@ -117,6 +191,7 @@ class CollectorConfig(StrictModel):
     broker: BrokerSettings = BrokerSettings()
     influx: InfluxSettings
     batch: BatchSettings = BatchSettings()
+    ingest: IngestSettings = IngestSettings()
     alarms: AlarmSettings = AlarmSettings()
     spool: SpoolSettings = SpoolSettings(max_mb=1024)
     dead_letter: DeadLetterSettings = DeadLetterSettings()
@@ -145,6 +220,11 @@ class CollectorConfig(StrictModel):
             letters = dict(letters or {})
             letters.setdefault("dir", Path("state") / f"deadletter-{ident}")
             data = {**data, "dead_letter": letters}
+        ingest = data.get("ingest") if isinstance(data, dict) else None
+        if isinstance(ident, str) and (ingest is None or isinstance(ingest, dict)):
+            ingest = dict(ingest or {})
+            ingest.setdefault("deliveries", Path("state") / f"deliveries-{ident}.db")
+            data = {**data, "ingest": ingest}
         alarms = data.get("alarms") if isinstance(data, dict) else None
         if isinstance(ident, str) and (alarms is None or isinstance(alarms, dict)):
             alarms = dict(alarms or {})
@@ -153,12 +233,20 @@ class CollectorConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
+    def _inbox_holds_the_window(self) -> Self:
+        if self.ingest.receive_maximum > self.queue_size:
+            raise ValueError(
+                f"ingest.receive_maximum ({self.ingest.receive_maximum}) must not exceed "
+                f"queue_size ({self.queue_size}): the broker would send more than fits"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _member_of_alarms(self) -> Self:
         members = self.alarms.members
         if members and self.collector.id not in members:
             raise ValueError(
-                f"alarms.members {members} must include this collector's id "
-                f"{self.collector.id!r}"
+                f"alarms.members {members} must include this collector's id {self.collector.id!r}"
             )
         return self
 

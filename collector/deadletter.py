@@ -10,14 +10,17 @@ would pass ``max_mb`` the oldest file is deleted (logged and counted as
 Each record::
 
     {"received_at": "2024-05-01T12:00:00.123456+00:00",   # UTC, when stored
-     "topic": "derrick/v1/yard/crane-01/lmi/telemetry",    # null for kind "refused"
-     "kind": "schema",        # a collector.validate kind, or "refused" (InfluxDB said no)
+     "topic": "derrick/v1/yard/crane-01/lmi/telemetry",    # null: the collector's own lines
+     "kind": "schema",        # a collector.validate kind; "refused" (InfluxDB said no);
+                              # "internal" (handling it raised: a collector bug);
+                              # "poison" (redelivered too often, see collector.redelivery)
      "reason": "readings[3].value: Input should be ...",   # for "refused": the server's words
      "payload_bytes": 9123,   # size as received
      "truncated": false,      # true: only the first max_payload_bytes are kept
      "payload_encoding": "utf-8",   # or "base64" when the bytes are not UTF-8
      "payload": "{\\"v\\": 1, ...}"}   # for "refused": the line-protocol lines, "\\n"-joined
-    # "refused" records also have "lines": how many lines the refused batch had.
+    # "refused" records also have "lines": how many of the message's lines InfluxDB
+    # refused (only those are kept; the message's other lines were stored).
 
 Writes are one unbuffered ``write`` per record (no fsync): a killed process leaves every
 earlier line intact; at worst the last line of a file is torn, which
@@ -117,9 +120,10 @@ class DeadLetters:
         """Store one rejected message."""
         self._append(self._record(topic, payload, kind, reason))
 
-    def put_refused(self, lines: list[str], reason: str) -> None:
-        """Store a batch of line-protocol lines InfluxDB refused, with the server's message."""
-        record = self._record(None, "\n".join(lines).encode(), REFUSED, reason)
+    def put_refused(self, topic: str | None, lines: list[str], reason: str) -> None:
+        """Store the line-protocol lines of one message that InfluxDB refused, with the
+        server's message (``topic`` None: lines the collector made itself)."""
+        record = self._record(topic, "\n".join(lines).encode(), REFUSED, reason)
         record["lines"] = len(lines)
         self._append(record)
 

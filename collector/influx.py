@@ -7,14 +7,20 @@ Two writers with one face, ``await writer.write(lines)``:
 
 Library and HTTP errors become :class:`StoreUnavailable` (worth retrying: connection
 refused, timeout, 429, 5xx) or :class:`DataRejected` (4xx: the points themselves are
-wrong; retrying would fail the same way). Blocking I/O runs in a worker thread.
+wrong; retrying would fail the same way). Blocking I/O runs in a daemon worker thread of
+each writer (:class:`derrick.threads.DaemonThreads`), so a write hung on a frozen
+InfluxDB never holds up the collector's exit: its lines are not acknowledged yet, so the
+broker (or the spool) still has them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
+import json
+import socket
 import urllib.parse
 from typing import Protocol
 
@@ -24,6 +30,9 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from collector.config import InfluxV1, InfluxV2
+from derrick.threads import DaemonThreads
+
+CLOSE_TIMEOUT_S = 2.0
 
 
 class StoreError(Exception):
@@ -42,6 +51,8 @@ class Writer(Protocol):
     url: str
 
     async def write(self, lines: list[str]) -> None: ...
+
+    async def field_types(self, measurement: str) -> dict[str, set[str]]: ...
 
     async def close(self) -> None: ...
 
@@ -73,6 +84,7 @@ class V1Writer:
             token = base64.b64encode(f"{settings.username}:{secret}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         self._conn: http.client.HTTPConnection | None = None
+        self._thread = DaemonThreads("influx-v1")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -103,7 +115,7 @@ class V1Writer:
             raise _classify(status, body, self.url)
 
     async def write(self, lines: list[str]) -> None:
-        await asyncio.to_thread(self._post_lines, lines)
+        await self._thread.run(self._post_lines, lines)
 
     def _create_database_sync(self) -> None:
         query = urllib.parse.urlencode({"q": f'CREATE DATABASE "{self.settings.database}"'})
@@ -113,12 +125,37 @@ class V1Writer:
             raise _classify(status if status != 200 else 400, body, self.url)
 
     async def create_database(self) -> None:
-        await asyncio.to_thread(self._create_database_sync)
+        await self._thread.run(self._create_database_sync)
+
+    async def field_types(self, measurement: str) -> dict[str, set[str]]:
+        """``SHOW FIELD KEYS``: the types each field of ``measurement`` is stored with."""
+        return await self._thread.run(self._field_types_sync, measurement)
+
+    def _field_types_sync(self, measurement: str) -> dict[str, set[str]]:
+        query = urllib.parse.urlencode(
+            {"db": self.settings.database, "q": f'SHOW FIELD KEYS FROM "{measurement}"'}
+        )
+        status, body = self._request("GET", f"/query?{query}", b"", self._headers)
+        if status != 200:
+            raise _classify(status, body, self.url)
+        try:
+            series = json.loads(body)["results"][0].get("series") or []
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise DataRejected(f"{self.url}: unreadable SHOW FIELD KEYS answer") from exc
+        types: dict[str, set[str]] = {}
+        for row in series[0]["values"] if series else []:
+            types.setdefault(row[0], set()).add(row[1])
+        return types
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the connection; a write still hung on it is abandoned (see module doc)."""
+        conn, self._conn = self._conn, None
+        self._thread.close()
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                if conn.sock is not None:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
 
 class V2Writer:
@@ -136,6 +173,7 @@ class V2Writer:
             retries=False,  # the store stage retries, with backoff and a log line
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._thread = DaemonThreads("influx-v2")
 
     def _write_sync(self, lines: list[str]) -> None:
         try:
@@ -151,10 +189,17 @@ class V2Writer:
             raise StoreUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
 
     async def write(self, lines: list[str]) -> None:
-        await asyncio.to_thread(self._write_sync, lines)
+        await self._thread.run(self._write_sync, lines)
+
+    async def field_types(self, measurement: str) -> dict[str, set[str]]:
+        """Not asked of a v2 server (no InfluxQL there): types are learned from values."""
+        return {}
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._client.close)
+        """Close the client; bounded, as a write may still hang in the worker thread."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._thread.run(self._client.close), CLOSE_TIMEOUT_S)
+        self._thread.close()
 
 
 def make_writer(settings: InfluxV1 | InfluxV2) -> V1Writer | V2Writer:

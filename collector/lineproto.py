@@ -22,6 +22,9 @@ from derrick.contract import (
     DeviceStatus,
     Quality,
     Telemetry,
+    agent_metrics_topic,
+    device_status_topic,
+    telemetry_topic,
 )
 
 _GOOD = Quality.GOOD
@@ -141,3 +144,22 @@ def encode_stats(collector: str, fields: dict[str, object], ts_ns: int) -> str:
 def _fields(values: dict[str, object]) -> str:
     encoded = ((key, _field_value(value)) for key, value in values.items())
     return ",".join(f"{key}={value}" for key, value in encoded if value is not None)
+
+
+def topic_of_line(line: str) -> str | None:
+    """The MQTT topic a line of ours was made from (None: the collector's own lines).
+
+    For a refused line that comes back from the spool, where only the lines were kept:
+    the identifiers in its tags name the topic, as validation made sure they agree."""
+    measurement, _, rest = line.partition(",")
+    tags = dict(pair.split("=", 1) for pair in rest.split(" ", 1)[0].split(",") if "=" in pair)
+    try:
+        if measurement == "telemetry":
+            return telemetry_topic(tags["site"], tags["asset"], tags["device"])
+        if measurement == "device_status":
+            return device_status_topic(tags["site"], tags["asset"], tags["device"])
+        if measurement == "agent":
+            return agent_metrics_topic(tags["agent"])
+    except KeyError:
+        return None
+    return None

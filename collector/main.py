@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -27,12 +28,15 @@ from collector.alarms.service import AlarmService, Send
 from collector.alarms.state import AlarmStateError
 from collector.config import CollectorConfig, load_config
 from collector.deadletter import DeadLetters
+from collector.fieldtypes import FieldTypes
+from collector.health import Waiting, health
 from collector.influx import StoreError, V1Writer, Writer, make_writer
 from collector.lineproto import encode_stats
-from collector.receive import alarm_feed_forever, receive_forever
+from collector.receive import Receiver
+from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats, interval_fields
-from collector.store import Batchable, Store
+from collector.store import Batchable, Batching, Store
 from derrick import logs
 from derrick.cli import run_until_signalled
 from derrick.configfile import ConfigError
@@ -151,14 +155,62 @@ def _notice_sender(sender: Sender) -> Send:
     return send
 
 
-def alarm_api(config: CollectorConfig, alarms: AlarmService) -> AlarmApi | None:
+def alarm_api(
+    config: CollectorConfig,
+    alarms: AlarmService | None,
+    ingest_health: Callable[[], dict[str, object]],
+) -> AlarmApi | None:
+    """The operator API (``alarms.http``); without alarm rules it serves /health and an
+    empty alarm list."""
     if not config.alarms.http.enabled:
         return None
 
     async def command(order: AlarmCommand) -> tuple[int, AlarmCommandResult]:
+        if alarms is None:
+            return 404, AlarmCommandResult(
+                request_id=order.request_id,
+                alarm_id=order.alarm_id,
+                action=order.action,
+                ok=False,
+                reason="this collector has no alarm rules",
+                ts_ns=now_ns(),
+            )
         return alarms.command(order)
 
-    return AlarmApi(config.alarms.http, list_alarms=alarms.list_alarms, command=command)
+    return AlarmApi(
+        config.alarms.http,
+        list_alarms=alarms.list_alarms if alarms is not None else list,
+        command=command,
+        health=ingest_health,
+    )
+
+
+def inbound_client(config: CollectorConfig, client_id: str) -> MqttClient:
+    """A persistent, manually acknowledged session; MQTT 5 with ``ingest.receive_maximum``
+    unless ``ingest.mqtt_version`` is 3.1.1."""
+    v5 = config.ingest.mqtt_version == "5"
+    return MqttClient(
+        config.broker,
+        client_id=client_id,
+        manual_ack=True,
+        inbox_size=config.queue_size,
+        receive_maximum=config.ingest.receive_maximum if v5 else None,
+    )
+
+
+async def field_types(config: CollectorConfig, writer: Writer) -> FieldTypes | None:
+    """The telemetry field types InfluxDB already holds (``ingest.field_types``); the
+    rest are learned from values. InfluxDB down at start-up: learned as they come."""
+    if not config.ingest.field_types:
+        return None
+    fields = FieldTypes()
+    try:
+        taken = fields.seed(await writer.field_types("telemetry"))
+    except StoreError as exc:
+        log.warning("field types not read from influxdb, learning them", reason=str(exc))
+    else:
+        log.info("field types read from influxdb", fields=taken)
+    return fields
 
 
 def reload_on_sighup(config: CollectorConfig, alarms: AlarmService) -> None:
@@ -185,39 +237,51 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
             log.warning(
                 "could not create database", database=writer.settings.database, reason=str(exc)
             )
-    client = MqttClient(
-        config.broker, client_id=config.collector.id, manual_ack=True, inbox_size=config.queue_size
-    )
+    fields = await field_types(config, writer)
+    client = inbound_client(config, config.collector.id)
     group = config.collector.group
     # In a group, alarms read the whole stream in a session of their own (see receive).
     alarm_client = (
-        MqttClient(
-            config.broker,
-            client_id=f"{config.collector.id}-alarms",
-            manual_ack=True,
-            inbox_size=config.queue_size,
-        )
+        inbound_client(config, f"{config.collector.id}-alarms")
         if group and config.alarms.rules
         else None
     )
     journal, history = make_writer(config.influx), make_writer(config.influx)
     alarms = build_alarms(config, alarm_client or client, journal, history)
-    api = alarm_api(config, alarms) if alarms else None
     store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
     spool = config.spool.open()
     letters = config.dead_letter
     dead_letters = DeadLetters(
         letters.dir, letters.max_mb, letters.max_payload_kb * 1000, letters.file_mb
     )
+    redeliveries = Redeliveries(config.ingest.deliveries, config.ingest.max_deliveries)
+    batch = config.batch
     store = Store(
         writer,
         client.ack,
         stats,
-        config.batch.max_lines,
-        config.batch.max_delay_s,
+        Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
         spool,
         dead_letters.put_refused,
+        window_full=lambda: client.window is not None and client.unacked >= client.window,
+        fields=fields,
     )
+    receiver = Receiver(
+        client,
+        store_queue,
+        stats,
+        dead_letters,
+        alarms=None if alarm_client else alarms,
+        window=config.ingest.window(),
+        fields=fields,
+        redeliveries=redeliveries,
+    )
+
+    def ingest_health() -> dict[str, object]:
+        waiting = Waiting(client.inbox.qsize(), store_queue.qsize(), store.busy_since)
+        return health(stats, waiting, time.monotonic(), config.ingest.stall_s)
+
+    api = alarm_api(config, alarms, ingest_health)
     subscriptions = [TELEMETRY_SUBSCRIPTION, DEVICE_STATUS_SUBSCRIPTION, AGENT_METRICS_SUBSCRIPTION]
     for subscription in subscriptions:
         await client.subscribe(shared(group, subscription), qos=1)
@@ -235,6 +299,9 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         collector=config.collector.id,
         group=config.collector.group,
         broker=config.broker.url,
+        mqtt=config.ingest.mqtt_version,
+        receive_maximum=client.window,
+        field_types_known=len(fields) if fields is not None else None,
         influx=writer.url,
         spool=str(config.spool.path),
         dead_letters=str(letters.dir),
@@ -250,18 +317,11 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
     # the alarm session, when there is one, sees them all (see receive.alarm_feed_forever).
     tracked = not config.collector.group or alarm_client is not None
     sequences = SequenceTracker(config.sequence_grace_s) if tracked else None
+    receiver.sequences = None if alarm_client else sequences
+    stats.progress_receive = stats.progress_store = time.monotonic()
 
     def start_tasks(task_group: asyncio.TaskGroup) -> None:
-        task_group.create_task(
-            receive_forever(
-                client,
-                store_queue,
-                None if alarm_client else alarms,
-                stats,
-                dead_letters=dead_letters,
-                sequences=None if alarm_client else sequences,
-            )
-        )
+        task_group.create_task(receiver.run())
         task_group.create_task(store.run(store_queue))
         task_group.create_task(store.replay_forever())
         if alarms is not None:
@@ -271,9 +331,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
                 kpi_forever(config.collector.id, alarms, store_queue, config.alarms.kpi.interval_s)
             )
         if alarm_client is not None and alarms is not None:
-            task_group.create_task(
-                alarm_feed_forever(alarm_client, alarms, stats, dead_letters, sequences)
-            )
+            task_group.create_task(receiver.feed_alarms(alarm_client, alarms, sequences))
         task_group.create_task(
             report_forever(
                 config.collector.id,
@@ -302,6 +360,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         await history.close()
         spool.close()
         dead_letters.close()
+        redeliveries.close()
         if alarms is not None:
             await alarms.close()
 
@@ -325,6 +384,7 @@ async def kpi_forever(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in acl.COMMANDS:  # derrick-collector acl|passwd: broker accounts
         return acl.main(argv)
     args = parse_args(argv)
@@ -343,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(config))
     except (
-        MqttError, StoreError, SpoolError, HttpApiError, AlarmStateError, OutboxError, ValueError
+        MqttError,
+        StoreError,
+        SpoolError,
+        HttpApiError,
+        AlarmStateError,
+        OutboxError,
+        ValueError,
     ) as exc:
         log.error("collector failed", error=str(exc))
         return 1

@@ -1,14 +1,22 @@
 """Receive and validate stages: broker messages -> store queue, and the alarm service.
 
 Every message is either stored (and acknowledged after the write) or rejected (logged
-with its reason, counted, and acknowledged at once so the broker does not send it again
-forever). A bad message never stops the good ones behind it.
+with its reason, counted, dead-lettered, and acknowledged at once so the broker does not
+send it again forever). A bad message never stops the good ones behind it:
+
+* what the contract refuses is rejected with the reason (:mod:`collector.validate`);
+* an unexpected exception while handling one message dead-letters *that message* as
+  kind ``internal``, with the exception, and the stage goes on;
+* a message the broker sends again (DUP) is counted in the redelivery ledger first, and
+  set aside as ``poison`` once it has come ``ingest.max_deliveries`` times without being
+  stored or rejected: it killed the collector each time (:mod:`collector.redelivery`).
 
 Alarm inputs take one of two paths. A collector alone (no ``collector.group``) gives
 the alarm service the telemetry it validates for storage. In a shared-subscription
 group each collector sees only a share of the stream, so a second MQTT session reads
-the whole stream for alarms (:func:`alarm_feed_forever`) and skips, before parsing,
-every asset this collector does not own.
+the whole stream for alarms (:func:`Receiver.feed_alarms`) and skips, before parsing,
+every asset this collector does not own. An alarm evaluation that raises is logged and
+counted; the message is still stored.
 """
 
 from __future__ import annotations
@@ -16,23 +24,28 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from pydantic import ValidationError
 
 from collector.alarms.service import AlarmService
 from collector.deadletter import DeadLetters
+from collector.fieldtypes import FieldTypes
 from collector.lineproto import encode_agent_metrics, encode_device_status, encode_telemetry
+from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
-from collector.validate import Rejected, classify, validate
+from collector.validate import DEFAULT_WINDOW, Rejected, Window, classify, validate
 from derrick.contract import (
     TOPIC_ROOT,
     AgentMetrics,
     AgentStatus,
     AlarmCommand,
     DeviceStatus,
+    Telemetry,
     alarm_replies_topic,
 )
 from derrick.mqtt import InboundMessage, MqttClient, MqttError
@@ -42,54 +55,162 @@ log = structlog.get_logger(__name__)
 TELEMETRY_SUFFIX = "/telemetry"
 COMMANDS_SUFFIX = "/alarm-commands"
 AGENTS_PREFIX = f"{TOPIC_ROOT}/agents/"
+INTERNAL = "internal"
+POISON = "poison"
+MAX_REASON = 300
 
 
-async def receive_forever(
-    client: MqttClient,
-    store_queue: asyncio.Queue[Batchable],
-    alarms: AlarmService | None,
-    stats: Stats,
-    *,
-    dead_letters: DeadLetters | None = None,
-    sequences: SequenceTracker | None = None,
-) -> None:
-    """The storage stream; ``alarms`` set when this session also feeds the alarms."""
-    while True:
-        inbound = await client.inbox.get()
-        stats.messages += 1
-        topic = inbound.topic
-        if not topic.endswith(TELEMETRY_SUFFIX):
-            await _receive_other(client, inbound, store_queue, stats, dead_letters, alarms)
-            continue
-        result = validate(topic, inbound.payload)
+@dataclass
+class Receiver:
+    """The receive and validate stages of one collector (both MQTT sessions)."""
+
+    client: MqttClient
+    store_queue: asyncio.Queue[Batchable]
+    stats: Stats
+    dead_letters: DeadLetters | None = None
+    alarms: AlarmService | None = None
+    """Set when the storage session also feeds the alarms (a collector alone)."""
+    sequences: SequenceTracker | None = None
+    window: Window = DEFAULT_WINDOW
+    fields: FieldTypes | None = None
+    redeliveries: Redeliveries | None = None
+
+    def __post_init__(self) -> None:
+        self._alarm_failure = ""
+
+    async def run(self) -> None:
+        """The storage stream: every message stored or rejected, in arrival order."""
+        await self._guarded(self.client, self._handle)
+
+    async def feed_alarms(
+        self, client: MqttClient, alarms: AlarmService, sequences: SequenceTracker | None
+    ) -> None:
+        """The alarm session of a collector in a group: the whole stream, owned assets only.
+
+        Each message is acknowledged once the alarm state it changed is saved (the service
+        commits before it returns), so a killed collector misses no alarm input either.
+        Seeing the whole stream, it also keeps the sequence accounting of the agents this
+        collector owns (by the same hash, on ``agents/<agent>``), so a group counts every
+        agent's gaps and duplicates once.
+        """
+
+        async def handle(inbound: InboundMessage) -> None:
+            await self._feed_one(client, inbound, alarms, sequences)
+
+        await self._guarded(client, handle)
+
+    # -- the guard ----------------------------------------------------------------------
+
+    async def _guarded(
+        self, client: MqttClient, handle: Callable[[InboundMessage], Awaitable[None]]
+    ) -> None:
+        while True:
+            inbound = await client.inbox.get()
+            self.stats.messages += 1
+            if inbound.dup and self._poisoned(client, inbound):
+                continue
+            try:
+                await handle(inbound)
+            except Exception as exc:  # noqa: BLE001 - one message must not stop ingest
+                self._internal(client, inbound, exc)
+            self.stats.progress_receive = time.monotonic()
+
+    def _poisoned(self, client: MqttClient, inbound: InboundMessage) -> bool:
+        self.stats.redelivered += 1
+        if self.redeliveries is None:
+            return False
+        deliveries = self.redeliveries.count(client.client_id, inbound.topic, inbound.payload)
+        if deliveries < self.redeliveries.max_deliveries:
+            return False
+        self.stats.poison += 1
+        reason = (
+            f"delivered {deliveries} times without being stored or rejected: the collector "
+            "stopped while handling it each time (ingest.max_deliveries "
+            f"{self.redeliveries.max_deliveries})"
+        )
+        self._reject(client, inbound, Rejected(reason, POISON))
+        return True
+
+    def _internal(self, client: MqttClient, inbound: InboundMessage, exc: Exception) -> None:
+        """Handling raised: dead-letter this message with the exception, acknowledge it."""
+        self.stats.internal_errors += 1
+        detail = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+        log.error(
+            "message handling failed, dead-lettered",
+            topic=inbound.topic,
+            error=detail,
+            exc_info=exc,
+        )
+        self._reject(client, inbound, Rejected(f"collector error: {detail}", INTERNAL), quiet=True)
+
+    # -- the storage session -----------------------------------------------------------
+
+    async def _handle(self, inbound: InboundMessage) -> None:
+        if not inbound.topic.endswith(TELEMETRY_SUFFIX):
+            await self._other(inbound)
+            return
+        result = validate(inbound.topic, inbound.payload, self.window, self.fields)
         if isinstance(result, Rejected):
-            _reject(client, inbound, result, stats, dead_letters)
-            continue
-        stats.readings += len(result.readings)
-        if sequences is not None:
-            sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
-        if alarms is not None:
-            alarms.observe_telemetry(result)
-        await store_queue.put(Batchable(encode_telemetry(result), inbound))
+            self._reject(self.client, inbound, result)
+            return
+        lines = encode_telemetry(result)
+        self.stats.readings += len(result.readings)
+        if self.sequences is not None:
+            self.sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
+        if self.alarms is not None:
+            self._evaluate(inbound.topic, self.alarms.observe_telemetry, result)
+        await self.store_queue.put(Batchable(lines, inbound))
 
+    async def _other(self, inbound: InboundMessage) -> None:
+        """Device status and agent metrics are stored; agent status and commands go to
+        the alarms."""
+        topic = inbound.topic
+        if topic.endswith(COMMANDS_SUFFIX) or (
+            topic.startswith(AGENTS_PREFIX) and topic.endswith("/status")
+        ):
+            self._alarm_topic(self.client, inbound, self.alarms)
+            return
+        try:
+            if topic.endswith("/metrics"):
+                line = encode_agent_metrics(AgentMetrics.model_validate_json(inbound.payload))
+            else:
+                status = DeviceStatus.model_validate_json(inbound.payload)
+                line = encode_device_status(status)
+                if self.alarms is not None:
+                    self._evaluate(topic, self.alarms.observe_device, status)
+        except ValidationError as exc:
+            self._reject(self.client, inbound, classify(inbound.payload, exc))
+            return
+        await self.store_queue.put(Batchable([line], inbound))
 
-async def alarm_feed_forever(
-    client: MqttClient,
-    alarms: AlarmService,
-    stats: Stats,
-    dead_letters: DeadLetters | None = None,
-    sequences: SequenceTracker | None = None,
-) -> None:
-    """The alarm session of a collector in a group: the whole stream, owned assets only.
+    def _evaluate(
+        self,
+        topic: str,
+        observe: Callable[[Telemetry], None] | Callable[[DeviceStatus], None],
+        message: Telemetry | DeviceStatus,
+    ) -> None:
+        """Feed the alarms; a failure there is logged once per reason and counted, and the
+        message is still stored."""
+        try:
+            observe(message)  # type: ignore[arg-type]
+        except Exception as exc:  # storage goes on whatever the alarms do
+            self.stats.alarm_errors += 1
+            reason = f"{type(exc).__name__}: {exc}"[:MAX_REASON]
+            if reason != self._alarm_failure:
+                log.error("alarm evaluation failed", topic=topic, error=reason, exc_info=exc)
+                self._alarm_failure = reason
+            return
+        self._alarm_failure = ""
 
-    Each message is acknowledged once the alarm state it changed is saved (the service
-    commits before it returns), so a killed collector misses no alarm input either.
-    Seeing the whole stream, it also keeps the sequence accounting of the agents this
-    collector owns (by the same hash, on ``agents/<agent>``), so a group counts every
-    agent's gaps and duplicates once.
-    """
-    while True:
-        inbound = await client.inbox.get()
+    # -- the alarm session -------------------------------------------------------------
+
+    async def _feed_one(
+        self,
+        client: MqttClient,
+        inbound: InboundMessage,
+        alarms: AlarmService,
+        sequences: SequenceTracker | None,
+    ) -> None:
         topic = inbound.topic
         if topic.endswith(TELEMETRY_SUFFIX):
             if sequences is not None:
@@ -97,23 +218,59 @@ async def alarm_feed_forever(
             parts = topic.split("/")
             if len(parts) == 6 and not alarms.owns(parts[2], parts[3]):
                 client.ack(inbound)
-                continue
-            result = validate(topic, inbound.payload)
-            if isinstance(result, Rejected):  # the storage session dead-letters it
-                client.ack(inbound)
-                continue
-            alarms.observe_telemetry(result)
+                return
+            result = validate(topic, inbound.payload, self.window)
+            if not isinstance(result, Rejected):  # else: the storage session dead-letters it
+                self._evaluate(topic, alarms.observe_telemetry, result)
             client.ack(inbound)
         elif topic.endswith("/status") and not topic.startswith(AGENTS_PREFIX):
             try:
                 status = DeviceStatus.model_validate_json(inbound.payload)
             except ValidationError:  # the storage session dead-letters it
                 client.ack(inbound)
-                continue
-            alarms.observe_device(status)
+                return
+            self._evaluate(topic, alarms.observe_device, status)
             client.ack(inbound)
         else:
-            await _receive_alarm_topic(client, inbound, stats, dead_letters, alarms)
+            self._alarm_topic(client, inbound, alarms)
+
+    def _alarm_topic(
+        self, client: MqttClient, inbound: InboundMessage, alarms: AlarmService | None
+    ) -> None:
+        """Agent birth / last will, and operator commands."""
+        topic = inbound.topic
+        model = AlarmCommand if topic.endswith(COMMANDS_SUFFIX) else AgentStatus
+        try:
+            message = model.model_validate_json(inbound.payload)
+        except ValidationError as exc:
+            self._reject(client, inbound, classify(inbound.payload, exc))
+            return
+        if alarms is not None:
+            if isinstance(message, AgentStatus):
+                alarms.observe_agent(message)
+            else:
+                _command(client, topic, message, alarms)
+        client.ack(inbound)
+
+    # -- rejections ----------------------------------------------------------------------
+
+    def _reject(
+        self, client: MqttClient, inbound: InboundMessage, rejected: Rejected, *, quiet=False
+    ) -> None:
+        """Count, log (never the payload), keep in the dead-letter store, then acknowledge."""
+        self.stats.rejected += 1
+        if not quiet:
+            log.warning(
+                "message rejected",
+                topic=inbound.topic,
+                kind=rejected.kind,
+                reason=rejected.reason,
+                bytes=len(inbound.payload),
+            )
+        if self.dead_letters is not None:
+            self.dead_letters.put(inbound.topic, inbound.payload, rejected.kind, rejected.reason)
+        client.ack(inbound)
+        self.stats.acked += 1
 
 
 # The agent writes these three fields in this order (derrick.contract.Telemetry), so
@@ -131,59 +288,6 @@ def _count_sequence(payload: bytes, alarms: AlarmService, sequences: SequenceTra
         sequences.observe(agent, found[2].decode(), int(found[3]), time.monotonic())
 
 
-async def _receive_other(  # noqa: PLR0917
-    client: MqttClient,
-    inbound: InboundMessage,
-    store_queue: asyncio.Queue[Batchable],
-    stats: Stats,
-    dead_letters: DeadLetters | None,
-    alarms: AlarmService | None,
-) -> None:
-    """Device status and agent metrics are stored; agent status and commands go to
-    the alarms."""
-    topic = inbound.topic
-    if topic.endswith(COMMANDS_SUFFIX) or (topic.startswith(AGENTS_PREFIX) and topic.endswith(
-        "/status"
-    )):
-        await _receive_alarm_topic(client, inbound, stats, dead_letters, alarms)
-        return
-    try:
-        if topic.endswith("/metrics"):
-            line = encode_agent_metrics(AgentMetrics.model_validate_json(inbound.payload))
-        else:
-            status = DeviceStatus.model_validate_json(inbound.payload)
-            line = encode_device_status(status)
-            if alarms is not None:
-                alarms.observe_device(status)
-    except ValidationError as exc:
-        _reject(client, inbound, classify(inbound.payload, exc), stats, dead_letters)
-        return
-    await store_queue.put(Batchable([line], inbound))
-
-
-async def _receive_alarm_topic(
-    client: MqttClient,
-    inbound: InboundMessage,
-    stats: Stats,
-    dead_letters: DeadLetters | None,
-    alarms: AlarmService | None,
-) -> None:
-    """Agent birth / last will, and operator commands."""
-    topic = inbound.topic
-    model = AlarmCommand if topic.endswith(COMMANDS_SUFFIX) else AgentStatus
-    try:
-        message = model.model_validate_json(inbound.payload)
-    except ValidationError as exc:
-        _reject(client, inbound, classify(inbound.payload, exc), stats, dead_letters)
-        return
-    if alarms is not None:
-        if isinstance(message, AgentStatus):
-            alarms.observe_agent(message)
-        else:
-            _command(client, topic, message, alarms)
-    client.ack(inbound)
-
-
 def _command(client: MqttClient, topic: str, command: AlarmCommand, alarms: AlarmService) -> None:
     """Run an operator command from MQTT; the owner answers on the reply topic."""
     parts = topic.split("/")
@@ -197,24 +301,3 @@ def _command(client: MqttClient, topic: str, command: AlarmCommand, alarms: Alar
         client.publish_nowait(alarm_replies_topic(site, asset), result.model_dump_json().encode())
     except MqttError as exc:
         log.warning("command reply not sent", alarm_id=command.alarm_id, reason=str(exc))
-
-
-def _reject(
-    client: MqttClient,
-    inbound: InboundMessage,
-    rejected: Rejected,
-    stats: Stats,
-    dead_letters: DeadLetters | None,
-) -> None:
-    """Count, log (never the payload), keep in the dead-letter store, then acknowledge."""
-    stats.rejected += 1
-    log.warning(
-        "message rejected",
-        topic=inbound.topic,
-        kind=rejected.kind,
-        reason=rejected.reason,
-        bytes=len(inbound.payload),
-    )
-    if dead_letters is not None:
-        dead_letters.put(inbound.topic, inbound.payload, rejected.kind, rejected.reason)
-    client.ack(inbound)

@@ -23,9 +23,18 @@ class Stats:
     seq_gaps: int = 0
     seq_duplicates: int = 0
     dead_letters: int = 0
+    acked: int = 0  # messages acknowledged to the broker once stored or rejected
+    internal_errors: int = 0  # messages dead-lettered because handling them raised
+    redelivered: int = 0  # messages the broker sent again (DUP), e.g. after a restart
+    poison: int = 0  # redelivered too often without being stored or rejected
+    alarm_errors: int = 0  # alarm evaluations that raised (the message was still stored)
+    # Monotonic times the receive and store stages last finished a message or a batch.
+    progress_receive: float = 0.0
+    progress_store: float = 0.0
 
     def snapshot(self) -> dict[str, int | float]:
-        return asdict(self)
+        """The counters (not the progress times)."""
+        return {k: v for k, v in asdict(self).items() if not k.startswith("progress_")}
 
 
 def interval_fields(  # noqa: PLR0917 - one interval's inputs

@@ -12,10 +12,21 @@ kind           when
 ``oversized``  the payload is over :data:`MAX_PAYLOAD_BYTES` (checked before parsing)
 ``json``       not UTF-8, or not well-formed JSON
 ``version``    well-formed, but ``v`` is not a schema version this collector speaks
-``schema``     wrong type, missing or unknown field; the reason names the field path,
-               e.g. ``readings[3].value: ...``
+``schema``     wrong type, missing or unknown field, a number out of range, no
+               readings, or one field twice at one instant; the reason names the field
+               path, e.g. ``readings[3].value: ...``
 ``mismatch``   site/asset/device in the payload differ from the topic
+``timestamp``  a reading's ``ts_ns`` outside the collector's window (``ingest.ts_min`` /
+               ``ts_max``, default 2000 to 2100): a clock that is off, or not nanoseconds
+``value``      a ``good`` reading without a value (null is for bad, stale, uncertain)
+``type``       a value of another type than its field holds (see
+               :mod:`collector.fieldtypes`): InfluxDB would refuse it
 =============  ==========================================================================
+
+The contract's models are strict (:mod:`derrick.contract`): no string is taken for a
+number, no float for an integer, numbers must fit what InfluxDB and the agent can hold
+and be finite. So whatever passes can be encoded and stored (``tests/test_fuzz_ingest.py``
+holds the collector to that).
 
 Reasons never quote payload values (they go to the logs), except a short ``v``.
 """
@@ -24,18 +35,66 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from derrick.contract import SCHEMA_VERSION, Telemetry, TopicError, parse_telemetry_topic
+from collector.fieldtypes import BOOLEAN, FLOAT, STRING, FieldTypes, value_type
+from derrick.contract import (
+    SCHEMA_VERSION,
+    Quality,
+    Reading,
+    Telemetry,
+    TopicError,
+    parse_telemetry_topic,
+)
 
 MAX_PAYLOAD_BYTES = 1_000_000
 
-REJECT_KINDS = ("topic", "oversized", "json", "version", "schema", "mismatch")
-"""Every ``Rejected.kind``, in the order :func:`validate` checks them."""
+REJECT_KINDS = (
+    "topic",
+    "oversized",
+    "json",
+    "version",
+    "schema",
+    "mismatch",
+    "timestamp",
+    "value",
+    "type",
+)
+"""Every ``Rejected.kind`` of this stage, in the order :func:`validate` checks them."""
 
-_UNION_MEMBERS = frozenset(("bool", "int", "float", "str", "none"))
+_GOOD = Quality.GOOD
+# A value's field type by its class; None (no value) matches no field, so a null takes
+# the slow path, where it is judged.
+_TYPE_OF: dict[type, str | None] = {
+    float: FLOAT,
+    int: FLOAT,
+    bool: BOOLEAN,
+    str: STRING,
+    type(None): None,
+}
+
+
+def epoch_ns(year: int) -> int:
+    """1 January of ``year``, 00:00 UTC, in nanoseconds since the epoch."""
+    return int(datetime(year, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The timestamps a collector takes: ``min_ns <= ts_ns < max_ns``."""
+
+    min_ns: int = epoch_ns(2000)
+    max_ns: int = epoch_ns(2100)
+
+
+DEFAULT_WINDOW = Window()
+
+_UNION_MEMBERS = frozenset(
+    ("bool", "int", "float", "str", "none", "constrained-int", "constrained-str")
+)
 _KEY_ERRORS = frozenset(("missing", "extra_forbidden"))
 
 
@@ -45,8 +104,16 @@ class Rejected:
     kind: str  # one of REJECT_KINDS
 
 
-def validate(topic: str, payload: bytes) -> Telemetry | Rejected:
-    """Check topic shape, size and schema, and that the topic agrees with the payload."""
+def validate(
+    topic: str,
+    payload: bytes,
+    window: Window = DEFAULT_WINDOW,
+    fields: FieldTypes | None = None,
+) -> Telemetry | Rejected:
+    """Check topic shape, size and schema, that the topic agrees with the payload, and
+    each reading's time, value and (with ``fields``) type.
+
+    ``fields`` learns the types of fields it has not seen from an accepted message."""
     try:
         site, asset, device = parse_telemetry_topic(topic)
     except TopicError as exc:
@@ -66,7 +133,110 @@ def validate(topic: str, payload: bytes) -> Telemetry | Rejected:
             f"{message.site}/{message.asset}/{message.device}",
             "mismatch",
         )
+    return check_readings(message, window, fields)
+
+
+def check_readings(
+    message: Telemetry, window: Window, fields: FieldTypes | None
+) -> Telemetry | Rejected:
+    """What the schema cannot say alone: time window, good means a value, one field once
+    per instant, and each field's type. Learns new fields only from an accepted message.
+
+    The collector's hot path: the common reading (good, in the window, a field of known
+    type) costs a few comparisons and one dict lookup; everything else takes
+    :func:`_check_slowly`, which also finds the reason."""
+    readings = message.readings
+    low, high = window.min_ns, window.max_ns
+    held = fields.types if fields is not None else None
+    for reading in readings:
+        ts = reading.ts_ns
+        kind = _TYPE_OF[reading.value.__class__]
+        if (
+            ts < low
+            or ts >= high
+            or kind is None
+            or reading.quality is not _GOOD
+            or (held is not None and held.get(reading.tag) is not kind)
+        ):
+            return _check_slowly(message, window, fields)
+    if len({reading.tag for reading in readings}) != len(readings):
+        return _check_slowly(message, window, fields)
     return message
+
+
+def _check_slowly(
+    message: Telemetry, window: Window, fields: FieldTypes | None
+) -> Telemetry | Rejected:
+    """:func:`check_readings` for a message off the common path, reading by reading."""
+    low, high = window.min_ns, window.max_ns
+    learned = fields.get if fields is not None else None
+    seen: set[tuple[int, str]] = set()
+    new: dict[str, str] = {}
+    for index, reading in enumerate(message.readings):
+        ts = reading.ts_ns
+        if not low <= ts < high:
+            return _outside(index, reading, window)
+        good = reading.quality is _GOOD
+        value = reading.value
+        if value is None and good:
+            return Rejected(
+                f"readings[{index}] ({reading.tag}): quality good needs a value "
+                "(null is for bad, stale or uncertain readings)",
+                "value",
+            )
+        written = [] if value is None else [(reading.tag, value_type(value))]
+        if not good:
+            written.append((f"{reading.tag}_q", STRING))
+        for field, kind in written:
+            if (ts, field) in seen:
+                return Rejected(
+                    f"readings[{index}] ({reading.tag}): field {field!r} twice at ts_ns {ts}",
+                    "schema",
+                )
+            seen.add((ts, field))
+            if learned is not None:
+                holds = learned(field) or new.setdefault(field, kind)
+                if holds != kind:
+                    return _conflict(index, reading, field, kind, holds, fields)
+    if fields is not None:
+        where = f"{message.site}/{message.asset}/{message.device}"
+        for field, kind in new.items():
+            fields.learn(field, kind, f"the first value, from {where}")
+    return message
+
+
+def _outside(index: int, reading: Reading, window: Window) -> Rejected:
+    def year(ns: int) -> str:
+        return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d")
+
+    when = year(reading.ts_ns)
+    return Rejected(
+        f"readings[{index}].ts_ns ({reading.tag}): {reading.ts_ns} is {when}, outside "
+        f"{year(window.min_ns)} .. {year(window.max_ns)} (UTC nanoseconds since the epoch)"
+        f"{_unit_hint(reading.ts_ns, window)}",
+        "timestamp",
+    )
+
+
+def _unit_hint(ts: int, window: Window) -> str:
+    """Name the unit a too-small timestamp seems to be in: the usual mistake."""
+    for unit, scale in (("seconds", 10**9), ("milliseconds", 10**6), ("microseconds", 10**3)):
+        if window.min_ns <= ts * scale < window.max_ns:
+            return f"; it looks like {unit}"
+    return ""
+
+
+def _conflict(  # noqa: PLR0917 - one rejection's facts
+    index: int, reading: Reading, field: str, sent: str, held: str, fields: FieldTypes | None
+) -> Rejected:
+    source = fields.source(field) if fields is not None else ""
+    where = f" (learned from {source})" if source else " (earlier in this message)"
+    what = "quality mark" if field != reading.tag else "value"
+    return Rejected(
+        f"readings[{index}] ({reading.tag}): {sent} {what} for field {field!r}, which "
+        f"holds {held}{where}",
+        "type",
+    )
 
 
 def classify(payload: bytes, exc: ValidationError) -> Rejected:
@@ -106,9 +276,15 @@ def _schema_reason(errors: list[Any]) -> str:
     for error in errors:
         groups.setdefault(_field_loc(error), []).append(error)
     loc, first = next(iter(groups.items()))
-    if len(first) == 1:
+    # In a union (a reading's value), a member whose type matched but whose bound did
+    # not (too long, not finite, out of range) is the one that explains the rejection.
+    bounds = [e for e in first if not e["type"].endswith("_type")]
+    if loc == ("readings",) and first[0]["type"] == "too_short":
+        text = "a message must carry at least one reading"
+    elif len(first) == 1 or bounds:
+        first = bounds[:1] or first
         text = first[0]["msg"]
-    else:  # a union such as a reading's value: one message per member type
+    else:  # one message per member type
         options = [e["msg"].removeprefix("Input should be ") for e in first]
         text = f"Input should be {', '.join(options[:-1])} or {options[-1]}"
     if first[0]["type"].endswith(("_type", "_parsing")):

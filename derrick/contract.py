@@ -27,7 +27,7 @@ import time
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = f"derrick/v{SCHEMA_VERSION}"
@@ -36,6 +36,37 @@ Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", min_lengt
 """A name usable as an MQTT topic level, an InfluxDB tag value and a field key."""
 
 ReadingValue = bool | int | float | str | None
+"""A reading's value as Python code passes it around (see :data:`WireValue` for the wire)."""
+
+INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1
+MAX_STRING_VALUE = 1024
+"""Characters in a string reading: PLC strings are at most 240 (derrick.profile)."""
+
+WireValue = (
+    Annotated[bool, Strict()]
+    | Annotated[int, Strict(), Field(ge=-(2**63), le=UINT64_MAX)]
+    | Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    | Annotated[str, Strict(), Field(max_length=MAX_STRING_VALUE)]
+    | None
+)
+"""A reading's value as the contract accepts it, with no coercion: JSON ``true`` is a
+boolean, ``1`` an integer (any int64 or uint64: what a PLC register can hold), ``1.5``
+a finite float (NaN and Infinity are not JSON and have no place in a float field),
+``"1"`` a string and stays one. A larger integer literal is taken as the float it is
+close to, when that is finite. Strings are bounded: a tag is a PLC value, not a file."""
+
+SeqNumber = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+TimestampNs = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+"""UTC nanoseconds since the epoch, an integer that InfluxDB can hold (up to 2262);
+the collector narrows it further to a sane window (``ingest.ts_min`` / ``ts_max``)."""
+
+Flag = Annotated[bool, Strict()]
+"""``true`` or ``false``: not ``1``, not ``"true"``."""
+Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+"""A counter an agent reports: a non-negative integer InfluxDB can hold."""
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+"""A measured figure an agent reports (seconds, milliseconds): finite."""
 
 
 class Quality(StrEnum):
@@ -55,10 +86,10 @@ class Reading(_Frozen):
     """One value of one tag at one instant."""
 
     tag: Ident
-    value: ReadingValue
+    value: WireValue
     unit: str = Field(default="", max_length=16)
     quality: Quality = Quality.GOOD
-    ts_ns: int = Field(ge=0, description="UTC, nanoseconds since the Unix epoch")
+    ts_ns: TimestampNs = Field(description="UTC, nanoseconds since the Unix epoch")
 
 
 _READING_FIELDS = frozenset(("tag", "value", "unit", "quality", "ts_ns"))
@@ -96,24 +127,22 @@ class Telemetry(_Frozen):
     """
 
     v: Literal[1] = SCHEMA_VERSION
-    historical: bool = False
+    historical: Flag = False
     site: Ident
     asset: Ident
     device: Ident
     kind: Ident = Field(description="equipment kind from the device profile, e.g. crane")
     agent: Ident
     boot: str = Field(min_length=1, max_length=64, description="agent boot id")
-    seq: int = Field(ge=0, description="per agent and boot, +1 per message")
-    readings: list[Reading] = Field(max_length=4096)
+    seq: SeqNumber = Field(description="per agent and boot, +1 per message")
+    readings: list[Reading] = Field(min_length=1, max_length=4096)
 
 
 AlarmPriority = Literal["critical", "high", "medium", "low"]
 AlarmAction = Literal[
     "acknowledge", "reset", "shelve", "unshelve", "remove_from_service", "return_to_service"
 ]
-NoticeEvent = Literal[
-    "announce", "clear", "reminder", "escalation", "journal", "flood"
-]
+NoticeEvent = Literal["announce", "clear", "reminder", "escalation", "journal", "flood"]
 
 
 class AlarmStateMessage(_Frozen):
@@ -133,7 +162,7 @@ class AlarmStateMessage(_Frozen):
     limit: float | None = None
     message: str = ""
     shelved_until_ns: int | None = None
-    ts_ns: int = Field(ge=0)
+    ts_ns: TimestampNs
 
 
 class AlarmNotice(_Frozen):
@@ -160,7 +189,7 @@ class AlarmNotice(_Frozen):
     limit: float | None = None
     who: str = ""
     comment: str = ""
-    ts_ns: int = Field(ge=0)
+    ts_ns: TimestampNs
     alarms: list[AlarmNotice] = Field(default_factory=list, max_length=1000)
 
 
@@ -186,7 +215,7 @@ class AlarmCommandResult(_Frozen):
     ok: bool
     reason: str = ""
     state: str = ""
-    ts_ns: int = Field(ge=0)
+    ts_ns: TimestampNs
 
 
 class DeviceState(StrEnum):
@@ -198,7 +227,7 @@ class DeviceStatus(_Frozen):
     """Retained state of one PLC as its agent sees it; published on every change."""
 
     v: Literal[1] = SCHEMA_VERSION
-    historical: bool = False
+    historical: Flag = False
     site: Ident
     asset: Ident
     device: Ident
@@ -206,63 +235,63 @@ class DeviceStatus(_Frozen):
     state: DeviceState
     reason: str = ""
     endpoint: str = ""
-    ts_ns: int = Field(ge=0)
+    ts_ns: TimestampNs
 
 
 class DeviceCounters(_Frozen):
     """Per-device poll counters since the agent started."""
 
     state: DeviceState | None = None
-    cycles_ok: int = 0
-    cycles_failed: int = 0
-    requests: int = 0
-    readings: int = 0
-    readings_published: int = 0
-    last_cycle_ms: float = 0.0
-    last_cycle_requests: int = 0
+    cycles_ok: Count = 0
+    cycles_failed: Count = 0
+    requests: Count = 0
+    readings: Count = 0
+    readings_published: Count = 0
+    last_cycle_ms: Finite = 0.0
+    last_cycle_requests: Count = 0
 
 
 class QueueMetrics(_Frozen):
-    depth: int = 0
-    bytes: int = 0
-    oldest_age_s: float | None = None
-    dropped_telemetry: int = 0
-    dropped_status: int = 0
-    dropped_alarm: int = 0
+    depth: Count = 0
+    bytes: Count = 0
+    oldest_age_s: Finite | None = None
+    dropped_telemetry: Count = 0
+    dropped_status: Count = 0
+    dropped_alarm: Count = 0
 
 
 class AgentMetrics(_Frozen):
     """An agent's own health, published every ``metrics_interval_s``."""
 
     v: Literal[1] = SCHEMA_VERSION
-    historical: bool = False
+    historical: Flag = False
     agent: Ident
     site: Ident
     boot: str
-    ts_ns: int = Field(ge=0)
-    uptime_s: float
-    broker_connected: bool
+    ts_ns: TimestampNs
+    uptime_s: Finite
+    broker_connected: Flag
     devices: dict[str, DeviceCounters]
     queue: QueueMetrics
-    messages_published: int
-    publish_latency_ms_p50: float | None = None
-    publish_latency_ms_max: float | None = None
+    messages_published: Count
+    publish_latency_ms_p50: Finite | None = None
+    publish_latency_ms_max: Finite | None = None
 
 
 class AgentEvent(_Frozen):
     """A notice from an agent that a consumer must not miss, e.g. dropped telemetry."""
 
     v: Literal[1] = SCHEMA_VERSION
-    historical: bool = False
+    historical: Flag = False
     agent: Ident
     site: Ident
     boot: str
     event: Literal["spool_dropped"]
     reason: str
-    dropped_telemetry: int = 0
-    dropped_status: int = 0
-    dropped_alarm: int = 0
-    ts_ns: int = Field(ge=0)
+    dropped_telemetry: Count = 0
+    dropped_status: Count = 0
+    dropped_alarm: Count = 0
+    ts_ns: TimestampNs
 
 
 class AgentStatus(_Frozen):
@@ -272,7 +301,7 @@ class AgentStatus(_Frozen):
     agent: Ident
     state: Literal["online", "offline"]
     boot: str = ""
-    ts_ns: int = 0
+    ts_ns: TimestampNs = 0
 
 
 def now_ns() -> int:

@@ -29,6 +29,19 @@ retry: an error for authentication and TLS problems (they do not heal by themsel
 warning for network ones (connection refused while the broker restarts). The password is
 never logged: paho keeps it and only sends it in the CONNECT packet.
 
+In-flight window (MQTT 5 Receive Maximum)
+------------------------------------------
+A broker sends a subscriber only so many QoS 1 messages it has not acknowledged yet;
+mosquitto's stock ``max_inflight_messages`` is 20 and everything beyond waits in a queue
+of ``max_queued_messages`` (1,000), past which new messages are silently dropped. A
+subscriber that acknowledges only after storing (``manual_ack``) is held to that window.
+With ``receive_maximum`` the client speaks MQTT 5 and announces how many unacknowledged
+messages it takes; mosquitto 2.0 then uses that number *instead of* its own
+``max_inflight_messages`` (checked with 2.0.11: 20 delivered unacknowledged under MQTT
+3.1.1 or MQTT 5 without the property, 1,000 with ``Receive Maximum`` 1000).
+:attr:`MqttClient.unacked` counts what was delivered and not acknowledged yet, and
+:attr:`MqttClient.window` is the announced limit (None under MQTT 3.1.1: unknown).
+
 ACL denials (mosquitto 2.0, MQTT 3.1.1)
 ---------------------------------------
 MQTT 3.1.1 cannot refuse a PUBLISH. mosquitto answers a QoS 1 publish to a topic the ACL
@@ -54,10 +67,15 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from derrick.broker import BrokerSettings
 
 log = structlog.get_logger(__name__)
+
+MAX_RECEIVE = 65535  # the largest Receive Maximum MQTT 5 can announce
+NEVER_EXPIRES = 0xFFFFFFFF  # Session Expiry Interval: keep the session, as 3.1.1 does
 
 
 class MqttError(Exception):
@@ -77,6 +95,8 @@ class InboundMessage:
     qos: int
     mid: int
     retain: bool
+    dup: bool = False
+    """The broker sent it before (a redelivery after a reconnect, not yet acknowledged)."""
 
 
 # CONNACK refusals that mean the credentials (mosquitto 2.0 answers a wrong password
@@ -159,6 +179,10 @@ class MqttClient:
     withholds the PUBACK of inbound messages until :meth:`ack` is called, so the broker
     redelivers anything we had not safely stored when we died.
 
+    ``receive_maximum`` connects with MQTT 5 and announces that many unacknowledged
+    inbound messages (see the module docstring); without it the client speaks 3.1.1. A
+    persistent MQTT 5 session never expires, as a 3.1.1 one does not.
+
     ``settings.tls`` switches to TLS (``tls_set_context``; TLS 1.2 or newer, the broker
     certificate always verified). A failed connection attempt never raises: it is
     counted (:attr:`connect_failures`), described (:attr:`last_error`), logged once per
@@ -174,11 +198,19 @@ class MqttClient:
         manual_ack: bool = False,
         will: tuple[str, bytes] | None = None,
         inbox_size: int = 10_000,
+        receive_maximum: int | None = None,
     ) -> None:
+        if receive_maximum is not None and not 1 <= receive_maximum <= MAX_RECEIVE:
+            raise ValueError(f"receive_maximum must be 1..{MAX_RECEIVE}")
         self.settings = settings
         self.client_id = client_id
         self.inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=inbox_size)
         self.inbox_dropped = 0
+        self.window = receive_maximum
+        self.unacked = 0
+        """Inbound QoS 1 messages delivered to :attr:`inbox` and not acknowledged yet."""
+        self._manual_ack = manual_ack
+        self._persistent = persistent
         self._last_error = ""
         self._connect_failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,11 +230,12 @@ class MqttClient:
         self._unacked_subscribes: set[int] = set()  # SUBSCRIBE mids awaiting their SUBACK
         self._all_subscribed = asyncio.Event()
         self._all_subscribed.set()
+        v5 = receive_maximum is not None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=not persistent,
-            protocol=paho.MQTTv311,
+            clean_session=None if v5 else not persistent,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             manual_ack=manual_ack,
         )
         self._client.max_inflight_messages_set(100)
@@ -255,11 +288,24 @@ class MqttClient:
                 raise MqttError(f"TLS set-up for {url} failed: {exc}") from exc
         try:
             self._client.connect_async(
-                self.settings.host, self.settings.port, self.settings.keepalive_s
+                self.settings.host,
+                self.settings.port,
+                self.settings.keepalive_s,
+                **self._v5_connect(),
             )
         except (OSError, ValueError) as exc:
             raise MqttError(f"cannot connect to {url}: {exc}") from exc
         self._client.loop_start()
+
+    def _v5_connect(self) -> dict[str, Any]:
+        """CONNECT arguments of an MQTT 5 session: clean start, expiry, Receive Maximum."""
+        if self.window is None:
+            return {}
+        properties = Properties(PacketTypes.CONNECT)
+        properties.ReceiveMaximum = self.window
+        if self._persistent:
+            properties.SessionExpiryInterval = NEVER_EXPIRES
+        return {"clean_start": not self._persistent, "properties": properties}
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         limit = self.settings.connect_timeout_s if timeout is None else timeout
@@ -374,6 +420,8 @@ class MqttClient:
     def ack(self, message: InboundMessage) -> None:
         """Acknowledge an inbound message (manual ack mode): the broker may forget it."""
         self._client.ack(message.mid, message.qos)
+        if self._manual_ack and message.qos > 0 and self.unacked > 0:
+            self.unacked -= 1
 
     # -- paho callbacks: run in paho's thread, hand over to the loop --------------------
 
@@ -418,7 +466,9 @@ class MqttClient:
         One wake-up per burst instead of per message: the wake-up (a write to the loop's
         self-pipe) cost about 4 % of a busy collector.
         """
-        message = InboundMessage(msg.topic, msg.payload, msg.qos, msg.mid, bool(msg.retain))
+        message = InboundMessage(
+            msg.topic, msg.payload, msg.qos, msg.mid, bool(msg.retain), bool(msg.dup)
+        )
         with self._arrivals_lock:
             self._arrivals.append(message)
             if self._drain_due:
@@ -514,6 +564,8 @@ class MqttClient:
     def _deliver(self, message: InboundMessage) -> None:
         try:
             self.inbox.put_nowait(message)
+            if self._manual_ack and message.qos > 0:
+                self.unacked += 1
         except asyncio.QueueFull:
             # Not acknowledged, so with manual ack the broker sends it again on reconnect.
             self.inbox_dropped += 1

@@ -34,7 +34,7 @@ def test_records_round_trip(tmp_path):
     letters.put(TOPIC, text, "schema", "readings[3].value: bad")
     letters.put("odd/topic", binary, "json", "payload is not UTF-8")
     lines = ["telemetry,site=a x=1 1", 'telemetry,site=a x="s" 2']
-    letters.put_refused(lines, "field type conflict")
+    letters.put_refused("derrick/v1/a/b/c/telemetry", lines, "field type conflict")
     letters.close()
 
     first, second, refused = read_dead_letters(tmp_path / "dl")
@@ -54,7 +54,7 @@ def test_records_round_trip(tmp_path):
     assert payload_bytes(first) == text
 
     assert refused["kind"] == "refused"
-    assert refused["topic"] is None
+    assert refused["topic"] == "derrick/v1/a/b/c/telemetry"
     assert refused["reason"] == "field type conflict"
     assert refused["lines"] == 2
     assert refused["payload"].splitlines() == lines
@@ -242,7 +242,7 @@ def test_an_unwritable_directory_is_counted_and_logged_once(tmp_path):
         letters = DeadLetters(directory)
         for _ in range(5):
             letters.put(TOPIC, SECRET, "schema", "readings[0].tag: bad")
-        letters.put_refused([SECRET.decode()], "field type conflict")
+        letters.put_refused(None, [SECRET.decode()], "field type conflict")
         letters.close()
     assert letters.counts["write_failures"] == 6
     assert letters.counts["written"] == 0

@@ -339,34 +339,83 @@ def test_a_group_with_alarms_counts_each_agents_gaps_once(tmp_path, mosquitto, i
     assert all(found[name] == [0, 0] for name in names if name != owner)
 
 
-def test_points_influxdb_refuses_are_dead_lettered_with_its_message(
-    tmp_path, mosquitto, influx1, influx_db
-):
+def _conflict_among_good_ones(
+    tmp_path, mosquitto, influx1, influx_db, **extra
+) -> tuple[str, list[dict], Program]:
+    """200 good messages and, in their midst, one whose t0 is a string: t0 is a float
+    field already. Returns the site, the dead letters and the (stopped) collector."""
     site = f"t{uuid.uuid4().hex[:8]}"
     name = f"col-{site}"
-    collector = start_collector(tmp_path, name, mosquitto, influx1, influx_db)
-    first = message(site, 0)
-    conflicting = json.loads(message(site, 1))
-    conflicting["readings"][0]["value"] = "not a number"  # t0 is a float field already
+    collector = start_collector(tmp_path, name, mosquitto, influx1, influx_db, **extra)
+    good = [message(site, seq) for seq in range(1, 201)]
+    conflicting = json.loads(message(site, 1000))
+    conflicting["readings"][0]["value"] = "not a number"
+    batch = [*good[:100], json.dumps(conflicting).encode(), *good[100:]]
 
-    async def send(payload: bytes) -> None:
+    async def send(payloads: list[bytes]) -> None:
         client = MqttClient(BrokerSettings(port=mosquitto.port), f"pub-{uuid.uuid4().hex[:6]}")
         await client.start()
         await client.wait_connected(10)
-        await client.publish(telemetry_topic(site, "crane-01", "lmi"), payload)
+        topic = telemetry_topic(site, "crane-01", "lmi")
+        await asyncio.gather(*(client.publish_nowait(topic, p) for p in payloads))
         await client.stop()
 
     letters_dir = tmp_path / name / "state" / f"deadletter-{name}"
     try:
-        asyncio.run(send(first))
+        asyncio.run(send([message(site, 0)]))
         wait_for(lambda: stored(influx1, influx_db, site) == 1, 20, "the first message")
-        asyncio.run(send(json.dumps(conflicting).encode()))
-        (letter,) = wait_for(
-            lambda: read_dead_letters(letters_dir), 20, "a refused batch", program=collector
-        )
+        asyncio.run(send(batch))
+        wait_for(lambda: stored(influx1, influx_db, site) == 201, 30, "every good message")
+        wait_for(lambda: read_dead_letters(letters_dir), 20, "a dead letter", program=collector)
+        time.sleep(1)  # nothing more comes
         assert collector.alive
     finally:
         assert collector.stop() == 0, collector.log_tail()
-    assert letter["kind"] == "refused"
-    assert "field type conflict" in letter["reason"]
+    return site, read_dead_letters(letters_dir), collector
+
+
+def _count(influx1, db: str, site: str, field: str) -> int:
+    result = influx1.query(f"SELECT count({field}) FROM telemetry WHERE site='{site}'", db=db)
+    series = result["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def test_a_type_conflict_is_rejected_before_writing_naming_topic_tag_and_types(
+    tmp_path, mosquitto, influx1, influx_db
+):
+    site, letters, _ = _conflict_among_good_ones(tmp_path, mosquitto, influx1, influx_db)
+    (letter,) = letters
+    assert letter["kind"] == "type"
+    assert letter["topic"] == telemetry_topic(site, "crane-01", "lmi")
+    assert letter["reason"].startswith(
+        "readings[0] (t0): string value for field 't0', which holds float"
+    )
     assert '"not a number"' in letter["payload"]
+    # the whole message is rejected (before any of it was written); every good one stored
+    assert _count(influx1, influx_db, site, "t1") == 201
+
+
+def test_points_influxdb_refuses_are_found_and_only_they_dead_lettered(
+    tmp_path, mosquitto, influx1, influx_db
+):
+    """With the collector's own type check off, InfluxDB refuses part of a batch: the
+    refused line is found among the batch's lines and dead-lettered alone, with its
+    message's topic and the server's reason; every other line, of that message too, is
+    stored."""
+    site, letters, collector = _conflict_among_good_ones(
+        tmp_path, mosquitto, influx1, influx_db, ingest={"field_types": False}
+    )
+    (letter,) = letters
+    assert letter["kind"] == "refused"
+    assert letter["topic"] == telemetry_topic(site, "crane-01", "lmi")
+    assert "field type conflict" in letter["reason"]
+    assert 'input field \\"t0\\" on measurement \\"telemetry\\" is type string' in letter["reason"]
+    assert letter["lines"] == 1
+    assert letter["payload"].count("\n") == 0
+    assert 't0="not a number"' in letter["payload"]
+    assert _count(influx1, influx_db, site, "t0") == 201
+    # the conflicting message's other readings (own lines: ts + i) were stored
+    assert _count(influx1, influx_db, site, "t1") == 202
+    events = [json.loads(line) for line in collector.log_path.read_text().splitlines()]
+    refused = [e for e in events if e.get("event") == "influxdb refused points"]
+    assert [(e["topic"], e["lines"]) for e in refused] == [(letter["topic"], 1)]

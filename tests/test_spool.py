@@ -276,18 +276,26 @@ def test_kill_9_loses_no_committed_message(tmp_path, kill_after):
     )
     appended: dict[int, int] = {}  # batch -> last id, as reported after the commit
     removed: set[int] = set()
+
+    def take(line: str) -> None:
+        words = line.split()
+        if words[:1] == ["appended"]:
+            appended[int(words[1])] = int(words[2])
+        elif words[:1] == ["removed"]:
+            removed.add(int(words[1]))
+
     try:
         while len(appended) < kill_after:
             line = child.stdout.readline()
             assert line, f"child ended early: {child.stderr.read()}"
-            words = line.split()
-            if words[:1] == ["appended"]:
-                appended[int(words[1])] = int(words[2])
-            elif words[:1] == ["removed"]:
-                removed.add(int(words[1]))
+            take(line)
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
+        # What it reported before the kill but we had not read yet: a removal right
+        # after the last append we waited for, say.
+        for line in child.stdout.read().splitlines():
+            take(line)
         child.stdout.close()
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL

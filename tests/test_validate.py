@@ -5,10 +5,19 @@ import json
 
 import pytest
 
-from collector.validate import MAX_PAYLOAD_BYTES, REJECT_KINDS, Rejected, validate
+from collector.fieldtypes import FieldTypes
+from collector.validate import (
+    MAX_PAYLOAD_BYTES,
+    REJECT_KINDS,
+    Rejected,
+    Window,
+    epoch_ns,
+    validate,
+)
 from derrick.contract import Reading, Telemetry, telemetry_topic
 
 TOPIC = telemetry_topic("yard", "crane-01", "lmi")
+TS = epoch_ns(2026) + 7
 
 
 def good_data() -> dict:
@@ -20,7 +29,7 @@ def good_data() -> dict:
         agent="gw",
         boot="b",
         seq=3,
-        readings=[Reading(tag=f"t{i}", value=1.5, ts_ns=7) for i in range(5)],
+        readings=[Reading(tag=f"t{i}", value=1.5, ts_ns=TS) for i in range(5)],
     )
     return json.loads(msg.model_dump_json())
 
@@ -48,7 +57,7 @@ def test_good_message_round_trips():
     result = validate(TOPIC, payload())
     assert isinstance(result, Telemetry)
     assert result.readings[0].value == 1.5
-    assert result.readings[0].ts_ns == 7
+    assert result.readings[0].ts_ns == TS
 
 
 CASES = [
@@ -93,6 +102,41 @@ CASES = [
         ["readings[2].ts_ns:", "greater than or equal to 0"],
     ),
     ("seq-string", TOPIC, payload(seq="three"), "schema", ["seq:", "valid integer", "string"]),
+    # no coercion: a number in a string, a float for an integer, 1 for true
+    ("seq-numeric-string", TOPIC, payload(seq="1"), "schema", ["seq:", "valid integer"]),
+    ("seq-float", TOPIC, payload(seq=1.0), "schema", ["seq:", "valid integer", "number"]),
+    ("ts-float", TOPIC, reading(0, ts_ns=float(TS)), "schema", ["readings[0].ts_ns:", "integer"]),
+    ("ts-string", TOPIC, reading(0, ts_ns=str(TS)), "schema", ["readings[0].ts_ns:", "integer"]),
+    ("historical-1", TOPIC, payload(historical=1), "schema", ["historical:", "boolean"]),
+    ("ts-beyond-int64", TOPIC, reading(1, ts_ns=10**30), "schema", ["readings[1].ts_ns:", "less"]),
+    ("seq-beyond-int64", TOPIC, payload(seq=2**63), "schema", ["seq:", "less than or equal"]),
+    # a 401-digit integer: neither an int64/uint64 nor a finite float
+    ("value-huge-int", TOPIC, reading(0, value=10**400), "schema", ["readings[0].value:"]),
+    ("value-long-string", TOPIC, reading(0, value="x" * 2000), "schema", ["at most 1024"]),
+    ("readings-empty", TOPIC, payload(readings=[]), "schema", ["at least one reading"]),
+    (
+        "duplicate-reading",
+        TOPIC,
+        payload(readings=[good_data()["readings"][0]] * 2),
+        "schema",
+        ["readings[1] (t0): field 't0' twice at ts_ns"],
+    ),
+    (
+        "ts-1970",
+        TOPIC,
+        reading(2, ts_ns=7),
+        "timestamp",
+        ["readings[2].ts_ns (t2): 7 is 1970-01-01, outside 2000-01-01 .. 2100-01-01"],
+    ),
+    ("ts-2200", TOPIC, reading(0, ts_ns=epoch_ns(2200)), "timestamp", ["2200-01-01, outside"]),
+    (
+        "ts-millis",
+        TOPIC,
+        reading(0, ts_ns=TS // 10**6),
+        "timestamp",
+        ["1970-01-01", "looks like milliseconds"],
+    ),
+    ("good-null", TOPIC, reading(3, value=None), "value", ["readings[3] (t3): quality good"]),
     ("missing-readings", TOPIC, without("readings"), "schema", ["readings: Field required"]),
     ("readings-null", TOPIC, payload(readings=None), "schema", ["readings:", "array", "null"]),
     ("bad-quality", TOPIC, reading(0, quality="meh"), "schema", ["readings[0].quality:"]),
@@ -153,7 +197,108 @@ def test_bad_messages_are_rejected_with_kind_and_reason(topic, data, kind, fragm
 
 
 def test_every_kind_is_covered():
-    assert {case[3] for case in CASES} == set(REJECT_KINDS)
+    assert {case[3] for case in CASES} | {"type"} == set(REJECT_KINDS)
+
+
+NON_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
+
+
+@pytest.mark.parametrize("spelling", NON_JSON_NUMBERS)
+def test_non_finite_values_are_refused_whatever_their_quality(spelling):
+    """They used to be stored as quality bad when sent as good: silently changed data."""
+    for quality in ("good", "bad"):
+        text = json.dumps(
+            good_data()
+            | {"readings": [{"tag": "t", "value": 0.5, "ts_ns": TS, "quality": quality}]}
+        )
+        data = text.replace("0.5", spelling).encode()
+        result = validate(TOPIC, data)
+        assert isinstance(result, Rejected), (spelling, quality)
+        assert result.kind == "schema"
+        assert "readings[0].value: Input should be" in result.reason
+
+
+def test_a_bad_reading_may_carry_null_and_a_bounded_integer_is_kept_exact():
+    data = good_data()
+    data["readings"][0].update(value=None, quality="bad")
+    data["readings"][1].update(value=2**64 - 1)
+    data["readings"][2].update(value=-(2**63))
+    result = validate(TOPIC, json.dumps(data).encode())
+    assert isinstance(result, Telemetry)
+    assert [r.value for r in result.readings[:3]] == [None, 2**64 - 1, -(2**63)]
+
+
+def test_the_window_is_the_collectors_to_set():
+    narrow = Window(min_ns=TS + 1, max_ns=TS + 10**9)
+    result = validate(TOPIC, payload(), narrow)
+    assert isinstance(result, Rejected)
+    assert result.kind == "timestamp"
+    assert isinstance(validate(TOPIC, payload(), Window(min_ns=TS, max_ns=TS + 1)), Telemetry)
+
+
+def test_a_field_keeps_the_type_of_its_first_value():
+    fields = FieldTypes()
+    assert isinstance(validate(TOPIC, payload(), fields=fields), Telemetry)
+    assert fields.get("t0") == "float"
+    text = validate(TOPIC, reading(0, value="abc"), fields=fields)
+    assert isinstance(text, Rejected)
+    assert text.kind == "type"
+    assert text.reason == (
+        "readings[0] (t0): string value for field 't0', which holds float "
+        "(learned from the first value, from yard/crane-01/lmi)"
+    )
+    flag = validate(TOPIC, reading(4, value=True), fields=fields)
+    assert isinstance(flag, Rejected)
+    assert "boolean value for field 't4', which holds float" in flag.reason
+    integer = validate(TOPIC, reading(1, value=3), fields=fields)
+    assert isinstance(integer, Telemetry), "integers are written as floats"
+
+
+def test_a_rejected_message_teaches_no_type():
+    fields = FieldTypes()
+    data = good_data()
+    data["readings"][0].update(value="abc")
+    data["readings"][4].update(ts_ns=7)
+    assert validate(TOPIC, json.dumps(data).encode(), fields=fields).kind == "timestamp"
+    assert len(fields) == 0
+    assert isinstance(validate(TOPIC, payload(), fields=fields), Telemetry)
+
+
+def test_one_message_cannot_give_a_field_two_types():
+    fields = FieldTypes()
+    data = good_data()
+    data["readings"][1].update(tag="t0", value="abc", ts_ns=TS + 1)
+    result = validate(TOPIC, json.dumps(data).encode(), fields=fields)
+    assert isinstance(result, Rejected)
+    assert result.reason.endswith("which holds float (earlier in this message)")
+
+
+def test_a_quality_mark_field_is_a_string_field():
+    """``t0_q`` holds the quality of ``t0``; a tag of that name with a number conflicts."""
+    fields = FieldTypes()
+    data = good_data()
+    data["readings"][0].update(value=None, quality="bad")
+    assert isinstance(validate(TOPIC, json.dumps(data).encode(), fields=fields), Telemetry)
+    assert fields.get("t0_q") == "string"
+    clash = validate(TOPIC, reading(1, tag="t0_q"), fields=fields)
+    assert isinstance(clash, Rejected)
+    assert "float value for field 't0_q', which holds string" in clash.reason
+
+
+def test_types_seeded_from_the_database_and_from_a_refusal():
+    fields = FieldTypes()
+    assert fields.seed({"t0": {"integer"}, "t1": {"float", "string"}}) == 1
+    result = validate(TOPIC, payload(), fields=fields)
+    assert isinstance(result, Rejected)
+    assert "float value for field 't0', which holds integer (learned from influxdb" in (
+        result.reason
+    )
+    refusal = (
+        'partial write: field type conflict: input field "t1" on measurement "telemetry" '
+        "is type float, already exists as type string dropped=1"
+    )
+    assert fields.learn_from_refusal(refusal) == ["t1"]
+    assert fields.get("t1") == "string"
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,8 @@ connection never finds a stale one.
 
 from __future__ import annotations
 
-import asyncio
 import email.policy
 import email.utils
-import functools
 import hashlib
 import http.client
 import json
@@ -38,12 +36,11 @@ import re
 import smtplib
 import ssl
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Annotated, Literal, Protocol, Self, TypeVar
+from typing import Annotated, Literal, Protocol, Self
 from urllib.parse import quote, urlsplit
 
 import structlog
@@ -52,6 +49,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from derrick import configfile
 from derrick.configfile import StrictModel, beside_config
 from derrick.contract import AlarmNotice
+from derrick.threads import DaemonThreads
 
 log = structlog.get_logger(__name__)
 
@@ -448,29 +446,6 @@ class Sender(Protocol):
         ...
 
 
-_T = TypeVar("_T")
-
-
-class _Threads:
-    """A sender's own worker threads (created on first use, released by ``close``)."""
-
-    def __init__(self, name: str):
-        self._name = name
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def run(self, func: Callable[..., _T], *args: object) -> _T:
-        if self._pool is None:
-            # More than one: a cancelled send's thread may still wait for its timeout.
-            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=self._name)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(func, *args))
-
-    def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -546,7 +521,7 @@ class WebhookSender:
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._where = f"webhook {settings.origin}"
         self._ssl = _tls_context(settings.ca_file) if self._https else None
-        self._threads = _Threads("alarm-webhook")
+        self._threads = DaemonThreads("alarm-webhook", workers=4)
 
     def body(self, notice: AlarmNotice) -> bytes:
         """The request body for ``notice`` in the channel's format."""
@@ -672,7 +647,7 @@ class EmailSender:
         self._envelope_from = email.utils.parseaddr(settings.sender)[1]
         self._envelope_to = [email.utils.parseaddr(item)[1] for item in settings.to]
         self._where = f"smtp {settings.host}:{settings.port}"
-        self._threads = _Threads("alarm-email")
+        self._threads = DaemonThreads("alarm-email", workers=4)
 
     def message(self, notice: AlarmNotice) -> EmailMessage:
         """The e-mail for ``notice``."""

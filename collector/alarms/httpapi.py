@@ -3,7 +3,9 @@
 A small HTTP/1.1 JSON server on asyncio streams (stdlib only), one request per connection
 (``Connection: close``)::
 
-    GET  /health                      200 {"ok": true}                  (no token needed)
+    GET  /health                      200 {"ok": true, ...}  503 {"ok": false, "stalled":
+                                      {stage: seconds}, "reason": ...} when ingest is stuck
+                                      (collector.health; no token needed)
     GET  /alarms[?site=&asset=&state=&active=true|false]
                                       200 {"alarms": [...]}  a repeated key matches any value
     GET  /alarms/<alarm_id>           200 the alarm, 404 when there is none
@@ -282,11 +284,17 @@ class AlarmApi:
     """
 
     def __init__(
-        self, settings: HttpApiSettings, *, list_alarms: ListAlarms, command: RunCommand
+        self,
+        settings: HttpApiSettings,
+        *,
+        list_alarms: ListAlarms,
+        command: RunCommand,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._settings = settings
         self._list_alarms = list_alarms
         self._command = command
+        self._health = health or (lambda: {"ok": True})
         self._token: bytes | None = None
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -395,7 +403,8 @@ class AlarmApi:
                 {"Allow": method},
             )
         if name == "health":
-            return Reply(200, {"ok": True})
+            report = self._health()
+            return Reply(200 if report.get("ok") else 503, report)
         self._authorize(request)
         if name == "command":
             return await self._run_command(request, *args)

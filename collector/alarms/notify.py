@@ -151,9 +151,7 @@ class Router:
 
     # --- effects ----------------------------------------------------------------------
 
-    def rows(
-        self, effects: Iterable[Effect], changed: dict[str, AlarmRecord]
-    ) -> list[NewNotice]:
+    def rows(self, effects: Iterable[Effect], changed: dict[str, AlarmRecord]) -> list[NewNotice]:
         """Rows for these effects, and a retained state row for every changed record."""
         rows: list[NewNotice] = []
         for effect in effects:
