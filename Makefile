@@ -24,8 +24,9 @@ setup: ## install Debian packages if missing, create .venv, pip install -e '.[de
 run: setup ## the whole pipeline on free loopback ports (Ctrl-C or RUN_SECONDS=N stops)
 	$(PYTHON) -m devstack.run $(if $(RUN_SECONDS),--seconds $(RUN_SECONDS))
 
-test: setup ## ruff check, then every test (real mosquitto/InfluxDB/VictoriaMetrics)
+test: setup ## ruff check and format check, then every test (real mosquitto/InfluxDB/VictoriaMetrics)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
 bench: setup ## run every bench/*.py (each prints `name: value unit` lines)
@@ -33,8 +34,9 @@ bench: setup ## run every bench/*.py (each prints `name: value unit` lines)
 	if [ $${#files[@]} -eq 0 ]; then echo "bench: no bench/*.py, nothing to run"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(PYTHON) "$$f"; done
 
-lint: setup ## ruff check only
+lint: setup ## ruff check and format check only
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean: ## remove .venv and caches (not the run/ dir)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -75,8 +75,18 @@ def main() -> None:
         with Mosquitto(work / "mosquitto") as broker:
             sim = Program(
                 "sim",
-                ["--profile", "bench100", "--count", str(DEVICES), "--port", str(base),
-                 "--log-format", "json", "--log-level", "warning"],
+                [
+                    "--profile",
+                    "bench100",
+                    "--count",
+                    str(DEVICES),
+                    "--port",
+                    str(base),
+                    "--log-format",
+                    "json",
+                    "--log-level",
+                    "warning",
+                ],
                 work / "sim.log",
             ).start()
             agent_id = "gw-bench"
@@ -86,9 +96,15 @@ def main() -> None:
                     "agent": {"id": agent_id, "site": "bench"},
                     "broker": {"host": "127.0.0.1", "port": broker.port},
                     "devices": [
-                        {"name": f"plc{i:02d}", "asset": f"unit-{i:02d}", "profile": "bench100",
-                         "host": "127.0.0.1", "port": base + i, "interval_s": INTERVAL_S,
-                         "timeout_s": 2.0}
+                        {
+                            "name": f"plc{i:02d}",
+                            "asset": f"unit-{i:02d}",
+                            "profile": "bench100",
+                            "host": "127.0.0.1",
+                            "port": base + i,
+                            "interval_s": INTERVAL_S,
+                            "timeout_s": 2.0,
+                        }
                         for i in range(DEVICES)
                     ],
                     "spool": {"path": str(work / "spool.db")},
@@ -100,8 +116,9 @@ def main() -> None:
                 with Tap(broker.port, f"{TOPIC_ROOT}/#") as tap:
                     agent = Program("agent", ["--config", str(config)], work / "agent.log").start()
                     pid = agent.process.pid
-                    wait_for(lambda: readings_in(tap.messages()) > 0, 60, "first readings",
-                             program=agent)
+                    wait_for(
+                        lambda: readings_in(tap.messages()) > 0, 60, "first readings", program=agent
+                    )
                     time.sleep(WARMUP_S)
                     seen, cpu0 = len(tap.messages()), cpu_seconds(pid)
                     time.sleep(SECONDS)
@@ -118,8 +135,10 @@ def main() -> None:
     print(f"agent_rss_mb: {rss:.1f} MB")
     print(f"agent_requests_per_cycle: {cycle} requests")
     print(f"agent_plan_min_requests_per_cycle: {plan_min} requests")
-    print(f"agent_readings_per_s: {readings / SECONDS:.0f} readings/s "
-          f"({DEVICES} devices x {len(profile.registers)} tags every {INTERVAL_S} s)")
+    print(
+        f"agent_readings_per_s: {readings / SECONDS:.0f} readings/s "
+        f"({DEVICES} devices x {len(profile.registers)} tags every {INTERVAL_S} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,10 +36,18 @@ MESSAGES = 3000
 
 def message(seq: int, site: str = "bench") -> Telemetry:
     ts = now_ns()
-    return Telemetry(site=site, asset="crane-01", device="lmi", kind="crane", agent="bench",
-                     boot="b", seq=seq, readings=[
-                         Reading(tag=f"t{i}", value=seq + i / 10, unit="t", ts_ns=ts)
-                         for i in range(TAGS)])
+    return Telemetry(
+        site=site,
+        asset="crane-01",
+        device="lmi",
+        kind="crane",
+        agent="bench",
+        boot="b",
+        seq=seq,
+        readings=[
+            Reading(tag=f"t{i}", value=seq + i / 10, unit="t", ts_ns=ts) for i in range(TAGS)
+        ],
+    )
 
 
 def collector_hot_path() -> float:
@@ -52,18 +60,30 @@ def collector_hot_path() -> float:
 
 
 def agent_decode() -> float:
-    registers = [Register(tag=f"t{i}", table="holding", address=2 * i, type=DataType.FLOAT32)
-                 for i in range(TAGS)]
+    registers = [
+        Register(tag=f"t{i}", table="holding", address=2 * i, type=DataType.FLOAT32)
+        for i in range(TAGS)
+    ]
     plan = plan_reads(registers)
-    words = {req.address: [w for reg in req.registers for w in encode(1.5, reg.type)]
-             for req in plan}
+    words = {
+        req.address: [w for reg in req.registers for w in encode(1.5, reg.type)] for req in plan
+    }
     rounds = 500
     started = time.process_time()
     for seq in range(rounds):
         ts = now_ns()
         readings = [r for req in plan for r in decode_request(req, words[req.address], ts)]
-        Telemetry.model_construct(v=1, site="b", asset="a", device="d", kind="crane", agent="g",
-                                  boot="b", seq=seq, readings=readings).model_dump_json()
+        Telemetry.model_construct(
+            v=1,
+            site="b",
+            asset="a",
+            device="d",
+            kind="crane",
+            agent="g",
+            boot="b",
+            seq=seq,
+            readings=readings,
+        ).model_dump_json()
     return (time.process_time() - started) / (rounds * TAGS) * 1e6
 
 
@@ -96,22 +116,38 @@ def pipeline() -> float:
         Influx1(Path(tmp)) as influx,
     ):
         base = Path(tmp)
-        config = write_yaml(base / "collector.yaml", {
-            "collector": {"id": "bench-collector"},
-            "broker": {"host": "127.0.0.1", "port": broker_srv.port},
-            "influx": {"api": "v1", "url": influx.url, "database": "bench",
-                       "create_database": True},
-            "log": {"format": "json", "level": "warning"},
-        })
+        config = write_yaml(
+            base / "collector.yaml",
+            {
+                "collector": {"id": "bench-collector"},
+                "broker": {"host": "127.0.0.1", "port": broker_srv.port},
+                "influx": {
+                    "api": "v1",
+                    "url": influx.url,
+                    "database": "bench",
+                    "create_database": True,
+                },
+                "log": {"format": "json", "level": "warning"},
+            },
+        )
         with Program("collector", ["--config", str(config)], base / "collector.log") as col:
-            wait_for(lambda: "bench" in str(influx.query("SHOW DATABASES")), 30,
-                     "collector start", program=col)
+            wait_for(
+                lambda: "bench" in str(influx.query("SHOW DATABASES")),
+                30,
+                "collector start",
+                program=col,
+            )
             time.sleep(0.5)  # subscribed
             broker = BrokerSettings(host="127.0.0.1", port=broker_srv.port)
             started = time.perf_counter()
             asyncio.run(publish_all(broker))
-            wait_for(lambda: stored(influx) >= MESSAGES * TAGS, 120, "all readings stored",
-                     interval=0.05, program=col)
+            wait_for(
+                lambda: stored(influx) >= MESSAGES * TAGS,
+                120,
+                "all readings stored",
+                interval=0.05,
+                program=col,
+            )
             return MESSAGES * TAGS / (time.perf_counter() - started)
 
 

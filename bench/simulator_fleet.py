@@ -65,8 +65,11 @@ def main() -> None:
     logs.configure("console", "warning")
     base = free_port_block(DEVICES)
     log_dir = Path(tempfile.mkdtemp(prefix="derrick-bench-fleet-"))
-    with Program("sim", ["--cranes", str(DEVICES), "--port", str(base), "--log-format",
-                         "json"], log_dir / "fleet.log") as sim:
+    with Program(
+        "sim",
+        ["--cranes", str(DEVICES), "--port", str(base), "--log-format", "json"],
+        log_dir / "fleet.log",
+    ) as sim:
         wait_for(lambda: '"fleet ready"' in sim.log_tail(5), 60, "fleet ready", program=sim)
         cpu_before = cpu_seconds(sim.process.pid)
         latencies, failures = asyncio.run(poll_fleet(base))

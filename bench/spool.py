@@ -40,8 +40,10 @@ _counter = itertools.count()
 
 def batch(size: int, payload_bytes: int = 1024, priority: Priority = Priority.TELEMETRY):
     now = time.time_ns()
-    return [(TOPIC, next(_counter).to_bytes(8, "big") + bytes(payload_bytes - 8), priority,
-             False, now) for _ in range(size)]
+    return [
+        (TOPIC, next(_counter).to_bytes(8, "big") + bytes(payload_bytes - 8), priority, False, now)
+        for _ in range(size)
+    ]
 
 
 def per_message_us(spool: Spool, batch_size: int, count: int, **kwargs: object) -> float:
@@ -100,12 +102,16 @@ def run(base: Path) -> None:
     for _ in range(N // 50):
         spool.append(batch(50))
     stats = spool.stats()
-    print(f"spool_file_bytes_per_msg: {stats.file_bytes / N:.0f} bytes "
-          f"(1 kB payload; {stats.file_bytes / 1e6:.1f} MB for {N})")
+    print(
+        f"spool_file_bytes_per_msg: {stats.file_bytes / N:.0f} bytes "
+        f"(1 kB payload; {stats.file_bytes / 1e6:.1f} MB for {N})"
+    )
     spool.close()
     seconds = timed(lambda: Spool(path, max_bytes=1 << 34, max_age_s=86_400).close())
-    print(f"spool_open_ms: {seconds * 1e3:.0f} ms ({N} queued, {path.stat().st_size / 1e6:.0f} MB,"
-          " with quick_check)")
+    print(
+        f"spool_open_ms: {seconds * 1e3:.0f} ms ({N} queued, {path.stat().st_size / 1e6:.0f} MB,"
+        " with quick_check)"
+    )
 
     spool = Spool(path, max_bytes=1 << 34, max_age_s=86_400)
     ids = [entry.id for entry in spool.read(limit=1000)]

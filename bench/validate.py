@@ -39,10 +39,20 @@ ROUNDS = 7
 def good_payload(seq: int = 1) -> bytes:
     ts = now_ns()
     readings = [Reading(tag=f"t{i}", value=seq + i / 10, unit="t", ts_ns=ts) for i in range(TAGS)]
-    return Telemetry(
-        site="bench", asset="crane-01", device="lmi", kind="crane", agent="bench", boot="b",
-        seq=seq, readings=readings,
-    ).model_dump_json().encode()
+    return (
+        Telemetry(
+            site="bench",
+            asset="crane-01",
+            device="lmi",
+            kind="crane",
+            agent="bench",
+            boot="b",
+            seq=seq,
+            readings=readings,
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 def changed(**fields: object) -> bytes:

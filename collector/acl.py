@@ -55,6 +55,7 @@ from derrick.contract import (
     ALARM_COMMANDS_SUBSCRIPTION,
     ALARM_EVENTS_SUBSCRIPTION,
     ALARM_STATE_SUBSCRIPTION,
+    BROKER_DROPPED_TOPIC,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
     TOPIC_ROOT,
@@ -71,7 +72,6 @@ COMMANDS = ("acl", "passwd")
 PROG = "derrick-collector"
 
 # mosquitto's own counter of messages it dropped (queues full); collectors alarm on it.
-BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 # Safe as an ACL "user" line, a password-file entry and a certificate CN.
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"

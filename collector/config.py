@@ -118,10 +118,12 @@ class IngestSettings(StrictModel):
         "broker's own in-flight limit (mosquitto: max_inflight_messages, 20 by default)",
     )
     receive_maximum: int = Field(
-        default=1000,
+        default=10_000,
         ge=1,
         le=65535,
-        description="unacknowledged messages the broker may send at once (MQTT 5)",
+        description="unacknowledged messages the broker may send at once (MQTT 5): "
+        "what arrives while a write to InfluxDB takes long waits here, not in the "
+        "broker's queue (1,000 by default, then dropped)",
     )
     max_deliveries: int = Field(
         default=3,
@@ -139,6 +141,20 @@ class IngestSettings(StrictModel):
         gt=0,
         description="/health is unhealthy when a stage has not moved this long while "
         "messages wait for it",
+    )
+    broker_drops: bool = Field(
+        default=True,
+        description="watch the broker's drop counter ($SYS/broker/publish/messages/"
+        "dropped, mosquitto) and alarm when it rises",
+    )
+    loss_settle_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="a missing message is lost for certain when its agent reports an "
+        "empty spool this long after the hole appeared",
+    )
+    loss_clear_s: float = Field(
+        default=300.0, gt=0, description="a loss alarm clears after this long without loss"
     )
 
     @field_validator("deliveries")
@@ -195,7 +211,13 @@ class CollectorConfig(StrictModel):
     alarms: AlarmSettings = AlarmSettings()
     spool: SpoolSettings = SpoolSettings(max_mb=1024)
     dead_letter: DeadLetterSettings = DeadLetterSettings()
-    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    queue_size: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="messages held between the stages (inbox, store queue); at least "
+        "ingest.receive_maximum",
+    )
     stats_interval_s: float = Field(default=10.0, gt=0)
     sequence_grace_s: float = Field(
         default=300.0,

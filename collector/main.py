@@ -32,6 +32,7 @@ from collector.fieldtypes import FieldTypes
 from collector.health import Waiting, health
 from collector.influx import StoreError, V1Writer, Writer, make_writer
 from collector.lineproto import encode_stats
+from collector.loss import BROKER_RULE, GAP_RULE, LossWatch
 from collector.receive import Receiver
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
@@ -44,6 +45,7 @@ from derrick.contract import (
     AGENT_METRICS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
     ALARM_COMMANDS_SUBSCRIPTION,
+    BROKER_DROPPED_TOPIC,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
     AlarmCommand,
@@ -57,12 +59,16 @@ from derrick.spool import SpoolError
 
 log = structlog.get_logger("collector")
 
-# What the session that feeds the alarms reads, unshared.
+DROP_COUNTER_WITHIN_S = 35.0  # mosquitto publishes $SYS every sys_interval, 10 s by default
+
+# What the session that feeds the alarms reads, unshared (in a group, the metrics too:
+# an agent's empty spool is what makes its sequence gaps certain, see collector.loss).
 ALARM_INPUTS = (
     TELEMETRY_SUBSCRIPTION,
     DEVICE_STATUS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
     ALARM_COMMANDS_SUBSCRIPTION,
+    AGENT_METRICS_SUBSCRIPTION,
 )
 
 
@@ -74,7 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and e-mail. SIGHUP reloads the alarm rule files.",
         epilog="examples:\n"
         "  derrick-collector --config /etc/derrick/collector.yaml\n"
-        "  derrick-collector --config collector.yaml --check   # validate config and exit",
+        "  derrick-collector --config collector.yaml --check   # validate config and exit\n"
+        "\nbroker accounts (docs/broker.md):\n"
+        "  derrick-collector acl --help      # mosquitto ACL from agent and collector configs\n"
+        "  derrick-collector passwd --help   # the matching mosquitto password file",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, required=True, help="collector YAML config file")
@@ -96,8 +105,10 @@ async def report_forever(
     sequences: SequenceTracker | None,
     dead_letters: DeadLetters,
     alarms: AlarmService | None = None,
+    receiver: Receiver | None = None,
 ) -> None:
-    """Log a summary and store the collector's own counters every ``interval_s``."""
+    """Log a summary and store the collector's own counters every ``interval_s``; holes
+    past ``sequence_grace_s`` become gaps (and loss alarms) here."""
     loop = asyncio.get_running_loop()
     stats = store.stats
     then, then_t = stats.snapshot(), loop.time()
@@ -106,6 +117,8 @@ async def report_forever(
         if sequences is not None:
             sequences.expire(time.monotonic())
             stats.seq_gaps, stats.seq_duplicates = sequences.gaps, sequences.duplicates
+        if receiver is not None:
+            receiver.report_losses()
         stats.dead_letters = dead_letters.counts.get("written", 0)
         if alarms is not None:
             stats.alarms_raised = alarms.counts["announced"]
@@ -116,11 +129,25 @@ async def report_forever(
         depth, age = (spool.depth, spool.oldest_age_s) if spool else (0, None)
         log.info("ingest summary", queued=store_queue.qsize(), spool_depth=depth, **now)
         fields = interval_fields(now, then, now_t - then_t, store_queue.qsize(), depth, age)
+        fields |= stage_gauges(store, receiver)
         then, then_t = now, now_t
         try:  # never wait for room: the counters are the least important lines
             store_queue.put_nowait(Batchable([encode_stats(collector_id, fields, now_ns())], None))
         except asyncio.QueueFull:
             log.debug("store queue full, collector stats not stored")
+
+
+def stage_gauges(store: Store, receiver: Receiver | None) -> dict[str, object]:
+    """Where messages wait now, and how long the store stage has been on one batch: a
+    stuck stage shows as work waiting while its count of the interval stays 0."""
+    busy = store.busy_since
+    gauges: dict[str, object] = {
+        "store_busy_s": time.monotonic() - busy if busy is not None else 0.0
+    }
+    if receiver is not None:
+        gauges["inbox_depth"] = receiver.client.inbox.qsize()
+        gauges["unacked"] = receiver.client.unacked
+    return gauges
 
 
 def build_alarms(
@@ -182,6 +209,31 @@ def alarm_api(
         list_alarms=alarms.list_alarms if alarms is not None else list,
         command=command,
         health=ingest_health,
+    )
+
+
+def broker_note(config: CollectorConfig) -> str:
+    """What ``--check`` can say of the broker side, and what it cannot."""
+    ingest = config.ingest
+    if ingest.mqtt_version == "5":
+        window = (
+            f"MQTT 5, Receive Maximum {ingest.receive_maximum}: mosquitto sends up to that "
+            "many unacknowledged messages (its max_inflight_messages does not apply)"
+        )
+    else:
+        window = (
+            "MQTT 3.1.1: held to the broker's max_inflight_messages (mosquitto: 20 unless "
+            "set higher)"
+        )
+    drops = (
+        "alarms on the broker's drop counter ($SYS/broker/publish/messages/dropped)"
+        if ingest.broker_drops
+        else "does not watch the broker's drop counter (ingest.broker_drops: false)"
+    )
+    return (
+        f"broker {config.broker.url}: {window}; {drops}.\n"
+        "not checkable over MQTT: the broker's persistence, autosave and per-client queue "
+        "(max_queued_messages, 1000 by default): see config/mosquitto/mosquitto.conf\n"
     )
 
 
@@ -285,9 +337,11 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
     subscriptions = [TELEMETRY_SUBSCRIPTION, DEVICE_STATUS_SUBSCRIPTION, AGENT_METRICS_SUBSCRIPTION]
     for subscription in subscriptions:
         await client.subscribe(shared(group, subscription), qos=1)
+    if config.ingest.broker_drops:
+        await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
     if alarms is not None:
         feed = alarm_client or client
-        extra = ALARM_INPUTS if alarm_client else ALARM_INPUTS[2:]
+        extra = ALARM_INPUTS if alarm_client else ALARM_INPUTS[2:4]
         for subscription in extra:
             await feed.subscribe(subscription, qos=1)
     await client.start()
@@ -318,11 +372,19 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
     tracked = not config.collector.group or alarm_client is not None
     sequences = SequenceTracker(config.sequence_grace_s) if tracked else None
     receiver.sequences = None if alarm_client else sequences
+    receiver.tracker = sequences
+    receiver.losses = LossWatch(config.ingest.loss_clear_s)
+    receiver.loss_settle_s = config.ingest.loss_settle_s
+    receiver.loss_alarms = alarms
+    if alarms is not None:
+        receiver.losses.restore(alarms.standing((BROKER_RULE, GAP_RULE)), now_ns())
     stats.progress_receive = stats.progress_store = time.monotonic()
 
     def start_tasks(task_group: asyncio.TaskGroup) -> None:
         task_group.create_task(receiver.run())
         task_group.create_task(store.run(store_queue))
+        if config.ingest.broker_drops:
+            task_group.create_task(expect_drop_counter(receiver, DROP_COUNTER_WITHIN_S))
         task_group.create_task(store.replay_forever())
         if alarms is not None:
             alarms.start(task_group)
@@ -341,6 +403,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
                 sequences=sequences,
                 dead_letters=dead_letters,
                 alarms=alarms,
+                receiver=receiver,
             )
         )
 
@@ -363,6 +426,19 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         redeliveries.close()
         if alarms is not None:
             await alarms.close()
+
+
+async def expect_drop_counter(receiver: Receiver, within_s: float) -> None:
+    """Say once if the broker's drop counter never came: then only sequence gaps show
+    lost messages (not mosquitto, or an ACL without read on it)."""
+    await asyncio.sleep(within_s)
+    if receiver.losses is not None and not receiver.losses.watching_broker:
+        log.warning(
+            "no drop counter from the broker; lost messages show only as sequence gaps",
+            topic=BROKER_DROPPED_TOPIC,
+            waited_s=within_s,
+            hint="mosquitto publishes it every sys_interval; the account needs read on it",
+        )
 
 
 async def kpi_forever(
@@ -396,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         sys.stdout.write(
             f"{args.config}: ok, {len(config.alarms.ruleset)} alarm rules, "
-            f"InfluxDB {config.influx.api} at {config.influx.url}\n"
+            f"InfluxDB {config.influx.api} at {config.influx.url}\n{broker_note(config)}"
         )
         return 0
     logs.configure(args.log_format or config.log.format, config.log.level)

@@ -17,6 +17,10 @@ group each collector sees only a share of the stream, so a second MQTT session r
 the whole stream for alarms (:func:`Receiver.feed_alarms`) and skips, before parsing,
 every asset this collector does not own. An alarm evaluation that raises is logged and
 counted; the message is still stored.
+
+Lost messages (:mod:`collector.loss`): the broker's drop counter (``$SYS``) and agent
+metrics reporting an empty spool while messages of theirs are missing raise the
+built-in loss alarms (or, without alarm rules, an error in the log).
 """
 
 from __future__ import annotations
@@ -30,16 +34,19 @@ from dataclasses import dataclass
 import structlog
 from pydantic import ValidationError
 
+from collector.alarms.engine import ConditionChange
 from collector.alarms.service import AlarmService
 from collector.deadletter import DeadLetters
 from collector.fieldtypes import FieldTypes
 from collector.lineproto import encode_agent_metrics, encode_device_status, encode_telemetry
+from collector.loss import LossWatch
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
 from collector.validate import DEFAULT_WINDOW, Rejected, Window, classify, validate
 from derrick.contract import (
+    BROKER_DROPPED_TOPIC,
     TOPIC_ROOT,
     AgentMetrics,
     AgentStatus,
@@ -47,6 +54,7 @@ from derrick.contract import (
     DeviceStatus,
     Telemetry,
     alarm_replies_topic,
+    now_ns,
 )
 from derrick.mqtt import InboundMessage, MqttClient, MqttError
 
@@ -74,6 +82,13 @@ class Receiver:
     window: Window = DEFAULT_WINDOW
     fields: FieldTypes | None = None
     redeliveries: Redeliveries | None = None
+    losses: LossWatch | None = None
+    """Turns drop counters and certain gaps into loss alarms; None: not watched."""
+    tracker: SequenceTracker | None = None
+    """The sequence tracker that sees whole streams (either session's), for losses."""
+    loss_settle_s: float = 5.0
+    loss_alarms: AlarmService | None = None
+    """Where loss conditions go (either session's alarm service)."""
 
     def __post_init__(self) -> None:
         self._alarm_failure = ""
@@ -165,6 +180,9 @@ class Receiver:
         """Device status and agent metrics are stored; agent status and commands go to
         the alarms."""
         topic = inbound.topic
+        if topic == BROKER_DROPPED_TOPIC:
+            self._broker_drops(self.client, inbound)
+            return
         if topic.endswith(COMMANDS_SUFFIX) or (
             topic.startswith(AGENTS_PREFIX) and topic.endswith("/status")
         ):
@@ -172,7 +190,10 @@ class Receiver:
             return
         try:
             if topic.endswith("/metrics"):
-                line = encode_agent_metrics(AgentMetrics.model_validate_json(inbound.payload))
+                metrics = AgentMetrics.model_validate_json(inbound.payload)
+                line = encode_agent_metrics(metrics)
+                if self.sequences is not None:
+                    self._agent_report(metrics)
             else:
                 status = DeviceStatus.model_validate_json(inbound.payload)
                 line = encode_device_status(status)
@@ -231,8 +252,62 @@ class Receiver:
                 return
             self._evaluate(topic, alarms.observe_device, status)
             client.ack(inbound)
+        elif topic.startswith(AGENTS_PREFIX) and topic.endswith("/metrics"):
+            try:
+                metrics = AgentMetrics.model_validate_json(inbound.payload)
+            except ValidationError:  # the storage session dead-letters it
+                client.ack(inbound)
+                return
+            if sequences is not None:
+                self._agent_report(metrics)
+            client.ack(inbound)
         else:
             self._alarm_topic(client, inbound, alarms)
+
+    # -- lost messages (collector.loss) ---------------------------------------------------
+
+    def _broker_drops(self, client: MqttClient, inbound: InboundMessage) -> None:
+        """The broker's drop counter: a rise is loss."""
+        client.ack(inbound)
+        if self.losses is None:
+            return
+        try:
+            total = int(inbound.payload)
+        except ValueError:
+            log.warning("broker drop counter unreadable", topic=inbound.topic)
+            return
+        if not self.losses.watching_broker:
+            log.info("watching the broker's drop counter", topic=inbound.topic, dropped=total)
+        self._lost(self.losses.broker_counter(total, now_ns()))
+
+    def _agent_report(self, metrics: AgentMetrics) -> None:
+        """A live report of an empty spool makes this agent's settled holes certain."""
+        if self.tracker is None or metrics.historical or metrics.queue.depth:
+            return
+        self.tracker.confirm(metrics.agent, metrics.boot, time.monotonic(), self.loss_settle_s)
+        self.report_losses()
+
+    def report_losses(self) -> None:
+        """Gaps the tracker found since the last call, and loss alarms due to clear."""
+        if self.losses is None:
+            return
+        now = now_ns()
+        changes = []
+        for gap in self.tracker.drain_lost() if self.tracker is not None else []:
+            changes += self.losses.messages_lost(gap.agent, gap.boot, gap.count, gap.where, now)
+        self._lost(changes)
+        self._lost(self.losses.tick(now))
+
+    def _lost(self, changes: list[ConditionChange]) -> None:
+        for change in changes:
+            if change.active:
+                log.error("messages lost", alarm=change.rule, detail=change.message)
+            else:
+                log.info("message loss over", alarm=change.rule, detail=change.message)
+        if self.losses is not None:
+            self.stats.messages_lost = self.losses.lost_total
+        if self.loss_alarms is not None and changes:
+            self._evaluate("loss", self.loss_alarms.observe_conditions, changes)
 
     def _alarm_topic(
         self, client: MqttClient, inbound: InboundMessage, alarms: AlarmService | None

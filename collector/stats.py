@@ -28,6 +28,7 @@ class Stats:
     redelivered: int = 0  # messages the broker sent again (DUP), e.g. after a restart
     poison: int = 0  # redelivered too often without being stored or rejected
     alarm_errors: int = 0  # alarm evaluations that raised (the message was still stored)
+    messages_lost: int = 0  # dropped by the broker, or certain gaps (collector.loss)
     # Monotonic times the receive and store stages last finished a message or a batch.
     progress_receive: float = 0.0
     progress_store: float = 0.0
@@ -50,6 +51,7 @@ def interval_fields(  # noqa: PLR0917 - one interval's inputs
     readings = now["readings"] - then["readings"]
     return {
         "messages": now["messages"] - then["messages"],
+        "acked": now["acked"] - then["acked"],
         "readings": readings,
         "readings_per_s": readings / seconds,
         "lines_written": now["lines_written"] - then["lines_written"],
@@ -62,6 +64,9 @@ def interval_fields(  # noqa: PLR0917 - one interval's inputs
         "lines_replayed": now["lines_replayed"] - then["lines_replayed"],
         "spool_dropped": now["spool_dropped"] - then["spool_dropped"],
         "dead_letters": now["dead_letters"] - then["dead_letters"],
+        "messages_lost": now["messages_lost"] - then["messages_lost"],
+        "internal_errors": now["internal_errors"] - then["internal_errors"],
+        "poison": now["poison"] - then["poison"],
         "seq_gaps": now["seq_gaps"] - then["seq_gaps"],
         "seq_duplicates": now["seq_duplicates"] - then["seq_duplicates"],
         "spool_depth": spool_depth,

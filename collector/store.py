@@ -142,7 +142,8 @@ class Store:
                 if wait <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(queue.get(), wait)
+                    async with asyncio.timeout(wait):  # no task per wait, as wait_for makes
+                        item = await queue.get()
                 except TimeoutError:
                     break  # arrivals paused (or the batch is old enough)
             items.append(item)

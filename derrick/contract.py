@@ -365,6 +365,10 @@ def agent_metrics_topic(agent: str) -> str:
 
 AGENT_METRICS_SUBSCRIPTION = f"{TOPIC_ROOT}/agents/+/metrics"
 
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""mosquitto's count of messages it dropped since it started (queues full, too large),
+published every ``sys_interval``; collectors alarm on a rise (collector.loss)."""
+
 
 def shared(group: str | None, subscription: str) -> str:
     """``subscription`` as an MQTT shared subscription of ``group`` (None: not shared).

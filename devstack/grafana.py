@@ -234,9 +234,7 @@ def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
     def value(match: re.Match[str]) -> str:
         return env.get(match.group(1), "")
 
-    return "$".join(
-        _ENV_BARE.sub(value, _ENV_BRACED.sub(value, part)) for part in text.split("$$")
-    )
+    return "$".join(_ENV_BARE.sub(value, _ENV_BRACED.sub(value, part)) for part in text.split("$$"))
 
 
 def _expand_values(node: Any, env: Mapping[str, str] | None) -> Any:

@@ -374,12 +374,12 @@ def _post_lines(url: str, lines: str | bytes, what: str, timeout: float) -> None
         ) from exc
 
 
-def _mqtt_string(text: str) -> bytes:
+def mqtt_string(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(2, "big") + raw
 
 
-def _mqtt_remaining_length(n: int) -> bytes:
+def mqtt_remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -400,9 +400,9 @@ def mqtt_connack(
     Raises OSError (incl. TimeoutError / ConnectionError) if no valid CONNACK arrives.
     """
     cid = client_id or f"devstack-{os.getpid()}-{next(_probe_ids)}"
-    variable = _mqtt_string("MQTT") + bytes([4, 0x02]) + (10).to_bytes(2, "big")
-    body = variable + _mqtt_string(cid)
-    packet = bytes([0x10]) + _mqtt_remaining_length(len(body)) + body
+    variable = mqtt_string("MQTT") + bytes([4, 0x02]) + (10).to_bytes(2, "big")
+    body = variable + mqtt_string(cid)
+    packet = bytes([0x10]) + mqtt_remaining_length(len(body)) + body
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(packet)
         reply = b""
@@ -455,11 +455,15 @@ class Mosquitto(Service):
         | None = None,
         tls_port: int | None = None,
         mtls_port: int | None = None,
+        stock: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(base_dir, port=port, **kwargs)
         #: Appended verbatim to the generated config (e.g. "autosave_interval 1").
         self.extra_config = extra_config
+        #: mosquitto's own defaults: no persistence, 20 messages in flight and 1,000
+        #: queued per client (what a user who installs mosquitto and changes nothing runs)
+        self.stock = stock
         self.config_path = self.dir / "mosquitto.conf"
         self.data_dir = self.dir / "data"
         self.users = dict(users) if users else None
@@ -488,6 +492,25 @@ listener {self.port} {self.host}
 {self._security_config()}
 {user}
 
+{self._queue_config()}
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+log_timestamp true
+log_timestamp_format %Y-%m-%dT%H:%M:%S
+{self.extra_config}
+"""
+        )
+
+    def _queue_config(self) -> str:
+        """Persistence and per-client limits: the tuned ones the tests use, or none at all
+        (``stock``: mosquitto's defaults)."""
+        if self.stock:
+            return "# stock: mosquitto's default persistence, queue and in-flight limits"
+        return f"""\
 persistence true
 persistence_location {self.data_dir}/
 persistence_file mosquitto.db
@@ -500,20 +523,9 @@ max_queued_messages 100000
 # QoS 1/2 messages sent to one client but not yet acknowledged. The default (20)
 # throttles a busy subscriber to 20 messages per round trip; 100 keeps the
 # collector's pipe full on loopback while still bounding redelivery after a
-# reconnect.
+# reconnect. (An MQTT 5 client's Receive Maximum replaces it, see derrick.mqtt.)
 max_inflight_messages 100
-
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-log_type information
-connection_messages true
-log_timestamp true
-log_timestamp_format %Y-%m-%dT%H:%M:%S
-{self.extra_config}
 """
-        )
 
     def _security_config(self) -> str:
         """Config lines for users, ACL and the TLS listeners; "allow_anonymous true" if none.

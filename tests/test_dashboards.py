@@ -144,7 +144,7 @@ def test_every_panel_has_a_raw_influxql_target(dashboard):
 def test_query_names_only_known_measurements_tags_and_fields(query):
     """A typo in a field name would give an empty panel, not an error: catch it here."""
     measurements = set(re.findall(r'FROM "(\w+)"', query.text))
-    assert measurements, "no FROM \"measurement\""
+    assert measurements, 'no FROM "measurement"'
     assert measurements <= set(TAGS), measurements
     known = set().union(*(TAGS[m] | FIELDS[m] for m in measurements))
     aliases = set(re.findall(r'AS "([^"]+)"', query.text))
@@ -203,9 +203,9 @@ VARS = {v.name: v for v in (SITE, ASSET, ANY)}
 
 def test_values_are_regex_escaped_inside_regex_literals_only():
     chosen = {"site": Selection(("yard.1/b",))}
-    text = "SELECT x FROM t WHERE \"site\" =~ /^$site$/ AND \"device\" = '$site'"
+    text = 'SELECT x FROM t WHERE "site" =~ /^$site$/ AND "device" = \'$site\''
     assert grafana.interpolate(text, VARS, chosen) == (
-        "SELECT x FROM t WHERE \"site\" =~ /^yard\\.1\\/b$/ AND \"device\" = 'yard.1/b'"
+        'SELECT x FROM t WHERE "site" =~ /^yard\\.1\\/b$/ AND "device" = \'yard.1/b\''
     )
 
 
@@ -367,7 +367,7 @@ def _alarm_story(influx, db: str, site: str, control: dict, api: str, collector)
     reset (journal and clear)."""
     for asset in ("crane-01", "crane-02"):
         http_json(f"{control[asset]}/overload", {"active": True})
-    announced = "SELECT count(\"state\") FROM alarms WHERE \"event\" = 'announce'"
+    announced = 'SELECT count("state") FROM alarms WHERE "event" = \'announce\''
     wait_for(
         lambda: _count(influx, db, announced) >= 2 * len(OVERLOAD_RULES), 20,
         "overload alarms on both cranes", program=collector,
@@ -381,7 +381,7 @@ def _alarm_story(influx, db: str, site: str, control: dict, api: str, collector)
         lambda: _operator(api, overload_2, "reset", "inspected, no damage"), 20,
         "reset of crane-02's overload", interval=0.3, program=collector,
     )  # fmt: skip
-    cleared = "SELECT count(\"state\") FROM alarms WHERE \"event\" = 'clear'"
+    cleared = 'SELECT count("state") FROM alarms WHERE "event" = \'clear\''
     wait_for(
         lambda: _count(influx, db, cleared) >= len(OVERLOAD_RULES), 20,
         "crane-02's alarms cleared", program=collector,
@@ -444,7 +444,7 @@ def stack(tmp_path_factory, mosquitto, influx1):
             return (
                 _count(influx1, db, 'SELECT count("queue_depth") FROM agent') >= 3
                 and _count(influx1, db, 'SELECT count("readings") FROM collector') >= 3
-                and _count(influx1, db, "SELECT count(\"up\") FROM device_status WHERE up = true")
+                and _count(influx1, db, 'SELECT count("up") FROM device_status WHERE up = true')
                 >= 4  # three at start, crane-01 or the rig back up after the outage
             )
 
@@ -594,7 +594,9 @@ def test_alarm_timeline_follows_each_alarm_through_its_lifecycle(stack):
     assert clears == {("crane-02", r, s) for (a, r), s in FINAL_STATES.items() if a == "crane-02"}
     actions = _alarm_panel(stack, "annotation Operator actions")
     assert sorted((a["reason"], a["who"]) for a in actions) == [
-        ("acknowledge", "test"), ("acknowledge", "test"), ("reset", "test")
+        ("acknowledge", "test"),
+        ("acknowledge", "test"),
+        ("reset", "test"),
     ]
     announcements = _alarm_panel(stack, "annotation Alarm announcements")
     assert len(announcements) == 8 and {a["reason"] for a in announcements} == {"new"}

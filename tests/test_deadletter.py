@@ -270,7 +270,13 @@ def test_records_are_plain_json_lines(tmp_path):
     (line,) = files(tmp_path)[0].read_bytes().splitlines()
     record = json.loads(line)
     assert set(record) == {
-        "received_at", "topic", "kind", "reason", "payload_bytes", "truncated",
-        "payload_encoding", "payload",
+        "received_at",
+        "topic",
+        "kind",
+        "reason",
+        "payload_bytes",
+        "truncated",
+        "payload_encoding",
+        "payload",
     }
     assert record["payload"] == "ünïcode"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from collector.fieldtypes import FieldTypes, line_field_type, refused_fields
 from collector.health import Waiting, health, stalled_stages
@@ -131,3 +132,24 @@ def test_field_types_from_a_refusal_and_from_a_line():
 )
 def test_the_topic_of_a_spooled_line(line, topic):
     assert topic_of_line(line) == topic
+
+
+@pytest.mark.parametrize(
+    ("ingest", "says"),
+    [
+        ({}, "MQTT 5, Receive Maximum 10000"),
+        ({"mqtt_version": "3.1.1"}, "MQTT 3.1.1: held to the broker's max_inflight_messages"),
+        ({"broker_drops": False}, "does not watch the broker's drop counter"),
+    ],
+)
+def test_check_says_what_it_can_and_cannot_verify_of_the_broker(tmp_path, capsys, ingest, says):
+    from collector.main import main  # noqa: PLC0415 - the CLI, imported where it is tested
+
+    config = tmp_path / "collector.yaml"
+    config.write_text(
+        yaml.safe_dump({"collector": {"id": "c1"}, "influx": {"api": "v1"}, "ingest": ingest})
+    )
+    assert main(["--config", str(config), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert says in out
+    assert "not checkable over MQTT: the broker's persistence, autosave and per-client queue" in out

@@ -95,9 +95,26 @@ def test_read_windows_and_remove(tmp_path):
 def test_byte_bound_drops_oldest_telemetry_then_status_then_alarm(tmp_path):
     path = tmp_path / "spool.db"
     spool = Spool(path, max_bytes=1000, max_age_s=HOUR)  # room for ten 100-byte messages
-    assert spool.append([item(n, p) for n, p in [
-        ("t1", T), ("s1", S), ("t2", T), ("a1", A), ("t3", T),
-        ("s2", S), ("t4", T), ("a2", A), ("s3", S), ("a3", A)]]) == []  # exactly full
+    assert (
+        spool.append(
+            [
+                item(n, p)
+                for n, p in [
+                    ("t1", T),
+                    ("s1", S),
+                    ("t2", T),
+                    ("a1", A),
+                    ("t3", T),
+                    ("s2", S),
+                    ("t4", T),
+                    ("a2", A),
+                    ("s3", S),
+                    ("a3", A),
+                ]
+            ]
+        )
+        == []
+    )  # exactly full
 
     assert spool.append([item("t5", T)]) == [Dropped({T: 1}, "bytes", 0)]
     assert topics(spool) == ["s1", "t2", "a1", "t3", "s2", "t4", "a2", "s3", "a3", "t5"]
@@ -147,12 +164,14 @@ def test_age_bound_drops_every_priority(tmp_path):
     now = time.time_ns()
     sec = 1_000_000_000
     with Spool(tmp_path / "spool.db", max_bytes=1 << 20, max_age_s=60) as spool:
-        spool.append([
-            item("alarm-50s", A, created_ns=now - 50 * sec),
-            item("tele-40s", T, created_ns=now - 40 * sec),
-            item("status-10s", S, created_ns=now - 10 * sec),
-            item("tele-now", T, created_ns=now),
-        ])
+        spool.append(
+            [
+                item("alarm-50s", A, created_ns=now - 50 * sec),
+                item("tele-40s", T, created_ns=now - 40 * sec),
+                item("status-10s", S, created_ns=now - 10 * sec),
+                item("tele-now", T, created_ns=now),
+            ]
+        )
         assert spool.enforce(now_ns=now) == []
         drops = spool.enforce(now_ns=now + 45 * sec)  # alarm is 95 s old, tele 85 s
         assert drops == [Dropped({A: 1, T: 1}, "age")]
@@ -161,8 +180,9 @@ def test_age_bound_drops_every_priority(tmp_path):
         assert topics(spool) == []
 
         # A message already too old when appended is dropped by that append.
-        drops = spool.append([item("stale", A, created_ns=time.time_ns() - 2 * 60 * sec),
-                              item("fresh", T)])
+        drops = spool.append(
+            [item("stale", A, created_ns=time.time_ns() - 2 * 60 * sec), item("fresh", T)]
+        )
         assert drops == [Dropped({A: 1}, "age", from_batch=1)]
         assert topics(spool) == ["fresh"]
         assert spool.stats().dropped == {T: 2, S: 1, A: 2}
@@ -174,10 +194,12 @@ def test_stats_depth_bytes_and_oldest_age(tmp_path):
         empty = spool.stats()
         assert (empty.depth, empty.bytes, empty.oldest_age_s, empty.last_id) == (0, 0, None, 0)
         assert empty.dropped == {T: 0, S: 0, A: 0}
-        spool.append([
-            ("kran/öl", b"x" * 50, T, False, t0),  # topic counted in UTF-8: 8 bytes
-            ("b", b"y" * 1000, A, True, t0 + 2_000_000_000),
-        ])
+        spool.append(
+            [
+                ("kran/öl", b"x" * 50, T, False, t0),  # topic counted in UTF-8: 8 bytes
+                ("b", b"y" * 1000, A, True, t0 + 2_000_000_000),
+            ]
+        )
         stats = spool.stats(now_ns=t0 + 2_500_000_000)
         assert (stats.depth, stats.bytes, stats.last_id) == (2, 58 + 1001, 2)
         assert stats.oldest_age_s == pytest.approx(2.5)
@@ -197,11 +219,17 @@ def test_running_totals_match_the_file_after_a_random_workload(tmp_path):
     for step in range(300):
         action = rng.random()
         if action < 0.6:
-            spool.append([
-                item(f"s{step}-{i}", Priority(rng.randrange(3)), rng.randrange(20, 2000),
-                     created_ns=now - rng.randrange(0, 7200) * 1_000_000_000)
-                for i in range(rng.randrange(1, 20))
-            ])
+            spool.append(
+                [
+                    item(
+                        f"s{step}-{i}",
+                        Priority(rng.randrange(3)),
+                        rng.randrange(20, 2000),
+                        created_ns=now - rng.randrange(0, 7200) * 1_000_000_000,
+                    )
+                    for i in range(rng.randrange(1, 20))
+                ]
+            )
         elif action < 0.9:
             queued = [e.id for e in spool.read(limit=1000)]
             spool.remove([*rng.sample(queued, min(len(queued), rng.randrange(0, 30))), 10**9])

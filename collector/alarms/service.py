@@ -124,6 +124,19 @@ class AlarmService:
         if changes:
             self._apply(changes)
 
+    def observe_conditions(self, changes: list[ConditionChange]) -> None:
+        """Conditions raised outside the rule engine (collector.loss); owned ones apply."""
+        if changes:
+            self._apply(changes)
+
+    def standing(self, rules: tuple[str, ...]) -> list[str]:
+        """Ids of the active alarms of ``rules``: what a restart must remember to clear."""
+        return [
+            key
+            for key, record in self.manager.records.items()
+            if record.active and key.split(":", 1)[0] in rules
+        ]
+
     def tick(self, now: int | None = None) -> None:
         now = now_ns() if now is None else now
         changes = self._owned(self.engine.tick(now))
