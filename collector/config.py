@@ -91,7 +91,7 @@ class BatchSettings(StrictModel):
         default=0.5, gt=0, le=60, description="write at the latest this long after the first"
     )
     pause_s: float = Field(
-        default=0.005,
+        default=0.05,
         gt=0,
         le=1,
         description="write as soon as nothing new arrived for this long (arrivals paused)",

@@ -315,7 +315,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
         spool,
         dead_letters.put_refused,
-        window_full=lambda: client.window is not None and client.unacked >= client.window,
+        window_full=lambda: client.unacked >= (client.window or client.peak_unacked),
         fields=fields,
     )
     receiver = Receiver(

@@ -14,10 +14,13 @@ against InfluxDB in place and backpressure reaches the broker, which holds the r
 
 A batch is written as soon as it is worth writing, never after a fixed wait alone: when
 it is full (``batch.max_lines``), when the broker will send no more until we acknowledge
-(:attr:`derrick.mqtt.MqttClient.unacked` reached its window), when arrivals pause
+(:attr:`derrick.mqtt.MqttClient.unacked` reached the window the client announced, or
+under MQTT 3.1.1 the most the broker has allowed so far), when arrivals pause
 (``batch.pause_s`` with nothing new), or at the latest ``batch.max_delay_s`` after its
 first message. Holding acknowledgements for a fixed wait stalls a broker's in-flight
-window: mosquitto's stock 20 messages per 0.5 s is 40 messages a second.
+window: mosquitto's stock 20 messages per 0.5 s is 40 messages a second. (A shorter
+pause costs CPU in more, smaller writes: 5 ms took 22 us per reading at 20,000
+readings/s where 50 ms takes 17.)
 
 Exact dead letters: when InfluxDB refuses a write (a line it cannot parse, a field type
 conflict), the refused lines are found - the fields the error names are written apart
@@ -65,7 +68,7 @@ class Batching:
 
     max_lines: int = 5000
     max_delay_s: float = 0.5
-    pause_s: float = 0.005
+    pause_s: float = 0.05
 
 
 Refused = Callable[[str | None, list[str], str], None]

@@ -219,6 +219,9 @@ class MqttClient:
         self.window = receive_maximum
         self.unacked = 0
         """Inbound QoS 1 messages delivered to :attr:`inbox` and not acknowledged yet."""
+        self.peak_unacked = 0
+        """The most :attr:`unacked` has been: under MQTT 3.1.1, where the broker's window
+        is not announced, what it has allowed so far (it never sends more)."""
         self._manual_ack = manual_ack
         self._persistent = persistent
         self._last_error = ""
@@ -681,6 +684,7 @@ class MqttClient:
             self.inbox.put_nowait(message)
             if self._manual_ack and message.qos > 0:
                 self.unacked += 1
+                self.peak_unacked = max(self.peak_unacked, self.unacked)
         except asyncio.QueueFull:
             # Not acknowledged, so with manual ack the broker sends it again on reconnect.
             self.inbox_dropped += 1

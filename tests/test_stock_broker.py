@@ -69,7 +69,7 @@ def stored(influx1, db: str, site: str) -> int:
 
 
 def start_collector(
-    tmp_path, broker: Mosquitto, influx1, db: str, group: str | None = None
+    tmp_path, broker: Mosquitto, influx1, db: str, group: str | None = None, mqtt: str = "5"
 ) -> tuple[Program, str]:
     name = f"col-{uuid.uuid4().hex[:8]}"
     config = write_yaml(
@@ -78,6 +78,7 @@ def start_collector(
             "collector": {"id": name, "group": group},
             "broker": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
             "influx": {"api": "v1", "url": influx1.url, "database": db, "timeout_s": 5},
+            "ingest": {"mqtt_version": mqtt},
             "log": {"format": "json"},
         },
     )
@@ -96,23 +97,27 @@ def run_load(
     *,
     outage_s: float = 0,
     collectors: int = 1,
+    mqtt: str = "5",
+    seconds: float = SECONDS,
 ) -> tuple[Load, int, list[dict]]:
     site = f"s{uuid.uuid4().hex[:8]}"
     group = f"g{site}" if collectors > 1 else None
-    started = [start_collector(tmp_path, stock, influx1, db, group) for _ in range(collectors)]
+    started = [
+        start_collector(tmp_path, stock, influx1, db, group, mqtt) for _ in range(collectors)
+    ]
     with Tap(stock.port, DROPPED) as tap:
         time.sleep(1.5)  # a first value of the counter
         before = dropped(tap)
-        load = Load(stock.port, site, readings_per_s, SECONDS).start()
+        load = Load(stock.port, site, readings_per_s, seconds).start()
         try:
             if outage_s:
-                time.sleep(SECONDS / 4)
+                time.sleep(seconds / 4)
                 influx1.stop()
                 try:
                     time.sleep(outage_s)
                 finally:
                     influx1.start()
-            load.join(SECONDS * 3)
+            load.join(seconds * 3)
             wait_for(
                 lambda: stored(influx1, db, site) >= load.published,
                 120,
@@ -140,6 +145,19 @@ def test_published_equals_stored_on_a_stock_broker(
         tmp_path, stock, influx1, influx_db, readings_per_s, collectors=collectors
     )
     assert load.published == load.offered == int(readings_per_s / 20 * SECONDS)
+    assert drops == 0
+    assert letters == []
+
+
+def test_an_mqtt_3_1_1_collector_keeps_up_with_the_stock_20_message_window(
+    tmp_path, stock, influx1, influx_db
+):
+    """Without MQTT 5 the broker's window stays 20: a batch goes as soon as the collector
+    holds as many unacknowledged messages as the broker has ever let it have."""
+    load, drops, letters = run_load(
+        tmp_path, stock, influx1, influx_db, 20_000, mqtt="3.1.1", seconds=30
+    )
+    assert load.published == load.offered == 30_000
     assert drops == 0
     assert letters == []
 
