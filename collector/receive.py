@@ -95,7 +95,7 @@ class Receiver:
 
     async def run(self) -> None:
         """The storage stream: every message stored or rejected, in arrival order."""
-        await self._guarded(self.client, self._handle)
+        await self._guarded(self.client, self._handle, counted=True)
 
     async def feed_alarms(
         self, client: MqttClient, alarms: AlarmService, sequences: SequenceTracker | None
@@ -112,16 +112,25 @@ class Receiver:
         async def handle(inbound: InboundMessage) -> None:
             await self._feed_one(client, inbound, alarms, sequences)
 
-        await self._guarded(client, handle)
+        await self._guarded(client, handle, counted=False)
 
     # -- the guard ----------------------------------------------------------------------
 
     async def _guarded(
-        self, client: MqttClient, handle: Callable[[InboundMessage], Awaitable[None]]
+        self,
+        client: MqttClient,
+        handle: Callable[[InboundMessage], Awaitable[None]],
+        *,
+        counted: bool,
     ) -> None:
+        """Hand each message to ``handle``, which acknowledges it as its last step; if it
+        raises (before that step), the message is dead-lettered and acknowledged here.
+        ``counted``: the storage session counts messages; the alarm session sees them
+        again."""
         while True:
             inbound = await client.inbox.get()
-            self.stats.messages += 1
+            if counted:
+                self.stats.messages += 1
             if inbound.dup and self._poisoned(client, inbound):
                 continue
             try:
@@ -268,17 +277,16 @@ class Receiver:
 
     def _broker_drops(self, client: MqttClient, inbound: InboundMessage) -> None:
         """The broker's drop counter: a rise is loss."""
-        client.ack(inbound)
-        if self.losses is None:
-            return
         try:
             total = int(inbound.payload)
         except ValueError:
             log.warning("broker drop counter unreadable", topic=inbound.topic)
-            return
-        if not self.losses.watching_broker:
-            log.info("watching the broker's drop counter", topic=inbound.topic, dropped=total)
-        self._lost(self.losses.broker_counter(total, now_ns()))
+            total = None
+        if self.losses is not None and total is not None:
+            if not self.losses.watching_broker:
+                log.info("watching the broker's drop counter", topic=inbound.topic, dropped=total)
+            self._lost(self.losses.broker_counter(total, now_ns()))
+        client.ack(inbound)
 
     def _agent_report(self, metrics: AgentMetrics) -> None:
         """A live report of an empty spool makes this agent's settled holes certain."""
