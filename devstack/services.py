@@ -112,7 +112,8 @@ class InfluxQueryError(ServiceError):
     """InfluxDB answered a /query with an error."""
 
 
-def _find_binary(name: str) -> str:
+def find_binary(name: str) -> str:
+    """The path of a server program of a Debian package, also off a normal user's PATH."""
     found = shutil.which(name)
     if found:
         return found
@@ -161,7 +162,7 @@ class Service:
         self.config_path: Path | None = None
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self.binary = binary or _find_binary(self.binary_name)
+        self.binary = binary or find_binary(self.binary_name)
         #: Seconds the last successful start() took until the server was ready.
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -557,7 +558,7 @@ max_inflight_messages 100
         fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.writelines(f"{name}:{password}\n" for name, password in users.items())
-        tool = _find_binary("mosquitto_passwd")
+        tool = find_binary("mosquitto_passwd")
         done = subprocess.run(
             [tool, "-U", str(self.password_path)],
             capture_output=True,

@@ -34,7 +34,7 @@ from derrick.mqtt import MqttClient, MqttError
 from devstack.certs import CertificateAuthority
 from devstack.loadgen import Load
 from devstack.programs import Program, wait_for, write_yaml
-from devstack.services import Mosquitto, free_port
+from devstack.services import Mosquitto, find_binary, free_port
 from devstack.tap import Tap
 
 pytestmark = pytest.mark.integration
@@ -180,7 +180,7 @@ def test_the_shipped_mosquitto_conf_loads_and_lets_only_accounts_in(tmp_path):
     server = ca.issue_server("broker", hosts=["127.0.0.1"])
     passwords = tmp_path / "derrick.passwd"
     passwords.write_text("collector-1:s3cret\n")
-    subprocess.run(["mosquitto_passwd", "-U", str(passwords)], check=True, timeout=30)
+    subprocess.run([find_binary("mosquitto_passwd"), "-U", str(passwords)], check=True, timeout=30)
     text = SHIPPED.read_text()
     for old, new in {
         "listener 8883": f"listener {port} 127.0.0.1",
@@ -197,7 +197,9 @@ def test_the_shipped_mosquitto_conf_loads_and_lets_only_accounts_in(tmp_path):
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(text + ("user root\n" if os.getuid() == 0 else ""))
     broker = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        [find_binary("mosquitto"), "-c", str(conf)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
     try:
         tls = {"ca_file": str(ca.cert)}
