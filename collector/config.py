@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from collector.alarms.settings import AlarmSettings
-from collector.validate import Window
+from collector.validate import Window, day_ns
 from derrick import configfile
 from derrick.broker import BrokerSettings
 from derrick.configfile import StrictModel
@@ -169,11 +169,7 @@ class IngestSettings(StrictModel):
         return self
 
     def window(self) -> Window:
-        return Window(_day_ns(self.ts_min), _day_ns(self.ts_max))
-
-
-def _day_ns(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1_000_000_000
+        return Window(day_ns(self.ts_min), day_ns(self.ts_max))
 
 
 class CollectorIdentity(StrictModel):

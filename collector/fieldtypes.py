@@ -92,9 +92,12 @@ class FieldTypes:
         return fields
 
 
+_CONSTANTS = {FLOAT: FLOAT, BOOLEAN: BOOLEAN, STRING: STRING}
+
+
 def _interned(name: str) -> str:
     """This module's constant for a type name InfluxDB gives (``is`` on the hot path)."""
-    return {FLOAT: FLOAT, BOOLEAN: BOOLEAN, STRING: STRING}.get(name, name)
+    return _CONSTANTS.get(name, name)
 
 
 def refused_fields(reason: str) -> list[tuple[str, str, str]]:

@@ -45,7 +45,6 @@ class _Episode:
 
     lost: int = 0
     last_ns: int = 0
-    detail: str = ""
 
 
 @dataclass
@@ -85,13 +84,12 @@ class LossWatch:
         ]
         return [self._cleared(key, now_ns) for key in due]
 
-    def restore(self, alarm_ids: list[str], now_ns: int) -> None:
-        """Loss alarms standing when the collector stopped: cleared ``clear_after_s``
-        from now unless more is lost."""
-        for alarm_id in alarm_ids:
-            rule, site, asset, device = alarm_id.split(":", 3)
-            if rule in (BROKER_RULE, GAP_RULE):
-                self._active[(rule, site, asset, device)] = _Episode(0, now_ns, "")
+    def restore(self, alarms: list[tuple[str, str, str, str]], now_ns: int) -> None:
+        """Loss alarms (rule, site, asset, device) standing when the collector stopped:
+        cleared ``clear_after_s`` from now unless more is lost."""
+        for key in alarms:
+            if key[0] in (BROKER_RULE, GAP_RULE):
+                self._active[key] = _Episode(0, now_ns)
 
     def _lost(
         self, key: tuple[str, str, str, str], count: int, now_ns: int, what: str
@@ -100,7 +98,6 @@ class LossWatch:
         episode.lost += count
         self.lost_total += count
         episode.last_ns = now_ns
-        episode.detail = what
         message = f"{episode.lost} messages lost, {what}"
         return self._change(key, True, now_ns, message, episode.lost)
 

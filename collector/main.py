@@ -318,15 +318,26 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         window_full=lambda: client.unacked >= (client.window or client.peak_unacked),
         fields=fields,
     )
+    # In a shared-subscription group each collector sees a share of every agent's numbers;
+    # the alarm session, when there is one, sees them all (see receive.Receiver).
+    tracked = not config.collector.group or alarm_client is not None
+    losses = LossWatch(config.ingest.loss_clear_s)
+    if alarms is not None:
+        losses.restore(alarms.standing((BROKER_RULE, GAP_RULE)), now_ns())
     receiver = Receiver(
         client,
         store_queue,
         stats,
         dead_letters,
         alarms=None if alarm_client else alarms,
+        sequences=SequenceTracker(config.sequence_grace_s) if tracked else None,
+        storage_tracks=alarm_client is None,
         window=config.ingest.window(),
         fields=fields,
         redeliveries=redeliveries,
+        losses=losses,
+        loss_settle_s=config.ingest.loss_settle_s,
+        loss_alarms=alarms,
     )
 
     def ingest_health() -> dict[str, object]:
@@ -367,17 +378,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
         alarms_standing=sum(r.active for r in alarms.manager.records.values()) if alarms else 0,
         alarm_api_port=api_port,
     )
-    # In a shared-subscription group each collector sees a share of every agent's numbers;
-    # the alarm session, when there is one, sees them all (see receive.alarm_feed_forever).
-    tracked = not config.collector.group or alarm_client is not None
-    sequences = SequenceTracker(config.sequence_grace_s) if tracked else None
-    receiver.sequences = None if alarm_client else sequences
-    receiver.tracker = sequences
-    receiver.losses = LossWatch(config.ingest.loss_clear_s)
-    receiver.loss_settle_s = config.ingest.loss_settle_s
-    receiver.loss_alarms = alarms
-    if alarms is not None:
-        receiver.losses.restore(alarms.standing((BROKER_RULE, GAP_RULE)), now_ns())
+    sequences = receiver.sequences
     stats.progress_receive = stats.progress_store = time.monotonic()
 
     def start_tasks(task_group: asyncio.TaskGroup) -> None:
@@ -393,7 +394,7 @@ async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, i
                 kpi_forever(config.collector.id, alarms, store_queue, config.alarms.kpi.interval_s)
             )
         if alarm_client is not None and alarms is not None:
-            task_group.create_task(receiver.feed_alarms(alarm_client, alarms, sequences))
+            task_group.create_task(receiver.feed_alarms(alarm_client, alarms))
         task_group.create_task(
             report_forever(
                 config.collector.id,

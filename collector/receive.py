@@ -79,13 +79,14 @@ class Receiver:
     alarms: AlarmService | None = None
     """Set when the storage session also feeds the alarms (a collector alone)."""
     sequences: SequenceTracker | None = None
+    """Gaps and duplicates of every agent; fed by the session that sees whole streams."""
+    storage_tracks: bool = True
+    """The storage session feeds ``sequences`` (False: an alarm session of a group does)."""
     window: Window = DEFAULT_WINDOW
     fields: FieldTypes | None = None
     redeliveries: Redeliveries | None = None
     losses: LossWatch | None = None
     """Turns drop counters and certain gaps into loss alarms; None: not watched."""
-    tracker: SequenceTracker | None = None
-    """The sequence tracker that sees whole streams (either session's), for losses."""
     loss_settle_s: float = 5.0
     loss_alarms: AlarmService | None = None
     """Where loss conditions go (either session's alarm service)."""
@@ -97,9 +98,7 @@ class Receiver:
         """The storage stream: every message stored or rejected, in arrival order."""
         await self._guarded(self.client, self._handle, counted=True)
 
-    async def feed_alarms(
-        self, client: MqttClient, alarms: AlarmService, sequences: SequenceTracker | None
-    ) -> None:
+    async def feed_alarms(self, client: MqttClient, alarms: AlarmService) -> None:
         """The alarm session of a collector in a group: the whole stream, owned assets only.
 
         Each message is acknowledged once the alarm state it changed is saved (the service
@@ -110,7 +109,7 @@ class Receiver:
         """
 
         async def handle(inbound: InboundMessage) -> None:
-            await self._feed_one(client, inbound, alarms, sequences)
+            await self._feed_one(client, inbound, alarms)
 
         await self._guarded(client, handle, counted=False)
 
@@ -179,7 +178,7 @@ class Receiver:
             return
         lines = encode_telemetry(result)
         self.stats.readings += len(result.readings)
-        if self.sequences is not None:
+        if self.storage_tracks and self.sequences is not None:
             self.sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
         if self.alarms is not None:
             self._evaluate(inbound.topic, self.alarms.observe_telemetry, result)
@@ -201,7 +200,7 @@ class Receiver:
             if topic.endswith("/metrics"):
                 metrics = AgentMetrics.model_validate_json(inbound.payload)
                 line = encode_agent_metrics(metrics)
-                if self.sequences is not None:
+                if self.storage_tracks:
                     self._agent_report(metrics)
             else:
                 status = DeviceStatus.model_validate_json(inbound.payload)
@@ -239,12 +238,11 @@ class Receiver:
         client: MqttClient,
         inbound: InboundMessage,
         alarms: AlarmService,
-        sequences: SequenceTracker | None,
     ) -> None:
         topic = inbound.topic
         if topic.endswith(TELEMETRY_SUFFIX):
-            if sequences is not None:
-                _count_sequence(inbound.payload, alarms, sequences)
+            if self.sequences is not None:
+                _count_sequence(inbound.payload, alarms, self.sequences)
             parts = topic.split("/")
             if len(parts) == 6 and not alarms.owns(parts[2], parts[3]):
                 client.ack(inbound)
@@ -267,8 +265,7 @@ class Receiver:
             except ValidationError:  # the storage session dead-letters it
                 client.ack(inbound)
                 return
-            if sequences is not None:
-                self._agent_report(metrics)
+            self._agent_report(metrics)
             client.ack(inbound)
         else:
             self._alarm_topic(client, inbound, alarms)
@@ -290,18 +287,19 @@ class Receiver:
 
     def _agent_report(self, metrics: AgentMetrics) -> None:
         """A live report of an empty spool makes this agent's settled holes certain."""
-        if self.tracker is None or metrics.historical or metrics.queue.depth:
+        if self.sequences is None or metrics.historical or metrics.queue.depth:
             return
-        self.tracker.confirm(metrics.agent, metrics.boot, time.monotonic(), self.loss_settle_s)
+        self.sequences.confirm(metrics.agent, metrics.boot, time.monotonic(), self.loss_settle_s)
         self.report_losses()
 
     def report_losses(self) -> None:
-        """Gaps the tracker found since the last call, and loss alarms due to clear."""
+        """Gaps the sequence tracker found since the last call, and loss alarms due to
+        clear."""
         if self.losses is None:
             return
         now = now_ns()
         changes = []
-        for gap in self.tracker.drain_lost() if self.tracker is not None else []:
+        for gap in self.sequences.drain_lost() if self.sequences is not None else []:
             changes += self.losses.messages_lost(gap.agent, gap.boot, gap.count, gap.where, now)
         self._lost(changes)
         self._lost(self.losses.tick(now))

@@ -114,14 +114,9 @@ class Store:
         while True:
             items = await self._collect(queue)
             self.busy_since = time.monotonic()
-            lines: list[str] = []
-            origins: list[Origin] = []
-            for key, item in enumerate(items):
-                topic = item.message.topic if item.message is not None else None
-                lines.extend(item.lines)
-                origins.extend([(key, topic)] * len(item.lines))
+            lines = [line for item in items for line in item.lines]
             if lines:
-                await self._store(lines, origins, max(item.priority for item in items))
+                await self._store(lines, items, max(item.priority for item in items))
             for item in items:
                 if item.message is not None:
                     self.ack(item.message)
@@ -153,14 +148,14 @@ class Store:
             count += len(item.lines)
         return items
 
-    async def _store(self, lines: list[str], origins: list[Origin], priority: Priority) -> None:
+    async def _store(self, lines: list[str], items: list[Batchable], priority: Priority) -> None:
         """InfluxDB now if it takes them and nothing waits before them; else the spool."""
         if self.spool is None:
-            await self._write_until_stored(lines, origins)
+            await self._write_until_stored(lines, items)
             return
         if self.spool_depth() == 0:
             try:
-                await self._write_once(lines, origins)
+                await self._write_once(lines, items)
             except StoreUnavailable as exc:
                 self._set_available(False, str(exc))
             else:
@@ -169,19 +164,20 @@ class Store:
             self._append(lines, priority)
         except SpoolError as exc:
             log.error("spool write failed, holding the batch in memory", reason=str(exc))
-            await self._write_until_stored(lines, origins)
+            await self._write_until_stored(lines, items)
 
-    async def _write_once(self, lines: list[str], origins: Sequence[Origin] | None) -> None:
+    async def _write_once(self, lines: list[str], items: list[Batchable] | None) -> None:
         """One write; StoreUnavailable propagates (nothing is dead-lettered then), a
         refusal is narrowed down to the lines refused.
 
-        ``origins`` parallels ``lines``; None (spooled lines) derives each line's topic
-        from the line itself (:func:`collector.lineproto.topic_of_line`)."""
+        ``items`` are the messages ``lines`` came from, in order; None (spooled lines)
+        derives each line's topic from the line itself
+        (:func:`collector.lineproto.topic_of_line`)."""
         started = time.perf_counter()
         try:
             await self.writer.write(lines)
         except DataRejected as exc:
-            await self._narrow(lines, origins, str(exc))
+            await self._narrow(lines, _origins(items) if items is not None else None, str(exc))
             return
         self._set_available(True, "")
         self.stats.write_ms += (time.perf_counter() - started) * 1000
@@ -242,11 +238,11 @@ class Store:
             )
             self.refused(topic, refused_lines, refused[first])
 
-    async def _write_until_stored(self, lines: list[str], origins: list[Origin]) -> None:
+    async def _write_until_stored(self, lines: list[str], items: list[Batchable]) -> None:
         delay = RETRY_MIN_S
         while True:
             try:
-                await self._write_once(lines, origins)
+                await self._write_once(lines, items)
             except StoreUnavailable as exc:
                 self._set_available(False, str(exc))
                 await asyncio.sleep(delay)
@@ -326,6 +322,15 @@ class Store:
                     reason=reason,
                 )
         self.available = available
+
+
+def _origins(items: list[Batchable]) -> list[Origin]:
+    """Each line's message (a key and its topic), in line order: only a refusal needs it."""
+    origins: list[Origin] = []
+    for key, item in enumerate(items):
+        topic = item.message.topic if item.message is not None else None
+        origins.extend([(key, topic)] * len(item.lines))
+    return origins
 
 
 def _naming(lines: list[str], reason: str) -> set[int]:

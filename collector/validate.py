@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -77,9 +77,14 @@ _TYPE_OF: dict[type, str | None] = {
 }
 
 
+def day_ns(day: date) -> int:
+    """``day`` at 00:00 UTC, in nanoseconds since the epoch."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1_000_000_000
+
+
 def epoch_ns(year: int) -> int:
     """1 January of ``year``, 00:00 UTC, in nanoseconds since the epoch."""
-    return int(datetime(year, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
+    return day_ns(date(year, 1, 1))
 
 
 @dataclass(frozen=True, slots=True)

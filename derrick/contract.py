@@ -43,10 +43,15 @@ UINT64_MAX = 2**64 - 1
 MAX_STRING_VALUE = 1024
 """Characters in a string reading: PLC strings are at most 240 (derrick.profile)."""
 
+Flag = Annotated[bool, Strict()]
+"""``true`` or ``false``: not ``1``, not ``"true"``."""
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+"""A measured figure an agent reports (seconds, milliseconds): finite."""
+
 WireValue = (
-    Annotated[bool, Strict()]
+    Flag
     | Annotated[int, Strict(), Field(ge=-(2**63), le=UINT64_MAX)]
-    | Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    | Finite
     | Annotated[str, Strict(), Field(max_length=MAX_STRING_VALUE)]
     | None
 )
@@ -56,17 +61,13 @@ a finite float (NaN and Infinity are not JSON and have no place in a float field
 ``"1"`` a string and stays one. A larger integer literal is taken as the float it is
 close to, when that is finite. Strings are bounded: a tag is a PLC value, not a file."""
 
-SeqNumber = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
-TimestampNs = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+
+Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+"""A non-negative integer InfluxDB can hold: an agent's counter, a sequence number."""
+SeqNumber = Count
+TimestampNs = Count
 """UTC nanoseconds since the epoch, an integer that InfluxDB can hold (up to 2262);
 the collector narrows it further to a sane window (``ingest.ts_min`` / ``ts_max``)."""
-
-Flag = Annotated[bool, Strict()]
-"""``true`` or ``false``: not ``1``, not ``"true"``."""
-Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
-"""A counter an agent reports: a non-negative integer InfluxDB can hold."""
-Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-"""A measured figure an agent reports (seconds, milliseconds): finite."""
 
 
 class Quality(StrEnum):

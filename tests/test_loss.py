@@ -49,7 +49,9 @@ def test_the_alarm_clears_after_a_quiet_period():
 
 def test_restored_loss_alarms_clear_after_the_quiet_period():
     watch = LossWatch(clear_after_s=60)
-    watch.restore([f"{GAP_RULE}:agents:gw-1:sequence", "crane_overload:y:c:lmi"], 100 * S)
+    watch.restore(
+        [(GAP_RULE, "agents", "gw-1", "sequence"), ("crane_overload", "y", "c", "lmi")], 100 * S
+    )
     (cleared,) = watch.tick(160 * S)
     assert (cleared.rule, cleared.asset, cleared.active) == (GAP_RULE, "gw-1", False)
 

@@ -129,13 +129,11 @@ class AlarmService:
         if changes:
             self._apply(changes)
 
-    def standing(self, rules: tuple[str, ...]) -> list[str]:
-        """Ids of the active alarms of ``rules``: what a restart must remember to clear."""
-        return [
-            key
-            for key, record in self.manager.records.items()
-            if record.active and key.split(":", 1)[0] in rules
-        ]
+    def standing(self, rules: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
+        """(rule, site, asset, device) of the active alarms of ``rules``: what a restart
+        must remember to clear."""
+        active = (split_alarm_id(key) for key, r in self.manager.records.items() if r.active)
+        return [parts for parts in active if parts[0] in rules]
 
     def tick(self, now: int | None = None) -> None:
         now = now_ns() if now is None else now
