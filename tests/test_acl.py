@@ -996,9 +996,14 @@ def test_pipeline_with_the_generated_acl_and_an_operator_not_an_agent_acknowledg
             return rows if any(r["reason"] == "acknowledge" for r in rows) else []
 
         rows = wait_for(journal, 20, "the acknowledgement in the alarm journal", program=collector)
-        stored = fleet.influx.query(
-            "SELECT count(hook_load) FROM telemetry WHERE site='site-a'", db=fleet.db
-        )["results"][0]["series"][0]["values"][0][1]
+
+        def telemetry() -> int:
+            # written in its own batch: it may land after the journal line
+            query = "SELECT count(hook_load) FROM telemetry WHERE site='site-a'"
+            series = fleet.influx.query(query, db=fleet.db)["results"][0].get("series")
+            return series[0]["values"][0][1] if series else 0
+
+        stored = wait_for(telemetry, 20, "the crane's telemetry in InfluxDB", program=collector)
     finally:
         codes = {p.name: (p.stop(), p.log_tail()) for p in reversed(programs)}
     assert (reply.request_id, reply.ok, reply.state) == ("ana-acknowledge", True, "active_acked")
