@@ -24,12 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from derrick import configfile
-from derrick.broker import BrokerSettings
-from derrick.configfile import StrictModel
-from derrick.contract import Ident
-from derrick.logs import LogSettings
-from derrick.profile import (
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plc.profile import (
     DEFAULT_GROUP,
     DeadbandSetting,
     Profile,
@@ -37,8 +33,12 @@ from derrick.profile import (
     load_profile,
     map_problems,
 )
-from derrick.registers import Order
-from derrick.spoolconfig import SpoolSettings, default_spool_path
+from derrick.plc.registers import Order
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel
+from derrick.plumbing.logs import LogSettings
+from derrick.spool.settings import SpoolSettings, default_spool_path
+from derrick.wire.ids import Ident
 
 Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
 TCP_TRANSPORTS = ("tcp", "rtu-over-tcp")

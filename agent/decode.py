@@ -12,9 +12,9 @@ import struct
 from math import isfinite
 
 from agent.plan import ReadRequest
-from derrick.contract import Quality, Reading, trusted_reading
-from derrick.profile import Register
-from derrick.registers import CodecError, DataType, Order, decode, decode_bit, scaled
+from derrick.plc.profile import Register
+from derrick.plc.registers import CodecError, DataType, Order, decode, decode_bit, scaled
+from derrick.wire.payloads import Quality, Reading, trusted_reading
 
 _FORMATS = {
     DataType.INT16: "h",

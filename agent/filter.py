@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from derrick.contract import Reading
-from derrick.profile import Register
+from derrick.plc.profile import Register
+from derrick.wire.payloads import Reading
 
 
 @dataclass(slots=True)

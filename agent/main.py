@@ -20,12 +20,13 @@ from agent.outbox import Outbox
 from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
 from agent.publish import Publisher, announce_forever, status_payload
-from derrick import logs
-from derrick.cli import run_until_signalled
-from derrick.configfile import ConfigError
-from derrick.contract import DeviceState, Reading, agent_status_topic
-from derrick.mqtt import MqttClient, MqttError
-from derrick.spool import SpoolError
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.plumbing import logs
+from derrick.plumbing.cli import run_until_signalled
+from derrick.plumbing.configfile import ConfigError
+from derrick.spool.store import SpoolError
+from derrick.wire.payloads import DeviceState, Reading
+from derrick.wire.topics import agent_status_topic
 
 log = structlog.get_logger("agent")
 

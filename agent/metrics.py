@@ -15,15 +15,10 @@ from collections import Counter
 from agent.outbox import Outbox
 from agent.poll import DevicePoller
 from agent.publish import Publisher
-from derrick.contract import (
-    AgentMetrics,
-    DeviceCounters,
-    QueueMetrics,
-    agent_metrics_topic,
-    now_ns,
-)
-from derrick.mqtt import MqttClient
-from derrick.spool import Priority
+from derrick.mqtt.client import MqttClient
+from derrick.spool.store import Priority
+from derrick.wire.payloads import AgentMetrics, DeviceCounters, QueueMetrics, now_ns
+from derrick.wire.topics import agent_metrics_topic
 
 
 class AgentHealth:

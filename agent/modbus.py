@@ -52,7 +52,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from derrick.profile import Table
+from derrick.plc.profile import Table
 
 try:
     from termios import error as TtyError  # a tty refusing settings (not an OSError)

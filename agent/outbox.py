@@ -1,6 +1,6 @@
 """Queue stage: messages from the pollers into the durable spool.
 
-Every message is committed to the on-disk spool (SQLite, :mod:`derrick.spool`) the moment
+Every message is committed to the on-disk spool (SQLite, :mod:`derrick.spool.store`) the moment
 it is made, in one short transaction, before its sequence number counts as given: a
 ``kill -9`` can lose a poll that was in progress, never a message that had a number.
 Then the publisher is woken. Sequence numbers are given here, in spool order, so the
@@ -21,18 +21,9 @@ from collections.abc import Callable
 
 import structlog
 
-from derrick.contract import (
-    AgentEvent,
-    DeviceState,
-    DeviceStatus,
-    Reading,
-    Telemetry,
-    agent_events_topic,
-    device_status_topic,
-    now_ns,
-    telemetry_topic,
-)
-from derrick.spool import Dropped, Priority, Spool
+from derrick.spool.store import Dropped, Priority, Spool
+from derrick.wire.payloads import AgentEvent, DeviceState, DeviceStatus, Reading, Telemetry, now_ns
+from derrick.wire.topics import agent_events_topic, device_status_topic, telemetry_topic
 
 log = structlog.get_logger(__name__)
 

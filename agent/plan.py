@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from derrick.profile import Register, Table
+from derrick.plc.profile import Register, Table
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from agent.config import Device
 from agent.decode import decode_request, failed_request
 from agent.modbus import DeviceUnreachable, ExceptionReply, ModbusConnection, ModbusError
 from agent.plan import ReadRequest, plan_reads, split_request
-from derrick.contract import DeviceState, Reading, now_ns
+from derrick.wire.payloads import DeviceState, Reading, now_ns
 
 log = structlog.get_logger(__name__)
 

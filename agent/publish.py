@@ -26,9 +26,10 @@ from collections.abc import Callable
 
 import structlog
 
-from derrick.contract import AgentStatus, agent_status_topic, mark_historical, now_ns
-from derrick.mqtt import MqttClient, MqttError
-from derrick.spool import Entry, Spool
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.spool.store import Entry, Spool
+from derrick.wire.payloads import AgentStatus, mark_historical, now_ns
+from derrick.wire.topics import agent_status_topic
 
 log = structlog.get_logger(__name__)
 

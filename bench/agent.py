@@ -26,8 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.plan import min_requests
-from derrick.contract import TOPIC_ROOT, AgentMetrics, agent_metrics_topic
-from derrick.profile import load_profile
+from derrick.plc.profile import load_profile
+from derrick.wire.payloads import AgentMetrics
+from derrick.wire.topics import TOPIC_ROOT, agent_metrics_topic
 from devstack.programs import Program, wait_for, write_yaml
 from devstack.services import Mosquitto, free_port_block
 from devstack.tap import Tap

@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derrick import logs
+from derrick.plumbing import logs
 from devstack.programs import Pipeline, Simulator, http_json, start_pipeline, start_simulator
 from devstack.programs import wait_for as _wait_for
 from devstack.receivers import HttpReceiver, HttpRequest

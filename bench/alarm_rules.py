@@ -24,9 +24,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.alarms.engine import RuleEngine
-from collector.alarms.rules import load_rules
-from derrick.contract import Reading, Telemetry
+from derrick.alarms.engine import RuleEngine
+from derrick.alarms.rules import load_rules
+from derrick.wire.payloads import Reading, Telemetry
 
 TAGS = 100
 MESSAGES = 400

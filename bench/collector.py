@@ -62,16 +62,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.alarms.engine import RuleEngine
-from collector.alarms.rules import RuleSet, load_rules
 from collector.config import InfluxV1
 from collector.influx import V1Writer
 from collector.lineproto import encode_telemetry
 from collector.validate import validate
-from derrick import logs
-from derrick.broker import BrokerSettings
-from derrick.contract import Reading, Telemetry, telemetry_topic
-from derrick.mqtt import MqttClient
+from derrick.alarms.engine import RuleEngine
+from derrick.alarms.rules import RuleSet, load_rules
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plumbing import logs
+from derrick.wire.payloads import Reading, Telemetry
+from derrick.wire.topics import telemetry_topic
 from devstack.programs import REPO, Program, wait_for, write_yaml
 from devstack.services import Influx1, Mosquitto, VictoriaMetrics
 

@@ -21,12 +21,13 @@ from agent.decode import decode_request
 from agent.plan import plan_reads
 from collector.lineproto import encode_telemetry
 from collector.validate import validate
-from derrick import logs
-from derrick.broker import BrokerSettings
-from derrick.contract import Reading, Telemetry, now_ns, telemetry_topic
-from derrick.mqtt import MqttClient
-from derrick.profile import Register
-from derrick.registers import DataType, encode
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plc.profile import Register
+from derrick.plc.registers import DataType, encode
+from derrick.plumbing import logs
+from derrick.wire.payloads import Reading, Telemetry, now_ns
+from derrick.wire.topics import telemetry_topic
 from devstack.programs import Program, wait_for, write_yaml
 from devstack.services import Influx1, Mosquitto
 

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.modbus import ModbusConnection, ModbusError
 from agent.plan import plan_reads
-from derrick import logs
-from derrick.profile import load_profile
+from derrick.plc.profile import load_profile
+from derrick.plumbing import logs
 from devstack.programs import Program, wait_for
 from devstack.services import free_port_block
 

@@ -1,4 +1,4 @@
-"""Spool benchmark (derrick/spool.py, SQLite WAL); prints ``name: value unit`` lines.
+"""Spool benchmark (derrick/spool/store.py, SQLite WAL); prints ``name: value unit`` lines.
 
 Wall-clock times on a real file (the temp dir, or ``--dir DIR`` to measure the disk a
 gateway will use: fsync costs differ by orders of magnitude between SSD, eMMC and SD).
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derrick import logs
-from derrick.spool import Priority, Spool
+from derrick.plumbing import logs
+from derrick.spool.store import Priority, Spool
 
 TOPIC = "derrick/v1/bench-site/crane-01/lmi/telemetry"
 N = 20_000

@@ -2,7 +2,7 @@
 costs. Prints ``name: value unit`` lines.
 
 * ``mqtt_receive_ack_us_per_msg_{v5,v311}``: CPU of receiving and acknowledging one 20-
-  reading message through :class:`derrick.mqtt.MqttClient` (a backlog drained in
+  reading message through :class:`derrick.mqtt.client.MqttClient` (a backlog drained in
   process, nothing else done with it): the floor under the collector's cost per message.
 * ``stock_<rate>_<n>c_stored_pct``: a steady load of ``rate`` readings/s in 20-reading
   messages for ``SECONDS`` through mosquitto with its default limits (20 in flight, 1,000
@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from derrick.broker import BrokerSettings
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
 from devstack.loadgen import READINGS, Load
 from devstack.programs import Program, wait_for, write_yaml
 from devstack.services import Influx1, Mosquitto

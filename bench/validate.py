@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector import validate as current
 from collector.deadletter import DeadLetters
-from derrick.contract import Reading, Telemetry, now_ns, telemetry_topic
+from derrick.wire.payloads import Reading, Telemetry, now_ns
+from derrick.wire.topics import telemetry_topic
 
 TAGS = 100
 TOPIC = telemetry_topic("bench", "crane-01", "lmi")

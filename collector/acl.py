@@ -12,7 +12,7 @@ admin names given on the command line) and writes a mosquitto ``acl_file`` in wh
 * anyone else, anonymous clients included, may do nothing (mosquitto's default with an
   ``acl_file``).
 
-Every line is per user, spelled out from the topic builders of :mod:`derrick.contract`.
+Every line is per user, spelled out from the topic builders of :mod:`derrick.wire`.
 There are no ``pattern`` lines on purpose: ``%c`` is the client id, which a client picks
 itself, so ``pattern write derrick/v1/agents/%c/status`` would let any account (an
 operator's too) speak for any agent by connecting under its id -- the forged ``offline``
@@ -47,9 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from agent.config import AgentIdentity
 from collector.config import CollectorIdentity
-from derrick import configfile
-from derrick.configfile import ConfigError
-from derrick.contract import (
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import ConfigError
+from derrick.wire.ids import Ident
+from derrick.wire.topics import (
     AGENT_METRICS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
     ALARM_COMMANDS_SUBSCRIPTION,
@@ -59,7 +60,6 @@ from derrick.contract import (
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
     TOPIC_ROOT,
-    Ident,
     agent_events_topic,
     agent_metrics_topic,
     agent_status_topic,

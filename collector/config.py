@@ -17,12 +17,12 @@ from pydantic import (
 
 from collector.alarms.settings import AlarmSettings
 from collector.validate import Window, day_ns
-from derrick import configfile
-from derrick.broker import BrokerSettings
-from derrick.configfile import StrictModel
-from derrick.contract import Ident
-from derrick.logs import LogSettings
-from derrick.spoolconfig import SpoolSettings, default_spool_path
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel
+from derrick.plumbing.logs import LogSettings
+from derrick.spool.settings import SpoolSettings, default_spool_path
+from derrick.wire.ids import Ident
 
 
 class _Secret(StrictModel):

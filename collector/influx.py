@@ -8,7 +8,7 @@ Two writers with one face, ``await writer.write(lines)``:
 Library and HTTP errors become :class:`StoreUnavailable` (worth retrying: connection
 refused, timeout, 429, 5xx) or :class:`DataRejected` (4xx: the points themselves are
 wrong; retrying would fail the same way). Blocking I/O runs in a daemon worker thread of
-each writer (:class:`derrick.threads.DaemonThreads`), so a write hung on a frozen
+each writer (:class:`derrick.plumbing.threads.DaemonThreads`), so a write hung on a frozen
 InfluxDB never holds up the collector's exit: its lines are not acknowledged yet, so the
 broker (or the spool) still has them.
 """
@@ -30,7 +30,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from collector.config import InfluxV1, InfluxV2
-from derrick.threads import DaemonThreads
+from derrick.plumbing.threads import DaemonThreads
 
 CLOSE_TIMEOUT_S = 2.0
 

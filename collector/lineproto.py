@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from derrick.contract import (
+from derrick.wire.payloads import (
     AgentMetrics,
     AlarmNotice,
     AlarmStateMessage,
@@ -22,10 +22,8 @@ from derrick.contract import (
     DeviceStatus,
     Quality,
     Telemetry,
-    agent_metrics_topic,
-    device_status_topic,
-    telemetry_topic,
 )
+from derrick.wire.topics import agent_metrics_topic, device_status_topic, telemetry_topic
 
 _GOOD = Quality.GOOD
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from collector.alarms.engine import ConditionChange
+from derrick.alarms.engine import ConditionChange
 
 BROKER_RULE = "broker_messages_dropped"
 GAP_RULE = "agent_messages_lost"

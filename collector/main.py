@@ -38,24 +38,21 @@ from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
-from derrick import logs
-from derrick.cli import run_until_signalled
-from derrick.configfile import ConfigError
-from derrick.contract import (
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.plumbing import logs
+from derrick.plumbing.cli import run_until_signalled
+from derrick.plumbing.configfile import ConfigError
+from derrick.spool.store import SpoolError
+from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, AlarmNotice, now_ns
+from derrick.wire.topics import (
     AGENT_METRICS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
     ALARM_COMMANDS_SUBSCRIPTION,
     BROKER_DROPPED_TOPIC,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
-    AlarmCommand,
-    AlarmCommandResult,
-    AlarmNotice,
-    now_ns,
     shared,
 )
-from derrick.mqtt import MqttClient, MqttError
-from derrick.spool import SpoolError
 
 log = structlog.get_logger("collector")
 

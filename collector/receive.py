@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import structlog
 from pydantic import ValidationError
 
-from collector.alarms.engine import ConditionChange
 from collector.alarms.service import AlarmService
 from collector.deadletter import DeadLetters
 from collector.fieldtypes import FieldTypes
@@ -45,18 +44,17 @@ from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
 from collector.validate import DEFAULT_WINDOW, Rejected, Window, classify, validate
-from derrick.contract import (
-    BROKER_DROPPED_TOPIC,
-    TOPIC_ROOT,
+from derrick.alarms.engine import ConditionChange
+from derrick.mqtt.client import InboundMessage, MqttClient, MqttError
+from derrick.wire.payloads import (
     AgentMetrics,
     AgentStatus,
     AlarmCommand,
     DeviceStatus,
     Telemetry,
-    alarm_replies_topic,
     now_ns,
 )
-from derrick.mqtt import InboundMessage, MqttClient, MqttError
+from derrick.wire.topics import BROKER_DROPPED_TOPIC, TOPIC_ROOT, alarm_replies_topic
 
 log = structlog.get_logger(__name__)
 
@@ -354,7 +352,7 @@ class Receiver:
         self.stats.acked += 1
 
 
-# The agent writes these three fields in this order (derrick.contract.Telemetry), so
+# The agent writes these three fields in this order (derrick.wire.payloads.Telemetry), so
 # the numbers can be read without parsing a message whose asset another collector owns.
 _SEQUENCE = re.compile(rb'"agent":"([A-Za-z0-9_.-]+)","boot":"([^"\\]{1,64})","seq":(\d+)')
 _SEQUENCE_WINDOW = 600  # bytes from the start of the payload where they are

@@ -1,7 +1,7 @@
 """Store stage: batch lines, store them durably, then acknowledge their messages.
 
 "Durably" is InfluxDB, or - while InfluxDB cannot take them - the on-disk spool
-(:mod:`derrick.spool`, SQLite). A message is acknowledged to the broker only after its
+(:mod:`derrick.spool.store`, SQLite). A message is acknowledged to the broker only after its
 lines are in one of the two, so a collector that dies mid-batch loses nothing: the
 broker delivers the unacknowledged messages again and the rewritten points overwrite
 themselves (series + timestamp is their identity).
@@ -14,7 +14,7 @@ against InfluxDB in place and backpressure reaches the broker, which holds the r
 
 A batch is written as soon as it is worth writing, never after a fixed wait alone: when
 it is full (``batch.max_lines``), when the broker will send no more until we acknowledge
-(:attr:`derrick.mqtt.MqttClient.unacked` reached the window the client announced, or
+(:attr:`derrick.mqtt.client.MqttClient.unacked` reached the window the client announced, or
 under MQTT 3.1.1 the most the broker has allowed so far), when arrivals pause
 (``batch.pause_s`` with nothing new), or at the latest ``batch.max_delay_s`` after its
 first message. Holding acknowledgements for a fixed wait stalls a broker's in-flight
@@ -43,8 +43,8 @@ from collector.fieldtypes import FieldTypes, line_field_type, refused_fields
 from collector.influx import DataRejected, StoreUnavailable, Writer
 from collector.lineproto import topic_of_line
 from collector.stats import Stats
-from derrick.mqtt import InboundMessage
-from derrick.spool import Dropped, Priority, Spool, SpoolError
+from derrick.mqtt.client import InboundMessage
+from derrick.spool.store import Dropped, Priority, Spool, SpoolError
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,7 @@ kind           when
                :mod:`collector.fieldtypes`): InfluxDB would refuse it
 =============  ==========================================================================
 
-The contract's models are strict (:mod:`derrick.contract`): no string is taken for a
+The contract's models are strict (:mod:`derrick.wire`): no string is taken for a
 number, no float for an integer, numbers must fit what InfluxDB and the agent can hold
 and be finite. So whatever passes can be encoded and stored (``tests/test_fuzz_ingest.py``
 holds the collector to that).
@@ -41,14 +41,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from collector.fieldtypes import BOOLEAN, FLOAT, STRING, FieldTypes, value_type
-from derrick.contract import (
-    SCHEMA_VERSION,
-    Quality,
-    Reading,
-    Telemetry,
-    TopicError,
-    parse_telemetry_topic,
-)
+from derrick.wire.ids import SCHEMA_VERSION
+from derrick.wire.payloads import Quality, Reading, Telemetry
+from derrick.wire.topics import TopicError, parse_telemetry_topic
 
 MAX_PAYLOAD_BYTES = 1_000_000
 

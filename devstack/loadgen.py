@@ -15,7 +15,8 @@ import asyncio
 import threading
 import uuid
 
-from derrick.contract import now_ns, telemetry_topic
+from derrick.wire.payloads import now_ns
+from derrick.wire.topics import telemetry_topic
 from devstack.services import mqtt_remaining_length, mqtt_string
 
 READINGS = 20

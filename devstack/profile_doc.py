@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 
-from derrick.profile import PROFILE_DIR, Profile, Register, load_profile
+from derrick.plc.profile import PROFILE_DIR, Profile, Register, load_profile
 from devstack.programs import REPO
 
 README = REPO / "README.md"

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from derrick import logs
-from derrick.broker import BrokerSettings
-from derrick.contract import ALARM_EVENTS_SUBSCRIPTION, AlarmNotice
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plumbing import logs
+from derrick.wire.payloads import AlarmNotice
+from derrick.wire.topics import ALARM_EVENTS_SUBSCRIPTION
 from devstack.programs import REPO, Program, start_simulator, write_yaml
 from devstack.services import Influx1, Mosquitto, free_port
 

@@ -524,7 +524,7 @@ max_queued_messages 100000
 # QoS 1/2 messages sent to one client but not yet acknowledged. The default (20)
 # throttles a busy subscriber to 20 messages per round trip; 100 keeps the
 # collector's pipe full on loopback while still bounding redelivery after a
-# reconnect. (An MQTT 5 client's Receive Maximum replaces it, see derrick.mqtt.)
+# reconnect. (An MQTT 5 client's Receive Maximum replaces it, see derrick.mqtt.client.)
 max_inflight_messages 100
 """
 

@@ -1,6 +1,6 @@
 """A recording MQTT subscriber for tests and benchmarks, on a thread of its own.
 
-Tests are synchronous; :class:`Tap` runs a :class:`derrick.mqtt.MqttClient` in its own
+Tests are synchronous; :class:`Tap` runs a :class:`derrick.mqtt.client.MqttClient` in its own
 event loop on a background thread, with a persistent session (so messages published
 while it is reconnecting are queued by the broker for it), and records every message.
 """
@@ -13,8 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from derrick.broker import BrokerSettings
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
 
 
 @dataclass(frozen=True, slots=True)

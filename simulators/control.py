@@ -33,7 +33,7 @@ from http import HTTPStatus
 
 import structlog
 
-from derrick.httpserver import HttpError, body_length, read_head
+from derrick.plumbing.httpserver import HttpError, body_length, read_head
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger("sim")

@@ -22,8 +22,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from derrick.profile import Profile, Register
-from derrick.registers import DataType
+from derrick.plc.profile import Profile, Register
+from derrick.plc.registers import DataType
 
 Value = float | bool | str
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import structlog
 
-from derrick import logs
-from derrick.cli import run_until_signalled
-from derrick.configfile import ConfigError
-from derrick.profile import Profile, load_profile
+from derrick.plc.profile import Profile, load_profile
+from derrick.plumbing import logs
+from derrick.plumbing.cli import run_until_signalled
+from derrick.plumbing.configfile import ConfigError
 from simulators import control, modbus_server, scenario
 from simulators.control import ControlError
 from simulators.crane import DEMO_LIFT, DEMO_START_S, LIFT_S, CraneModel

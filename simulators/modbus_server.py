@@ -35,7 +35,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from derrick.profile import Table
+from derrick.plc.profile import Table
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger(__name__)

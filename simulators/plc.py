@@ -2,7 +2,7 @@
 
 The profile says which tag lives at which address in which table and how it is encoded;
 this module turns the model's engineering values into those register words and bits with
-the same codec the agent decodes with (:mod:`derrick.registers`). It knows nothing of
+the same codec the agent decodes with (:mod:`derrick.plc.registers`). It knows nothing of
 Modbus framing or HTTP; :mod:`simulators.modbus_server` and :mod:`simulators.control`
 sit on top of it.
 """
@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from derrick.profile import Profile, Register, Table
-from derrick.registers import CodecError, DataType, encode, encode_bit, unscaled
+from derrick.plc.profile import Profile, Register, Table
+from derrick.plc.registers import CodecError, DataType, encode, encode_bit, unscaled
 from simulators.faults import Faults
 
 Value = float | bool | str

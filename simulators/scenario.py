@@ -25,9 +25,9 @@ from typing import Self
 import structlog
 from pydantic import Field, model_validator
 
-from derrick import configfile
-from derrick.configfile import StrictModel
-from derrick.contract import Ident
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel
+from derrick.wire.ids import Ident
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger(__name__)

@@ -6,7 +6,7 @@ file. The integration tests run a real mosquitto 2.0 over TLS with the ACL gener
 the very configs its clients use, and prove each rule both ways: a message an account
 may not publish never reaches a subscriber who may read that topic, while the same
 topic from the rightful account does. mosquitto acknowledges a denied publish and drops
-it silently (derrick/mqtt.py), so only a subscriber can tell; it receives in order, so
+it silently (derrick/mqtt/client.py), so only a subscriber can tell; it receives in order, so
 once the rightful message is in, the forged one would have been in before it.
 """
 
@@ -30,13 +30,12 @@ from collector import acl
 from collector.acl import AclError, gather, generate_acl, passwords, render_acl
 from collector.config import load_config as load_collector_config
 from collector.main import main as collector_main
-from derrick.broker import BrokerSettings
-from derrick.configfile import ConfigError
-from derrick.contract import (
+from derrick.mqtt.client import InboundMessage, MqttClient, MqttError, MqttTimeout
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plumbing.configfile import ConfigError
+from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, AlarmNotice
+from derrick.wire.topics import (
     ALARM_COMMANDS_SUBSCRIPTION,
-    AlarmCommand,
-    AlarmCommandResult,
-    AlarmNotice,
     agent_events_topic,
     agent_metrics_topic,
     agent_status_topic,
@@ -47,7 +46,6 @@ from derrick.contract import (
     device_status_topic,
     telemetry_topic,
 )
-from derrick.mqtt import InboundMessage, MqttClient, MqttError, MqttTimeout
 from devstack.certs import CertificateAuthority
 from devstack.programs import REPO, Program, start_simulator, wait_for, write_yaml
 from devstack.services import Influx1, Mosquitto, free_port

@@ -28,8 +28,8 @@ from collector.alarms.channels import (
     message_id,
     render_text,
 )
-from derrick.configfile import ConfigError, validate
-from derrick.contract import AlarmNotice
+from derrick.plumbing.configfile import ConfigError, validate
+from derrick.wire.payloads import AlarmNotice
 from devstack.certs import CertificateAuthority, IssuedCert
 from devstack.receivers import HttpReceiver, SmtpReceiver
 

@@ -34,17 +34,16 @@ from dataclasses import dataclass
 import pytest
 
 from collector.alarms.channels import message_id
-from collector.alarms.rules import load_rules
-from derrick.broker import BrokerSettings
-from derrick.contract import (
-    AlarmCommand,
-    AlarmCommandResult,
+from derrick.alarms.rules import load_rules
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import AlarmCommand, AlarmCommandResult
+from derrick.wire.topics import (
     alarm_commands_topic,
     alarm_replies_topic,
     alarm_state_topic,
     device_status_topic,
 )
-from derrick.mqtt import MqttClient
 from devstack.alarmstack import AlarmStack, AssetSpec
 from devstack.programs import REPO, wait_for
 from devstack.receivers import HttpReceiver, HttpRequest, Mail, SmtpReceiver

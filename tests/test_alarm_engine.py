@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from collector.alarms.engine import ConditionChange, RuleEngine
-from collector.alarms.rules import RuleSet, load_rules
-from derrick.contract import (
+from derrick.alarms.engine import ConditionChange, RuleEngine
+from derrick.alarms.rules import RuleSet, load_rules
+from derrick.wire.payloads import (
     AgentStatus,
     DeviceState,
     DeviceStatus,

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from collector.alarms.httpapi import AlarmApi, HttpApiError, HttpApiSettings
-from derrick import configfile
-from derrick.contract import AlarmCommand, AlarmCommandResult
+from derrick.plumbing import configfile
+from derrick.wire.payloads import AlarmCommand, AlarmCommandResult
 
 pytestmark = pytest.mark.integration
 

@@ -1,14 +1,14 @@
 """Alarm KPIs: flood, chattering, standing, top alarms and their line protocol.
 
-Expectations are computed by hand from the definitions in ``collector/alarms/kpi.py``;
+Expectations are computed by hand from the definitions in ``derrick/alarms/kpi.py``;
 lifecycle effects come from the real state machine where the sequence matters.
 """
 
 import pydantic
 import pytest
 
-from collector.alarms.kpi import AlarmKpis, KpiSettings, escape_tag, split_alarm_id
-from collector.alarms.lifecycle import (
+from derrick.alarms.kpi import AlarmKpis, KpiSettings, escape_tag, split_alarm_id
+from derrick.alarms.lifecycle import (
     Acknowledge,
     AlarmRecord,
     AnnounceReason,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from collector.alarms.engine import RuleEngine
-from collector.alarms.lifecycle import Annunciate, Clear, Journal, LifecycleState, Rejected
 from collector.alarms.manager import AlarmManager, Command
-from collector.alarms.rules import RuleSet
 from collector.alarms.state import AlarmStateStore
-from derrick.contract import Reading, Telemetry
+from derrick.alarms.engine import RuleEngine
+from derrick.alarms.lifecycle import Annunciate, Clear, Journal, LifecycleState, Rejected
+from derrick.alarms.rules import RuleSet
+from derrick.wire.payloads import Reading, Telemetry
 
 S = 1_000_000_000
 

@@ -7,7 +7,7 @@ six cranes (one Modbus port each), one agent polling all six (one asset each), a
 webhook channel to ONE shared :class:`~devstack.receivers.HttpReceiver`, routed for every
 priority, so a notice sent by two collectors would arrive twice.
 
-The assets are picked with :func:`collector.alarms.ownership.owner_of` so that each
+The assets are picked with :func:`derrick.alarms.ownership.owner_of` so that each
 collector owns two. Collector ids carry a per-test suffix (the broker is shared by the
 whole session and keeps persistent sessions by client id); they are removed from the
 broker at the end.
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.alarms.lifecycle import AlarmRecord
-from collector.alarms.ownership import owner_of
 from collector.alarms.state import AlarmStateStore
-from derrick.broker import BrokerSettings
-from derrick.contract import Telemetry, telemetry_topic
-from derrick.mqtt import MqttClient
+from derrick.alarms.lifecycle import AlarmRecord
+from derrick.alarms.ownership import owner_of
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import Telemetry
+from derrick.wire.topics import telemetry_topic
 from devstack.programs import REPO, Program, http_json, start_fleet, wait_for, write_yaml
 from devstack.receivers import HttpReceiver
 

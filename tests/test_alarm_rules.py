@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from collector.alarms.rules import (
+from derrick.alarms.rules import (
     SIGNAL_DEFAULTS,
     AgentOfflineRule,
     RuleSet,
     ThresholdRule,
     load_rules,
 )
-from derrick.configfile import ConfigError
-from derrick.profile import load_profile
+from derrick.plc.profile import load_profile
+from derrick.plumbing.configfile import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "config" / "alarm-rules").glob("*.yaml"))

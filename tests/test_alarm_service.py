@@ -20,11 +20,11 @@ from collector.alarms.notify import (
     JOURNAL_CHANNEL,
     STATE_CHANNEL,
 )
-from collector.alarms.ownership import Ownership, owner_of
-from collector.alarms.rules import RuleSet
 from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
-from derrick.contract import AlarmCommand, AlarmNotice, Reading, Telemetry
+from derrick.alarms.ownership import Ownership, owner_of
+from derrick.alarms.rules import RuleSet
+from derrick.wire.payloads import AlarmCommand, AlarmNotice, Reading, Telemetry
 
 S = 1_000_000_000
 RULES = RuleSet.model_validate(

@@ -7,7 +7,8 @@ import textwrap
 
 from structlog.testing import capture_logs
 
-from collector.alarms.lifecycle import (
+from collector.alarms.state import AlarmStateStore
+from derrick.alarms.lifecycle import (
     Acknowledge,
     AlarmRecord,
     LifecycleState,
@@ -15,7 +16,6 @@ from collector.alarms.lifecycle import (
     Transition,
     apply,
 )
-from collector.alarms.state import AlarmStateStore
 
 
 def active(alarm_id: str, acked: bool = False) -> AlarmRecord:

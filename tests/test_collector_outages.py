@@ -12,9 +12,10 @@ import uuid
 
 import pytest
 
-from derrick.broker import BrokerSettings
-from derrick.contract import Reading, Telemetry, now_ns, telemetry_topic
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import Reading, Telemetry, now_ns
+from derrick.wire.topics import telemetry_topic
 from devstack.programs import Program, wait_for, write_yaml
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ import yaml
 
 from agent.config import AgentConfig, Device
 from agent.config import load_config as load_agent_config
-from collector.alarms.rules import load_rules
 from collector.config import load_config as load_collector_config
-from derrick import configfile
-from derrick.configfile import ConfigError, expand_env, location
-from derrick.profile import PROFILE_DIR, Deadband, Profile, Register, load_profile
+from derrick.alarms.rules import load_rules
+from derrick.plc.profile import PROFILE_DIR, Deadband, Profile, Register, load_profile
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import ConfigError, expand_env, location
 from simulators.scenario import load_script
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"

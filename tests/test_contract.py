@@ -2,7 +2,7 @@
 
 import pytest
 
-from derrick.contract import Quality, Reading, Telemetry, mark_historical, trusted_reading
+from derrick.wire.payloads import Quality, Reading, Telemetry, mark_historical, trusted_reading
 
 
 @pytest.mark.parametrize("value", [1.5, 0.0, -3, True, False, "SN-0042", None])

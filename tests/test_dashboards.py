@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from derrick.profile import load_profile
+from derrick.plc.profile import load_profile
 from devstack import grafana
 from devstack.grafana import (
     DASHBOARD_DIR,

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from collector.deadletter import DeadLetters, payload_bytes, read_dead_letters
 from collector.validate import Rejected, validate
-from derrick.contract import telemetry_topic
+from derrick.wire.topics import telemetry_topic
 
 TOPIC = telemetry_topic("yard", "crane-01", "lmi")
 SECRET = b"SECRET-PAYLOAD-CONTENT"

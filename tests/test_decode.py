@@ -6,8 +6,8 @@ import pytest
 
 from agent.decode import decode_request, decode_value
 from agent.plan import plan_reads
-from derrick.contract import Quality
-from derrick.profile import Register
+from derrick.plc.profile import Register
+from derrick.wire.payloads import Quality
 
 
 def reg(tag, address, type_="uint16", table="holding", **keys):

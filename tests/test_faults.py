@@ -13,7 +13,7 @@ import urllib.error
 import pytest
 
 from agent.modbus import DeviceTimeout, DeviceUnreachable, ExceptionReply, ModbusConnection
-from derrick.profile import Table, load_profile
+from derrick.plc.profile import Table, load_profile
 from devstack.programs import http_json
 from simulators import control, modbus_server
 from simulators.crane import CraneModel

@@ -4,8 +4,8 @@ import pytest
 
 from agent.filter import ExceptionFilter
 from agent.poll import Breaker
-from derrick.contract import Quality, Reading
-from derrick.profile import Register
+from derrick.plc.profile import Register
+from derrick.wire.payloads import Quality, Reading
 
 
 def reg(tag, **keys):

@@ -9,7 +9,7 @@ import pytest
 from agent.decode import decode_request
 from agent.modbus import ModbusConnection
 from agent.plan import plan_reads
-from derrick.profile import load_profile
+from derrick.plc.profile import load_profile
 from devstack.programs import Program, http_json, start_fleet, wait_for
 from devstack.services import free_port_block
 

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from collector.fieldtypes import FieldTypes
 from collector.lineproto import encode_telemetry
 from collector.validate import Rejected, epoch_ns, validate
-from derrick.broker import BrokerSettings
-from derrick.contract import Telemetry, telemetry_topic
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import Telemetry
+from derrick.wire.topics import telemetry_topic
 from devstack.programs import Program, wait_for, write_yaml
 
 TOPIC = telemetry_topic("fuzz", "crane-01", "lmi")

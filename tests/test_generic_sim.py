@@ -16,8 +16,8 @@ import time
 import pytest
 
 from agent.modbus import ModbusConnection
-from derrick.profile import Profile, Register, Table, load_profile
-from derrick.registers import DataType, decode, scaled
+from derrick.plc.profile import Profile, Register, Table, load_profile
+from derrick.plc.registers import DataType, decode, scaled
 from devstack.programs import REPO, Program, http_json, wait_for
 from devstack.services import free_port_block
 from simulators.generic import GenericModel

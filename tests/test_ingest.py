@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from collector.alarms.ownership import owner_of
 from collector.deadletter import read_dead_letters
-from derrick.broker import BrokerSettings
-from derrick.contract import Reading, Telemetry, now_ns, telemetry_topic
-from derrick.mqtt import MqttClient
+from derrick.alarms.ownership import owner_of
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import Reading, Telemetry, now_ns
+from derrick.wire.topics import telemetry_topic
 from devstack.programs import REPO, Program, wait_for, write_yaml
 
 pytestmark = pytest.mark.integration

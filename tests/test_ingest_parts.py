@@ -19,7 +19,7 @@ from collector.health import Waiting, health, stalled_stages
 from collector.lineproto import topic_of_line
 from collector.redelivery import Redeliveries
 from collector.stats import Stats
-from derrick.threads import DaemonThreads
+from derrick.plumbing.threads import DaemonThreads
 
 REFUSAL = (
     '{"error":"partial write: field type conflict: input field \\"hook_load\\" on '
@@ -65,7 +65,7 @@ def test_a_call_hung_in_a_daemon_thread_does_not_hold_up_the_exit():
     script = textwrap.dedent(
         """
         import asyncio, time
-        from derrick.threads import DaemonThreads
+        from derrick.plumbing.threads import DaemonThreads
         async def main():
             threads = DaemonThreads("hang")
             task = asyncio.ensure_future(threads.run(time.sleep, 30))

@@ -12,20 +12,75 @@ PACKAGES = ["derrick", "agent", "collector", "simulators", "devstack"]
 
 # The one module allowed to import each protocol library.
 BOUNDARIES = {
-    "paho": {"derrick/mqtt.py"},
+    "paho": {"derrick/mqtt/client.py"},
     "pymodbus": {"agent/modbus.py", "simulators/modbus_server.py"},
     "influxdb_client": {"collector/influx.py"},
 }
 
 
-def imported_roots(path: Path) -> set[str]:
-    roots = set()
+PRODUCT = ["derrick", "agent", "collector", "simulators"]
+PURE = ["derrick.alarms", "derrick.plc", "derrick.wire"]
+IO_LIBRARIES = {
+    "sqlite3",
+    "socket",
+    "ssl",
+    "http",
+    "urllib",
+    "smtplib",
+    "email",
+    "paho",
+    "pymodbus",
+    "serial",
+    "influxdb_client",
+    "asyncio",
+    "threading",
+    "subprocess",
+    "structlog",
+}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every dotted name an import in ``path`` mentions: ``from a.b import c`` gives
+    ``a.b`` and ``a.b.c`` (c may be a module or a name in it)."""
+    names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def imported_roots(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported_names(path)}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {
+    module_name(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")
+}
+
+
+def closure(start: str) -> set[str]:
+    """The project modules ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in MODULES:
+            continue
+        seen.add(name)
+        todo += [n for n in imported_names(MODULES[name]) if n in MODULES]
+        todo += [n.rsplit(".", 1)[0] for n in imported_names(MODULES[name]) if "." in n]
+    return seen
+
+
+def modules_of(*packages: str) -> list[str]:
+    return sorted(m for m in MODULES if m.split(".")[0] in packages or m.startswith(packages))
 
 
 @pytest.mark.parametrize("library", BOUNDARIES)
@@ -68,3 +123,54 @@ def test_console_scripts_are_installed_with_help(script):
     )
     assert done.returncode == 0, done.stderr
     assert f"usage: {script}" in done.stdout
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(tuple(PURE))])
+def test_the_pure_core_imports_no_io_library(module):
+    """Rules, condition engine, lifecycle, register codec and contract run anywhere: in
+    the agent, the collector, a test, without a socket, a file handle or a thread."""
+    used = {
+        f"{name} (in {other})"
+        for other in closure(module)
+        for name in imported_names(MODULES[other])
+        if name.split(".")[0] in IO_LIBRARIES
+    }
+    assert not used, f"{module} reaches I/O: {sorted(used)}"
+
+
+def test_the_pure_alarm_core_is_in_the_shared_kernel():
+    for name in ("rules", "engine", "lifecycle", "kpi", "ownership"):
+        assert f"derrick.alarms.{name}" in MODULES
+        assert f"collector.alarms.{name}" not in MODULES
+
+
+@pytest.mark.parametrize(
+    ("packages", "forbidden"),
+    [
+        (("agent",), ("collector", "simulators", "devstack")),
+        (("collector",), ("agent", "simulators", "devstack")),
+        (("simulators",), ("agent", "collector", "devstack")),
+        (("derrick",), ("agent", "collector", "simulators", "devstack")),
+    ],
+)
+def test_programs_import_only_the_shared_kernel(packages, forbidden):
+    """The agent never imports the collector (it runs on a gateway without it), and no
+    product code imports the test servers or the simulators. One crossing is allowed:
+    the collector's ACL generator reads the gateways' agent configs (agent.config, which
+    needs neither pymodbus nor paho)."""
+    allowed = {("collector", "agent"), ("collector", "agent.config")}
+    crossings = {
+        f"{module} -> {other}"
+        for module in modules_of(*packages)
+        for other in closure(module)
+        if other.split(".")[0] in forbidden and (packages[0], other) not in allowed
+    }
+    assert not crossings
+
+
+def test_the_shared_kernel_has_one_sub_package_per_role():
+    kernel = REPO / "derrick"
+    loose = sorted(p.name for p in kernel.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside a role's sub-package: {loose}"
+    roles = sorted(p.name for p in kernel.iterdir() if (p / "__init__.py").exists())
+    assert roles == ["alarms", "mqtt", "plc", "plumbing", "spool", "wire"]

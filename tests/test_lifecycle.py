@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from collector.alarms.lifecycle import (
+from derrick.alarms.lifecycle import (
     Acknowledge,
     Action,
     AlarmRecord,

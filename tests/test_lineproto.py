@@ -8,7 +8,7 @@ from collector.lineproto import (
     encode_stats,
     encode_telemetry,
 )
-from derrick.contract import (
+from derrick.wire.payloads import (
     AgentMetrics,
     AlarmNotice,
     AlarmStateMessage,

@@ -18,17 +18,10 @@ import uuid
 
 import pytest
 
-from derrick.broker import BrokerSettings
-from derrick.contract import (
-    AgentMetrics,
-    QueueMetrics,
-    Reading,
-    Telemetry,
-    agent_metrics_topic,
-    now_ns,
-    telemetry_topic,
-)
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import AgentMetrics, QueueMetrics, Reading, Telemetry, now_ns
+from derrick.wire.topics import agent_metrics_topic, telemetry_topic
 from devstack.programs import Program, wait_for, write_yaml
 from devstack.services import Mosquitto
 from devstack.tap import Tap

@@ -22,10 +22,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.config import load_config as load_agent_config
-from derrick.broker import BrokerSettings, BrokerTls
-from derrick.configfile import ConfigError
-from derrick.contract import telemetry_topic
-from derrick.mqtt import MqttClient, MqttError
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.mqtt.settings import BrokerSettings, BrokerTls
+from derrick.plumbing.configfile import ConfigError
+from derrick.wire.topics import telemetry_topic
 from devstack.certs import CertificateAuthority, IssuedCert
 from devstack.programs import Program, start_simulator, wait_for, write_yaml
 from devstack.services import Mosquitto

@@ -3,8 +3,8 @@
 from structlog.testing import capture_logs
 
 from agent.outbox import Outbox
-from derrick.contract import AgentEvent, DeviceState, Reading, Telemetry
-from derrick.spool import Priority, Spool
+from derrick.spool.store import Priority, Spool
+from derrick.wire.payloads import AgentEvent, DeviceState, Reading, Telemetry
 
 
 def readings(n=20):

@@ -13,15 +13,10 @@ import uuid
 
 import pytest
 
-from derrick.broker import BrokerSettings
-from derrick.contract import (
-    AlarmCommand,
-    AlarmNotice,
-    alarm_commands_topic,
-    alarm_events_topic,
-    alarm_replies_topic,
-)
-from derrick.mqtt import MqttClient
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import AlarmCommand, AlarmNotice
+from derrick.wire.topics import alarm_commands_topic, alarm_events_topic, alarm_replies_topic
 from devstack.programs import http_json, start_pipeline, start_simulator, wait_for
 from simulators.crane import EXACT_VALUES
 

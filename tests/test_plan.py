@@ -1,7 +1,7 @@
 """Read planning: fewest requests within the device's limits."""
 
 from agent.plan import min_requests, plan_reads, split_request
-from derrick.profile import Register, load_profile
+from derrick.plc.profile import Register, load_profile
 
 
 def reg(tag, address, type_="uint16", table="holding"):

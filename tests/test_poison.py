@@ -29,9 +29,10 @@ from collector.receive import Receiver
 from collector.redelivery import Redeliveries
 from collector.stats import Stats
 from collector.store import Batchable
-from derrick.broker import BrokerSettings
-from derrick.contract import Reading, Telemetry, alarm_events_topic, now_ns, telemetry_topic
-from derrick.mqtt import InboundMessage, MqttClient
+from derrick.mqtt.client import InboundMessage, MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.wire.payloads import Reading, Telemetry, now_ns
+from derrick.wire.topics import alarm_events_topic, telemetry_topic
 from devstack.programs import Program, wait_for, write_yaml
 from devstack.services import free_port
 from devstack.tap import Tap

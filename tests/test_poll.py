@@ -20,8 +20,9 @@ from agent.config import Device
 from agent.main import open_link
 from agent.modbus import ModbusConnection
 from agent.poll import DevicePoller
-from derrick.contract import TOPIC_ROOT, AgentMetrics, Quality, Telemetry
-from derrick.profile import Profile, load_profile
+from derrick.plc.profile import Profile, load_profile
+from derrick.wire.payloads import AgentMetrics, Quality, Telemetry
+from derrick.wire.topics import TOPIC_ROOT
 from devstack.programs import Program, http_json, start_fleet, write_yaml
 from devstack.tap import Tap
 from simulators import modbus_server

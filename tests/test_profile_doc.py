@@ -2,7 +2,7 @@
 
 import pytest
 
-from derrick.profile import PROFILE_DIR
+from derrick.plc.profile import PROFILE_DIR
 from devstack.profile_doc import BLOCK, README, render
 
 PROFILES = sorted(path.stem for path in PROFILE_DIR.glob("*.yaml"))

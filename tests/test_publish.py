@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from agent.publish import Publisher
-from derrick.broker import BrokerSettings
-from derrick.contract import now_ns
-from derrick.mqtt import MqttClient
-from derrick.spool import Priority, Spool
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
+from derrick.spool.store import Priority, Spool
+from derrick.wire.payloads import now_ns
 from devstack.tap import Tap
 
 pytestmark = pytest.mark.integration

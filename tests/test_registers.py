@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from derrick.registers import (
+from derrick.plc.registers import (
     CodecError,
     DataType,
     Order,

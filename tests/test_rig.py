@@ -19,8 +19,8 @@ import pytest
 from agent.decode import decode_request
 from agent.modbus import ExceptionReply, ModbusConnection
 from agent.plan import ReadRequest, plan_reads
-from derrick.profile import Register, Table, load_profile
-from derrick.registers import DataType, Order, decode, encode, scaled, unscaled
+from derrick.plc.profile import Register, Table, load_profile
+from derrick.plc.registers import DataType, Order, decode, encode, scaled, unscaled
 from simulators import modbus_server, rig
 from simulators.plc import SimulatedPlc, register_words
 from simulators.rig import EXACT_VALUES, RigModel, RigState, Status

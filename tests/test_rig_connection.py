@@ -36,12 +36,12 @@ import pytest
 from agent.decode import decode_request
 from agent.filter import ExceptionFilter
 from agent.plan import plan_reads
-from collector.alarms.lifecycle import LifecycleState
 from collector.alarms.notify import BUILT_IN, EVENTS_CHANNEL, HISTORY_CHANNEL
 from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
-from derrick.contract import AlarmNotice, AlarmStateMessage, Telemetry
-from derrick.profile import load_profile
+from derrick.alarms.lifecycle import LifecycleState
+from derrick.plc.profile import load_profile
+from derrick.wire.payloads import AlarmNotice, AlarmStateMessage, Telemetry
 from devstack.programs import REPO
 from simulators.plc import SimulatedPlc
 from simulators.rig import RigModel, RigState

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 from agent.decode import decode_request
 from agent.modbus import ModbusConnection
 from agent.plan import plan_reads
-from derrick.configfile import ConfigError
-from derrick.profile import load_profile
+from derrick.plc.profile import load_profile
+from derrick.plumbing.configfile import ConfigError
 from devstack.programs import REPO
 from simulators import modbus_server
 from simulators.crane import CraneModel

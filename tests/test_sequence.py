@@ -4,7 +4,7 @@ from structlog.testing import capture_logs
 
 from collector.receive import _SEQUENCE
 from collector.sequence import SequenceTracker
-from derrick.contract import Reading, Telemetry, mark_historical
+from derrick.wire.payloads import Reading, Telemetry, mark_historical
 
 
 def feed(tracker, seqs, boot="b", at=0.0):
@@ -51,7 +51,7 @@ def test_repeats_are_duplicates_and_boots_are_separate():
 
 
 def test_the_group_alarm_session_reads_numbers_from_agent_payloads_without_parsing():
-    """receive._SEQUENCE depends on the agent's field order (derrick.contract.Telemetry)."""
+    """receive._SEQUENCE depends on the agent's field order (derrick.wire.payloads.Telemetry)."""
     payload = Telemetry(
         site="s", asset="a", device="d", kind="crane", agent="gw-1.x", boot="5f0c-9", seq=1042,
         readings=[Reading(tag="agent", value=1.0, ts_ns=1)],

@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from derrick.profile import Profile, Register, Table, load_profile
-from derrick.registers import DataType, Order, decode, encode, scaled, unscaled
+from derrick.plc.profile import Profile, Register, Table, load_profile
+from derrick.plc.registers import DataType, Order, decode, encode, scaled, unscaled
 from devstack.programs import Program, http_json, wait_for
 from devstack.services import free_port
 from simulators import control, crane, modbus_server

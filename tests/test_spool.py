@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from derrick.spool import Dropped, Entry, Priority, Spool, SpoolError
+from derrick.spool.store import Dropped, Entry, Priority, Spool, SpoolError
 
 REPO = Path(__file__).resolve().parent.parent
 T, S, A = Priority.TELEMETRY, Priority.STATUS, Priority.ALARM
@@ -273,7 +273,7 @@ def test_space_is_given_back_in_steps_once_drained(tmp_path):
 CHILD = """
 import sys, time
 from pathlib import Path
-from derrick.spool import Priority, Spool
+from derrick.spool.store import Priority, Spool
 spool = Spool(Path(sys.argv[1]), 1 << 30, 1e9)
 batch = 0
 while True:

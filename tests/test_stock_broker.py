@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from collector.deadletter import read_dead_letters
-from derrick.broker import BrokerSettings
-from derrick.mqtt import MqttClient, MqttError
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.mqtt.settings import BrokerSettings
 from devstack.certs import CertificateAuthority
 from devstack.loadgen import Load
 from devstack.programs import Program, wait_for, write_yaml

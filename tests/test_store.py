@@ -15,8 +15,8 @@ from collector.fieldtypes import FieldTypes
 from collector.influx import DataRejected, StoreUnavailable
 from collector.stats import Stats
 from collector.store import Batchable, Batching, Store
-from derrick.contract import telemetry_topic
-from derrick.mqtt import InboundMessage
+from derrick.mqtt.client import InboundMessage
+from derrick.wire.topics import telemetry_topic
 
 CONFLICT = (
     'HTTP 400: {"error":"partial write: field type conflict: input field \\"x\\" on '

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from derrick.contract import TOPIC_ROOT, DeviceStatus, Telemetry
-from derrick.spool import Spool
+from derrick.spool.store import Spool
+from derrick.wire.payloads import DeviceStatus, Telemetry
+from derrick.wire.topics import TOPIC_ROOT
 from devstack.programs import Program, start_simulator, write_yaml
 from devstack.tap import Received, Tap
 

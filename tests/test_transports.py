@@ -33,8 +33,8 @@ from agent.modbus import (
     ModbusConnection,
     connection_key,
 )
-from derrick.profile import Register, Table, load_profile
-from derrick.registers import decode, scaled
+from derrick.plc.profile import Register, Table, load_profile
+from derrick.plc.registers import decode, scaled
 from devstack.programs import Program, http_json, wait_for
 from devstack.services import free_port, free_port_block
 from simulators import modbus_server

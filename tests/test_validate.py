@@ -14,7 +14,8 @@ from collector.validate import (
     epoch_ns,
     validate,
 )
-from derrick.contract import Reading, Telemetry, telemetry_topic
+from derrick.wire.payloads import Reading, Telemetry
+from derrick.wire.topics import telemetry_topic
 
 TOPIC = telemetry_topic("yard", "crane-01", "lmi")
 TS = epoch_ns(2026) + 7

@@ -11,13 +11,9 @@ import asyncio
 from collector.alarms.channels import DeliveryError
 from collector.influx import DataRejected, StoreError, Writer
 from collector.lineproto import encode_alarm, encode_alarm_state
-from derrick.contract import (
-    AlarmNotice,
-    AlarmStateMessage,
-    alarm_events_topic,
-    alarm_state_topic,
-)
-from derrick.mqtt import MqttClient, MqttError
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.wire.payloads import AlarmNotice, AlarmStateMessage
+from derrick.wire.topics import alarm_events_topic, alarm_state_topic
 
 PUBACK_WAIT_S = 10.0
 

@@ -46,10 +46,10 @@ from urllib.parse import quote, urlsplit
 import structlog
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from derrick import configfile
-from derrick.configfile import StrictModel, beside_config
-from derrick.contract import AlarmNotice
-from derrick.threads import DaemonThreads
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel, beside_config
+from derrick.plumbing.threads import DaemonThreads
+from derrick.wire.payloads import AlarmNotice
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ A small HTTP/1.1 JSON server on asyncio streams (stdlib only), one request per c
                                       header. Answers the status and AlarmCommandResult
                                       the collector's command callback returns.
 
-``<action>`` is an :data:`derrick.contract.AlarmAction` (acknowledge, reset, shelve,
+``<action>`` is an :data:`derrick.wire.payloads.AlarmAction` (acknowledge, reset, shelve,
 unshelve, remove_from_service, return_to_service); ``<alarm_id>`` is ``rule:site:asset:device``,
 percent-encoded or not. A missing ``request_id`` gets a generated one, so the answer and
 the log line can be matched.
@@ -55,10 +55,10 @@ from pydantic import (
     model_validator,
 )
 
-from derrick import configfile
-from derrick.configfile import StrictModel
-from derrick.contract import AlarmCommand, AlarmCommandResult
-from derrick.httpserver import HttpError, body_length, read_head
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel
+from derrick.plumbing.httpserver import HttpError, body_length, read_head
+from derrick.wire.payloads import AlarmCommand, AlarmCommandResult
 
 log = structlog.get_logger(__name__)
 
@@ -278,7 +278,7 @@ class AlarmApi:
     """The operator HTTP API over the collector's alarms.
 
     ``list_alarms`` returns the alarms as JSON-ready dicts (keys ``alarm_id``, ``site``,
-    ``asset``, ``state``, ``active``... as in :class:`derrick.contract.AlarmStateMessage`);
+    ``asset``, ``state``, ``active``... as in :class:`derrick.wire.payloads.AlarmStateMessage`);
     ``command`` carries out one command and returns the HTTP status and the result. The
     caller decides whether to serve at all (``settings.enabled``).
     """

@@ -1,7 +1,7 @@
 """Alarm manager: rule-engine conditions through the ISA-18.2 lifecycle, persisted.
 
-The glue between :mod:`collector.alarms.engine` (when does a condition hold?),
-:mod:`collector.alarms.lifecycle` (what does that mean for the alarm and the crews?) and
+The glue between :mod:`derrick.alarms.engine` (when does a condition hold?),
+:mod:`derrick.alarms.lifecycle` (what does that mean for the alarm and the crews?) and
 :mod:`collector.alarms.state` (remember it across restarts). It returns lifecycle
 effects - announce, clear, journal - and hands them, with the records they changed, to
 a ``notices`` hook whose outbox rows are saved in the same transaction as the records.
@@ -27,8 +27,10 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from collector.alarms.engine import ConditionChange, RuleEngine
-from collector.alarms.lifecycle import (
+from collector.alarms.outbox import NewNotice
+from collector.alarms.state import AlarmStateStore
+from derrick.alarms.engine import ConditionChange, RuleEngine
+from derrick.alarms.lifecycle import (
     Acknowledge,
     AlarmRecord,
     Effect,
@@ -46,8 +48,6 @@ from collector.alarms.lifecycle import (
     Unshelve,
     apply,
 )
-from collector.alarms.outbox import NewNotice
-from collector.alarms.state import AlarmStateStore
 
 NoticeHook = Callable[[list[Effect], dict[str, AlarmRecord]], list[NewNotice]]
 

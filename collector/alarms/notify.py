@@ -1,6 +1,6 @@
 """Notify stage: alarm effects -> notices in the outbox -> one delivery worker per channel.
 
-:class:`Router` turns lifecycle effects into :class:`~derrick.contract.AlarmNotice` s and
+:class:`Router` turns lifecycle effects into :class:`~derrick.wire.payloads.AlarmNotice` s and
 outbox rows: every notice goes to the built-in channels (the MQTT event stream, the
 retained MQTT alarm state and the InfluxDB ``alarms`` journal) and to the channels of
 every route whose priorities, site and asset match. It also makes the reminders and
@@ -28,7 +28,8 @@ import structlog
 from pydantic import Field, model_validator
 
 from collector.alarms.channels import DeliveryError
-from collector.alarms.lifecycle import (
+from collector.alarms.outbox import NewNotice, Outbox, Pending
+from derrick.alarms.lifecycle import (
     HIDDEN,
     AlarmRecord,
     Annunciate,
@@ -36,9 +37,9 @@ from collector.alarms.lifecycle import (
     Effect,
     Journal,
 )
-from collector.alarms.outbox import NewNotice, Outbox, Pending
-from derrick.configfile import StrictModel
-from derrick.contract import AlarmNotice, AlarmPriority, AlarmStateMessage, Ident, now_ns
+from derrick.plumbing.configfile import StrictModel
+from derrick.wire.ids import Ident
+from derrick.wire.payloads import AlarmNotice, AlarmPriority, AlarmStateMessage, now_ns
 
 log = structlog.get_logger(__name__)
 

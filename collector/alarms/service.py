@@ -22,9 +22,6 @@ from typing import Any
 
 import structlog
 
-from collector.alarms.engine import ConditionChange, RuleEngine
-from collector.alarms.kpi import AlarmKpis
-from collector.alarms.lifecycle import Annunciate, Clear, Effect, Journal, Rejected
 from collector.alarms.manager import AlarmManager, Command, alarm_id
 from collector.alarms.notify import (
     BUILT_IN,
@@ -35,11 +32,14 @@ from collector.alarms.notify import (
     state_message,
 )
 from collector.alarms.outbox import Outbox
-from collector.alarms.ownership import Ownership
-from collector.alarms.rules import RuleSet
 from collector.alarms.settings import AlarmSettings
 from collector.alarms.state import AlarmStateStore
-from derrick.contract import (
+from derrick.alarms.engine import ConditionChange, RuleEngine
+from derrick.alarms.kpi import AlarmKpis
+from derrick.alarms.lifecycle import Annunciate, Clear, Effect, Journal, Rejected
+from derrick.alarms.ownership import Ownership
+from derrick.alarms.rules import RuleSet
+from derrick.wire.payloads import (
     AgentStatus,
     AlarmCommand,
     AlarmCommandResult,

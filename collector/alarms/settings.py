@@ -9,12 +9,12 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 
 from collector.alarms.channels import ChannelSettings
 from collector.alarms.httpapi import HttpApiSettings
-from collector.alarms.kpi import KpiSettings
 from collector.alarms.notify import FloodSettings, RetrySettings, RouteSettings
-from collector.alarms.rules import RuleSet, load_rules
-from derrick import configfile
-from derrick.configfile import StrictModel
-from derrick.contract import Ident
+from derrick.alarms.kpi import KpiSettings
+from derrick.alarms.rules import RuleSet, load_rules
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel
+from derrick.wire.ids import Ident
 
 
 class OutboxSettings(StrictModel):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from collector.alarms.lifecycle import AlarmRecord, RecordError
 from collector.alarms.outbox import INSERT, SCHEMA, NewNotice
+from derrick.alarms.lifecycle import AlarmRecord, RecordError
 
 log = structlog.get_logger(__name__)
 

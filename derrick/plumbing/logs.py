@@ -13,7 +13,7 @@ from typing import Literal
 
 import structlog
 
-from derrick.configfile import StrictModel
+from derrick.plumbing.configfile import StrictModel
 
 LogFormat = Literal["auto", "console", "json"]
 

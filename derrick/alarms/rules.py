@@ -4,10 +4,10 @@ A rule file is a YAML mapping ``rules: [...]`` (or a bare list of rules). Each r
 unique ``name``, a selector (``site``, ``asset``, ``device``, ``kind``, ``tag``: fnmatch
 globs) and a ``type`` that picks its condition. Timing (deadband, on/off delays) defaults
 by ``signal`` kind from the ISA-18.2 / EEMUA 191 starting points in
-:data:`SIGNAL_DEFAULTS`. The condition engine (``collector/alarms/engine.py``) runs them;
+:data:`SIGNAL_DEFAULTS`. The condition engine (``derrick/alarms/engine.py``) runs them;
 docs/alarm-rules.md documents every key.
 
-:func:`load_rules` goes through ``derrick.configfile`` (YAML, ``${ENV}`` expansion, one
+:func:`load_rules` goes through ``derrick.plumbing.configfile`` (YAML, ``${ENV}`` expansion, one
 ``file: key: reason`` line per problem). It validates itself rather than calling
 ``configfile.load`` only to drop the ``type`` value pydantic puts into the location of
 errors inside a discriminated union, so keys read like the YAML:
@@ -31,10 +31,10 @@ from pydantic import (
     model_validator,
 )
 
-from derrick import configfile
-from derrick.configfile import ConfigError, StrictModel
-from derrick.contract import Ident
-from derrick.profile import DeadbandSetting
+from derrick.plc.profile import DeadbandSetting
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import ConfigError, StrictModel
+from derrick.wire.ids import Ident
 
 Priority = Literal["critical", "high", "medium", "low"]
 """Four levels, as ISA-18.2 recommends (three or four priorities for operator alarms)."""

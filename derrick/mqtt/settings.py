@@ -1,6 +1,6 @@
 """MQTT broker connection settings, shared by agent and collector configs.
 
-Kept apart from :mod:`derrick.mqtt` so a config can be validated without paho installed.
+Kept apart from :mod:`derrick.mqtt.client` so a config can be validated without paho installed.
 
 Files named in the ``broker`` section (``password_file``, ``tls.*_file``) are resolved
 relative to the config file that names them, like profiles and rules; a model built in
@@ -16,8 +16,8 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from derrick import configfile
-from derrick.configfile import StrictModel, beside_config
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel, beside_config
 
 MQTT_PORT = 1883
 MQTTS_PORT = 8883

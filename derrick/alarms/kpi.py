@@ -3,7 +3,7 @@
 Pure: no I/O, no clock reads, no logging. Every input carries its time in ns; the caller
 logs the chattering starts/stops it is handed and writes :meth:`AlarmKpis.lines`.
 
-Inputs are the lifecycle's effects (:mod:`collector.alarms.lifecycle`):
+Inputs are the lifecycle's effects (:mod:`derrick.alarms.lifecycle`):
 
 * every :class:`Annunciate` is one annunciation (flood rate, top alarms);
 * an :class:`Annunciate` with reason ``NEW`` or ``REACTIVATED`` is one *activation* (the
@@ -53,7 +53,7 @@ from collections.abc import Iterable
 
 from pydantic import Field
 
-from collector.alarms.lifecycle import (
+from derrick.alarms.lifecycle import (
     NS_PER_S,
     AlarmRecord,
     AnnounceReason,
@@ -62,7 +62,7 @@ from collector.alarms.lifecycle import (
     Effect,
     LifecycleState,
 )
-from derrick.configfile import StrictModel
+from derrick.plumbing.configfile import StrictModel
 
 WINDOW_STEPS = 600  # resolution of the windowed counts: window_s / WINDOW_STEPS
 ID_PARTS = ("rule", "site", "asset", "device")  # alarm id: rule:site:asset:device

@@ -1,4 +1,4 @@
-"""Settings of a durable spool (:mod:`derrick.spool`), shared by agent and collector."""
+"""Settings of a durable spool (:mod:`derrick.spool.store`), shared by agent and collector."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from derrick.configfile import StrictModel, beside_config
-from derrick.spool import Priority, Spool
+from derrick.plumbing.configfile import StrictModel, beside_config
+from derrick.spool.store import Priority, Spool
 
 
 class SpoolSettings(StrictModel):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from collector.alarms.rules import (
+from derrick.alarms.rules import (
     AgentOfflineRule,
     BadQualityRule,
     BitRule,
@@ -36,7 +36,7 @@ from collector.alarms.rules import (
     StaleRule,
     ThresholdRule,
 )
-from derrick.contract import AgentStatus, DeviceState, DeviceStatus, Quality, Telemetry
+from derrick.wire.payloads import AgentStatus, DeviceState, DeviceStatus, Quality, Telemetry
 
 NS = 1_000_000_000
 _NUMBER = (int, float)

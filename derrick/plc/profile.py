@@ -14,12 +14,12 @@ from typing import Annotated, Self
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from derrick import configfile
-from derrick.configfile import StrictModel
-from derrick.contract import Ident
-from derrick.registers import DataType, Order, register_count
+from derrick.plc.registers import DataType, Order, register_count
+from derrick.plumbing import configfile
+from derrick.plumbing.configfile import StrictModel
+from derrick.wire.ids import Ident
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
 DEFAULT_GROUP = "default"
 
 

@@ -76,8 +76,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from derrick.broker import BrokerSettings
-from derrick.threads import DaemonThreads
+from derrick.mqtt.settings import BrokerSettings
+from derrick.plumbing.threads import DaemonThreads
 
 log = structlog.get_logger(__name__)
 

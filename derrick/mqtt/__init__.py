@@ -1,0 +1,1 @@
+"""MQTT: broker connection settings (:mod:`.settings`, no paho) and the client (:mod:`.client`)."""

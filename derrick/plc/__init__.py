@@ -1,0 +1,1 @@
+"""The PLC register model: Modbus register tables, value codecs and device profiles (pure)."""

@@ -1,0 +1,1 @@
+"""The durable store-and-forward spool (SQLite) and its settings."""
