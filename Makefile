@@ -10,7 +10,7 @@ SHELL := /bin/bash
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help setup run test bench lint clean
+.PHONY: help setup run test bench lint wheels clean
 
 help: ## list the targets
 	@echo "Derrick -- make targets:"
@@ -18,7 +18,7 @@ help: ## list the targets
 		awk -F':.*## ' '{ printf "  make %-8s %s\n", $$1, $$2 }'
 	@echo "  (make run RUN_SECONDS=30 stops by itself after 30 s)"
 
-setup: ## install Debian packages if missing, create .venv, pip install -e '.[dev]'
+setup: ## install Debian packages if missing, create .venv, install the three distributions editable
 	@bash scripts/setup.sh
 
 run: setup ## the whole pipeline on free loopback ports (Ctrl-C or RUN_SECONDS=N stops)
@@ -38,6 +38,14 @@ lint: setup ## ruff check and format check only
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+wheels: setup ## build the three wheels (derrick, derrick-collector, derrick-sim) into dist/
+	rm -rf dist && mkdir -p dist
+	for project in . collector simulators; do \
+		$(VENV)/bin/pip wheel -q --no-deps --no-build-isolation -w dist "./$$project"; \
+	done
+	rm -rf build collector/build simulators/build
+	@ls -1 dist
+
 clean: ## remove .venv and caches (not the run/ dir)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist build *.egg-info */*.egg-info
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

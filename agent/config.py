@@ -12,6 +12,7 @@ that set none. It is computed once, at validation, so every error is a start-up 
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -45,6 +46,36 @@ TCP_TRANSPORTS = ("tcp", "rtu-over-tcp")
 SERIAL_KEYS = ("baudrate", "parity", "stopbits", "bytesize")
 BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400)
 Interval = Annotated[float, Field(ge=0.05, le=3600)]
+
+
+class Framer(StrEnum):
+    """How Modbus frames travel on a TCP socket."""
+
+    SOCKET = "socket"  # Modbus TCP: MBAP header with transaction id
+    RTU = "rtu"  # RTU over TCP: unit id, PDU, CRC
+
+
+def connection_key(
+    *,
+    host: str | None = None,
+    port: int = 502,
+    framer: str = "socket",
+    serial_port: str | None = None,
+) -> str:
+    """The identity of an endpoint: devices with the same key must share one connection.
+
+    TCP: ``tcp://host:port`` or ``rtu-over-tcp://host:port``. Serial: ``serial://`` and
+    the resolved path, so a /dev/serial/by-id link and its /dev/ttyUSB0 are one bus (a
+    serial port opens exclusively: a second connection to it would fail).
+
+    Pure (no pymodbus): :attr:`Device.link_key` and :mod:`agent.modbus` both use it.
+    """
+    if (host is None) == (serial_port is None):
+        raise ValueError("connection_key needs host (TCP) or serial_port, not both")
+    if serial_port is not None:
+        return f"serial://{os.path.realpath(serial_port)}"
+    scheme = "tcp" if Framer(framer) is Framer.SOCKET else "rtu-over-tcp"
+    return f"{scheme}://{host.lower()}:{port}"
 
 
 class RegisterOverride(StrictModel):
@@ -264,12 +295,13 @@ class Device(StrictModel):
         gateway) or one serial port, and are told apart by unit_id.
 
         ``tcp://host:port``, ``rtu-over-tcp://host:port`` or ``serial://`` and the resolved
-        port path (a /dev/serial/by-id link and its /dev/ttyUSB0 are one bus); the same
-        string as ``agent.modbus.connection_key`` gives for this device.
+        port path: :func:`connection_key` of this device, the key
+        :class:`agent.modbus.ModbusConnection` gives the connection it opens.
         """
         if self.transport == "rtu":
-            return f"serial://{os.path.realpath(str(self.serial_port))}"
-        return f"{self.transport}://{str(self.host).lower()}:{self.port}"
+            return connection_key(serial_port=str(self.serial_port))
+        framer = Framer.RTU if self.transport == "rtu-over-tcp" else Framer.SOCKET
+        return connection_key(host=str(self.host), port=self.port or 502, framer=framer)
 
     @property
     def endpoint(self) -> str:

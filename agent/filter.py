@@ -1,4 +1,7 @@
-"""Filter stage: report by exception.
+"""Filter stage: report by exception, between the poll stage and the outbox.
+
+Each device's poller hands every cycle's readings to its :class:`FilterStage`, which
+keeps what is worth publishing and hands that to the outbox (:mod:`agent.outbox`).
 
 A tag with a deadband is published only when it moved beyond it since the value last
 published, when its heartbeat is due (the longest silence allowed), or when its quality
@@ -12,8 +15,12 @@ slow drift is reported once it adds up to a deadband instead of never.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.config import Device
+from agent.outbox import Outbox
 from derrick.plc.profile import Register
 from derrick.wire.payloads import Reading
 
@@ -58,3 +65,27 @@ class ExceptionFilter:
         if deadband is None:  # a heartbeat alone: report any change, and at least that often
             return reading.value != last.value
         return deadband.exceeded(last.value, reading.value)
+
+
+class FilterStage:
+    """One device's filter stage: readings from its poller in, the chosen ones to the outbox.
+
+    ``published`` counts the readings handed on (the metrics stage reports it).
+    """
+
+    def __init__(
+        self, device: Device, outbox: Outbox, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.device = device
+        self.outbox = outbox
+        self.filter = ExceptionFilter(device.selected_registers)
+        self.published = 0
+        self._clock = clock
+        self._source = (device.asset, device.name, device.equipment_kind)
+
+    def put(self, readings: list[Reading]) -> None:
+        """Filter one poll cycle's readings; hand what is news to the outbox."""
+        chosen = self.filter.select(readings, self._clock())
+        if chosen:
+            self.published += len(chosen)
+            self.outbox.put_readings(*self._source, chosen)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
-import time
 from collections import Counter
+from contextlib import AsyncExitStack
 from functools import partial
-from pathlib import Path
 
 import structlog
 
 from agent.config import AgentConfig, Device, load_config
-from agent.filter import ExceptionFilter
+from agent.filter import FilterStage
 from agent.metrics import AgentHealth
 from agent.modbus import ModbusConnection
 from agent.outbox import Outbox
@@ -21,38 +19,12 @@ from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
 from agent.publish import Publisher, announce_forever, status_payload
 from derrick.mqtt.client import MqttClient, MqttError
-from derrick.plumbing import logs
-from derrick.plumbing.cli import run_until_signalled
-from derrick.plumbing.configfile import ConfigError
+from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.spool.store import SpoolError
-from derrick.wire.payloads import DeviceState, Reading
+from derrick.wire.payloads import DeviceState
 from derrick.wire.topics import agent_status_topic
 
 log = structlog.get_logger("agent")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="derrick-agent",
-        description="Poll the Modbus PLCs named in a config file and publish their readings "
-        "to an MQTT broker (QoS 1), one JSON message per device per poll.",
-        epilog="examples:\n"
-        "  derrick-agent --config /etc/derrick/agent.yaml\n"
-        "  derrick-agent --config agent.yaml --check     # validate and print the read plan",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", type=Path, required=True, help="agent YAML config file")
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="validate the config, print the Modbus requests per cycle, exit",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        help="override log.format from the config",
-    )
-    return parser.parse_args(argv)
 
 
 def print_plan(config: AgentConfig) -> None:
@@ -95,11 +67,29 @@ def open_link(device: Device) -> ModbusConnection:
 
 
 class Agent:
-    """The stages of one agent process, wired together."""
+    """The stages of one agent process, wired together, and the resources they share.
+
+    Readings flow plan -> poll -> decode -> filter -> outbox -> publish without coming
+    back here: each device's poller hands its readings to its filter stage, which hands
+    what is news to the outbox; the publisher sends what the spool holds.
+
+    The agent owns the spool, the MQTT client and the Modbus links through one
+    :class:`~contextlib.AsyncExitStack`, entered in the order they are opened (the spool
+    here, the client and the links in :meth:`run`) and closed in reverse.
+    """
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.spool = config.spool.open()
+        self._resources = AsyncExitStack()
+        self.spool = self._resources.enter_context(config.spool.open())
+        try:
+            self._build(config)
+        except BaseException:  # a device that cannot be set up: nothing left open
+            self.spool.close()
+            raise
+
+    def _build(self, config: AgentConfig) -> None:
+        """The stages and the Modbus links, around the open spool."""
         self.outbox = Outbox(config.agent.id, config.agent.site, self.spool)
         self.status_topic = agent_status_topic(config.agent.id)
         self.client = MqttClient(
@@ -114,53 +104,50 @@ class Agent:
             ack_wait_s=config.publish_timeout_s,
         )
         self.outbox.stored_callback = self.publisher.wake
-        links: dict[str, ModbusConnection] = {}
+        self.links: dict[str, ModbusConnection] = {}
         users = Counter(device.link_key for device in config.devices)
+        self.filters: dict[str, FilterStage] = {}
         self.pollers: dict[str, DevicePoller] = {}
-        self.filters: dict[str, ExceptionFilter] = {}
         for device in config.devices:
-            if device.link_key not in links:
-                links[device.link_key] = open_link(device)
+            if device.link_key not in self.links:
+                self.links[device.link_key] = open_link(device)
+            self.filters[device.name] = FilterStage(device, self.outbox)
             self.pollers[device.name] = DevicePoller(
                 device,
-                links[device.link_key],
-                partial(self._readings, device),
+                self.links[device.link_key],
+                self.filters[device.name].put,
                 partial(self._state, device),
                 shares_link=users[device.link_key] > 1,
             )
-            self.filters[device.name] = ExceptionFilter(device.selected_registers)
-        self.health = AgentHealth(self.outbox, self.pollers, self.publisher, self.client)
+        self.health = AgentHealth(
+            self.outbox, self.pollers, self.filters, self.publisher, self.client
+        )
 
     def _status(self, state: str) -> bytes:
         return status_payload(self.config.agent.id, self.outbox.boot, state)
-
-    def _readings(self, device: Device, readings: list[Reading]) -> None:
-        chosen = self.filters[device.name].select(readings, time.monotonic())
-        if chosen:
-            self.health.readings_published[device.name] += len(chosen)
-            self.outbox.put_readings(device.asset, device.name, device.equipment_kind, chosen)
 
     def _state(self, device: Device, state: DeviceState, reason: str) -> None:
         endpoint = self.pollers[device.name].connection.endpoint
         self.outbox.put_device_status(device.asset, device.name, state, reason, endpoint)
 
     async def run(self) -> None:
-        await self.client.start()
-        stats = self.spool.stats()
-        log.info(
-            "agent started",
-            agent=self.config.agent.id,
-            site=self.config.agent.site,
-            boot=self.outbox.boot,
-            broker=self.config.broker.url,
-            devices=len(self.config.devices),
-            spool=str(self.config.spool.path),
-            stored=stats.depth,
-        )
-        try:
+        async with self._resources as resources:
+            await self.client.start()
+            resources.push_async_callback(self._disconnect)
+            for link in self.links.values():
+                resources.callback(link.close)
+            stats = self.spool.stats()
+            log.info(
+                "agent started",
+                agent=self.config.agent.id,
+                site=self.config.agent.site,
+                boot=self.outbox.boot,
+                broker=self.config.broker.url,
+                devices=len(self.config.devices),
+                spool=str(self.config.spool.path),
+                stored=stats.depth,
+            )
             await run_until_signalled(self._start_tasks)
-        finally:
-            await self._shutdown()
 
     def _start_tasks(self, group: asyncio.TaskGroup) -> None:
         group.create_task(self.outbox.enforce_age_forever())
@@ -191,8 +178,11 @@ class Agent:
         ):
             await self.pollers[device.name].run()
 
-    async def _shutdown(self) -> None:
-        """Store what is queued, give PUBACKs in flight a moment, close cleanly."""
+    async def _disconnect(self) -> None:
+        """Give PUBACKs in flight a moment, settle what they acknowledged, say offline.
+
+        Runs when the tasks are over, before the spool closes.
+        """
         await self.client.wait_published(timeout=2.0)
         await asyncio.sleep(0)  # let the PUBACK callbacks run
         self.publisher.settle()
@@ -204,9 +194,6 @@ class Agent:
             dropped=self.outbox.dropped_total(),
         )
         await self.client.stop(final=(self.status_topic, self._status("offline")))
-        for poller in self.pollers.values():
-            poller.connection.close()
-        self.spool.close()
 
 
 async def run(config: AgentConfig) -> None:
@@ -214,23 +201,26 @@ async def run(config: AgentConfig) -> None:
     await Agent(config).run()
 
 
+PROGRAM = Program(
+    name="derrick-agent",
+    description="Poll the Modbus PLCs named in a config file and publish their readings "
+    "to an MQTT broker (QoS 1), one JSON message per device per poll.",
+    epilog="examples:\n"
+    "  derrick-agent --config /etc/derrick/agent.yaml\n"
+    "  derrick-agent --config agent.yaml --check     # validate and print the read plan",
+    config_help="agent YAML config file",
+    load=lambda args: load_config(args.config),
+    check=lambda _args, config: print_plan(config),
+    check_help="validate the config, print the Modbus requests per cycle, exit",
+    run=run,
+    failures=(MqttError, SpoolError, ValueError),
+    log=log,
+    failed="agent failed",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"derrick-agent: invalid config\n{exc}\n")
-        return 2
-    if args.check:
-        print_plan(config)
-        return 0
-    logs.configure(args.log_format or config.log.format, config.log.level)
-    try:
-        asyncio.run(run(config))
-    except (MqttError, SpoolError, ValueError) as exc:
-        log.error("agent failed", error=str(exc))
-        return 1
-    return 0
+    return PROGRAM.main(argv)
 
 
 if __name__ == "__main__":

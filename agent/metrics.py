@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 
+from agent.filter import FilterStage
 from agent.outbox import Outbox
 from agent.poll import DevicePoller
 from agent.publish import Publisher
@@ -26,15 +26,16 @@ class AgentHealth:
         self,
         outbox: Outbox,
         pollers: dict[str, DevicePoller],
+        filters: dict[str, FilterStage],
         publisher: Publisher,
         client: MqttClient,
     ) -> None:
         self.outbox = outbox
         self.pollers = pollers
+        self.filters = filters  # device name -> its filter stage, which counts what it passed
         self.publisher = publisher
         self.client = client
         self.started = time.monotonic()
-        self.readings_published: Counter[str] = Counter()
 
     def snapshot(self) -> AgentMetrics:
         stats = self.outbox.spool.stats()
@@ -69,7 +70,7 @@ class AgentHealth:
             cycles_failed=counters.cycles_failed,
             requests=counters.requests,
             readings=counters.readings,
-            readings_published=self.readings_published[name],
+            readings_published=self.filters[name].published,
             last_cycle_ms=round(counters.last_cycle_ms, 3),
             last_cycle_requests=counters.last_cycle_requests,
         )

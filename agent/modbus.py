@@ -1,8 +1,10 @@
 """The Modbus boundary of the agent: the only agent module that imports pymodbus.
 
-pymodbus errors become our small error tree, chained ``from exc``. A Modbus exception
-reply (the PLC answered "illegal data address", say) is data, returned as
-:class:`ExceptionReply`, not raised: the device is up, one span is not readable.
+pymodbus errors become our small error tree, chained ``from exc``, in one place: the
+table :data:`MODBUS_EXC_MAP` and the context manager :func:`map_modbus_errors` that
+applies it. A Modbus exception reply (the PLC answered "illegal data address", say) is
+data, returned as :class:`ExceptionReply`, not raised: the device is up, one span is not
+readable.
 
 Three transports, one class:
 
@@ -42,25 +44,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
+from agent.config import Framer, connection_key
 from derrick.plc.profile import Table
-
-try:
-    from termios import error as TtyError  # a tty refusing settings (not an OSError)
-except ImportError:  # pragma: no cover - not POSIX
-
-    class TtyError(Exception):  # type: ignore[no-redef]
-        pass
-
+from derrick.plumbing.serial import TtyError, close_refused_port
 
 # Line quiet time that ends an RTU drain after a timeout (see module docstring).
 RTU_DRAIN_S = 0.1
@@ -97,47 +92,45 @@ class ExceptionReply:
 ReadResult = list[int] | list[bool] | ExceptionReply
 
 
-class Framer(StrEnum):
-    """How frames travel on a TCP socket."""
+# What pymodbus (and the transport under it) raises -> our error. Most specific first: the
+# first entry the exception is an instance of wins (TimeoutError is an OSError, and both
+# pymodbus entries are ModbusExceptions).
+MODBUS_EXC_MAP: dict[type[Exception], type[ModbusError]] = {
+    TimeoutError: DeviceTimeout,  # our asyncio.timeout guard around pymodbus' own
+    ModbusIOException: DeviceTimeout,  # "No response received" (also a stray reply's ids)
+    ConnectionException: DeviceUnreachable,  # not connected, or the connection went
+    TtyError: DeviceUnreachable,  # the tty refuses the line settings (not an OSError)
+    OSError: DeviceUnreachable,  # refused, reset, host down, serial port missing
+    ModbusException: BadReply,  # any other pymodbus complaint about a request or reply
+}
 
-    SOCKET = "socket"  # Modbus TCP: MBAP header with transaction id
-    RTU = "rtu"  # RTU over TCP: unit id, PDU, CRC
 
+@contextmanager
+def map_modbus_errors(endpoint: str, *, timed_out: str = "no reply") -> Iterator[None]:
+    """Raise what pymodbus raises in the block as our error (:data:`MODBUS_EXC_MAP`).
 
-def connection_key(
-    *,
-    host: str | None = None,
-    port: int = 502,
-    framer: str = "socket",
-    serial_port: str | None = None,
-) -> str:
-    """The identity of an endpoint: devices with the same key must share one connection.
-
-    TCP: ``tcp://host:port`` or ``rtu-over-tcp://host:port``. Serial: ``serial://`` and
-    the resolved path, so a /dev/serial/by-id link and its /dev/ttyUSB0 are one bus (a
-    serial port opens exclusively: a second connection to it would fail).
+    The message is ``endpoint: detail``: ``timed_out`` for a DeviceTimeout, else the
+    library's text. Chained ``from`` the original. Anything not in the table passes
+    untouched, as do cancellation, KeyboardInterrupt and SystemExit (not Exceptions).
+    A tty that refused its settings has its half-opened port closed first (see
+    :func:`derrick.plumbing.serial.close_refused_port`).
     """
-    if (host is None) == (serial_port is None):
-        raise ValueError("connection_key needs host (TCP) or serial_port, not both")
-    if serial_port is not None:
-        return f"serial://{os.path.realpath(serial_port)}"
-    scheme = "tcp" if Framer(framer) is Framer.SOCKET else "rtu-over-tcp"
-    return f"{scheme}://{host.lower()}:{port}"
-
-
-def _close_refused_port(exc: BaseException) -> None:
-    """Close the serial port pyserial opened (and locked) before the tty refused a setting.
-
-    pymodbus' half-built serial transport is reachable only from the traceback; left to
-    the garbage collector, its exclusive lock would fail the next connect() as "port in
-    use". (A Linux pty refuses parity E or O.)
-    """
-    tb = exc.__traceback__
-    while tb is not None:
-        port = getattr(tb.tb_frame.f_locals.get("self"), "sync_serial", None)
-        if port is not None:
-            port.close()
-        tb = tb.tb_next
+    try:
+        yield
+    except Exception as exc:
+        mapped = next(
+            (ours for theirs, ours in MODBUS_EXC_MAP.items() if isinstance(exc, theirs)), None
+        )
+        if mapped is None:
+            raise
+        if mapped is DeviceTimeout:
+            detail = timed_out
+        elif isinstance(exc, TtyError):
+            close_refused_port(exc)
+            detail = f"the tty refuses these line settings: {exc}"
+        else:
+            detail = str(exc)
+        raise mapped(f"{endpoint}: {detail}") from exc
 
 
 class _QuietPymodbus(logging.Filter):
@@ -290,19 +283,10 @@ class ModbusConnection:
             if self._client is None:
                 self._client = self._new_client()
                 self._client.set_max_no_responses(_NEVER)
-            try:
+            with map_modbus_errors(self.endpoint, timed_out="connect timed out"):
                 async with asyncio.timeout(self.timeout_s * 2):
                     ok = await self._client.connect()
                 _raise_if_cancelled()
-            except TimeoutError as exc:
-                raise DeviceTimeout(f"{self.endpoint}: connect timed out") from exc
-            except (ModbusException, OSError) as exc:
-                raise DeviceUnreachable(f"{self.endpoint}: {exc}") from exc
-            except TtyError as exc:
-                _close_refused_port(exc)
-                raise DeviceUnreachable(
-                    f"{self.endpoint}: the tty refuses these line settings: {exc}"
-                ) from exc
             if not ok:
                 what = (
                     "cannot open the serial port (missing, in use or no permission)"
@@ -331,26 +315,25 @@ class ModbusConnection:
             Table.COIL: client.read_coils,
             Table.DISCRETE: client.read_discrete_inputs,
         }[table]
+        timed_out = f"unit {unit_id}: no reply within {self.timeout_s} s"
         async with self._lock:
             try:
-                async with asyncio.timeout(self.timeout_s * 2):  # pymodbus times out first
-                    reply = await call(address, count=count, device_id=unit_id)
-                _raise_if_cancelled()
-            except (TimeoutError, ModbusIOException) as exc:
-                raise await self._timed_out(unit_id) from exc
-            except (ConnectionException, OSError) as exc:
-                raise DeviceUnreachable(f"{self.endpoint}: {exc}") from exc
-            except ModbusException as exc:
-                raise BadReply(f"{self.endpoint}: {exc}") from exc
+                with map_modbus_errors(self.endpoint, timed_out=timed_out):
+                    async with asyncio.timeout(self.timeout_s * 2):  # pymodbus times out first
+                        reply = await call(address, count=count, device_id=unit_id)
+                    _raise_if_cancelled()
+            except DeviceTimeout as exc:
+                await self._after_timeout(exc)
+                raise
         return self._result(reply, table, count, unit_id)
 
-    async def _timed_out(self, unit_id: int) -> ModbusError:
-        """The error for a request without answer; on RTU, drain the line first."""
-        if not self.connected:  # dropped while waiting: say so, not "timeout"
-            return DeviceUnreachable(f"{self.endpoint}: connection lost")
+    async def _after_timeout(self, exc: DeviceTimeout) -> None:
+        """A request went unanswered: say "connection lost" if it was (not "timeout");
+        on RTU, drain the line before the next request may go."""
+        if not self.connected:  # dropped while waiting
+            raise DeviceUnreachable(f"{self.endpoint}: connection lost") from exc.__cause__
         if self.rtu:
             await self._drain()
-        return DeviceTimeout(f"{self.endpoint}: unit {unit_id}: no reply within {self.timeout_s} s")
 
     async def _drain(self) -> None:
         """Hold the line (the lock is held) until it has been quiet for ``drain_s``."""

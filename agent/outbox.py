@@ -1,4 +1,5 @@
-"""Queue stage: messages from the pollers into the durable spool.
+"""Queue stage: messages from the filter stage (readings) and the pollers (device
+status) into the durable spool, for the publish stage (:mod:`agent.publish`).
 
 Every message is committed to the on-disk spool (SQLite, :mod:`derrick.spool.store`) the moment
 it is made, in one short transaction, before its sequence number counts as given: a

@@ -1,5 +1,9 @@
 """Poll stage: one asyncio task per device (per unit id behind a gateway).
 
+Each poll cycle reads the device's planned spans (:mod:`agent.plan`), decodes them
+(:mod:`agent.decode`) and hands the readings downstream, to the device's filter stage
+(:mod:`agent.filter`); state changes (up, down) go to ``on_state``.
+
 Each device reads its poll groups on their own intervals. A dead or slow device costs
 its own task its timeouts and nobody else anything: devices on different links share
 nothing, and devices behind one gateway share only the link, one request at a time.
@@ -34,7 +38,7 @@ from derrick.wire.payloads import DeviceState, Reading, now_ns
 log = structlog.get_logger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 2
-ReadingsSink = Callable[[list[Reading]], None]
+ReadingsSink = Callable[[list[Reading]], None]  # the next stage: FilterStage.put
 StateSink = Callable[[DeviceState, str], None]
 
 

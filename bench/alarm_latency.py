@@ -51,6 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from derrick.plumbing import logs
+from derrick.wire.ids import AlarmId
 from devstack.programs import Pipeline, Simulator, http_json, start_pipeline, start_simulator
 from devstack.programs import wait_for as _wait_for
 from devstack.receivers import HttpReceiver, HttpRequest
@@ -113,7 +114,7 @@ class Bench:
         except BaseException:
             self.sim.program.stop()
             raise
-        self.alarm_id = f"{RULE}:{self.pipe.site}:{ASSET}:{DEVICE}"
+        self.alarm_id = str(AlarmId(RULE, self.pipe.site, ASSET, DEVICE))
         # Wall clock of a receiver's monotonic arrival time: one offset, taken once.
         self.wall_offset_ns = time.time_ns() - time.monotonic_ns()
 

@@ -7,10 +7,14 @@ Two writers with one face, ``await writer.write(lines)``:
 
 Library and HTTP errors become :class:`StoreUnavailable` (worth retrying: connection
 refused, timeout, 429, 5xx) or :class:`DataRejected` (4xx: the points themselves are
-wrong; retrying would fail the same way). Blocking I/O runs in a daemon worker thread of
-each writer (:class:`derrick.plumbing.threads.DaemonThreads`), so a write hung on a frozen
-InfluxDB never holds up the collector's exit: its lines are not acknowledged yet, so the
-broker (or the spool) still has them.
+wrong; retrying would fail the same way), chained ``from exc``, in one place: the table
+:data:`INFLUX_EXC_MAP` and the context manager :func:`map_influx_errors` that applies it
+(an HTTP status, whichever writer got it, is classified by :func:`_classify`).
+
+Blocking I/O runs in a daemon worker thread of each writer
+(:class:`derrick.plumbing.threads.DaemonThreads`), so a write hung on a frozen InfluxDB
+never holds up the collector's exit: its lines are not acknowledged yet, so the broker
+(or the spool) still has them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import http.client
 import json
 import socket
 import urllib.parse
+from collections.abc import Iterator
 from typing import Protocol
 
 import urllib3
@@ -64,6 +69,36 @@ def _classify(status: int, body: str, url: str) -> StoreError:
     return DataRejected(f"{url}: HTTP {status}: {body[:300]}")
 
 
+# What influxdb-client and the HTTP stacks under both writers raise -> our error. Most
+# specific first: the first entry the exception is an instance of wins.
+INFLUX_EXC_MAP: dict[type[Exception], type[StoreError]] = {
+    ApiException: StoreError,  # an HTTP answer: its status picks the subclass (_classify)
+    urllib3.exceptions.HTTPError: StoreUnavailable,  # v2: timeout, refused, protocol error
+    http.client.HTTPException: StoreUnavailable,  # v1: the HTTP exchange broke off
+    OSError: StoreUnavailable,  # refused, reset, timed out, name not resolved
+}
+
+
+@contextlib.contextmanager
+def map_influx_errors(url: str) -> Iterator[None]:
+    """Raise what the block raises as our error (:data:`INFLUX_EXC_MAP`), ``from`` it.
+
+    Anything not in the table passes untouched, as do cancellation, KeyboardInterrupt
+    and SystemExit (not Exceptions).
+    """
+    try:
+        yield
+    except Exception as exc:
+        mapped = next(
+            (ours for theirs, ours in INFLUX_EXC_MAP.items() if isinstance(exc, theirs)), None
+        )
+        if mapped is None:
+            raise
+        if isinstance(exc, ApiException):
+            raise _classify(int(exc.status or 0), str(exc.body or exc.reason), url) from exc
+        raise mapped(f"{url}: {exc.__class__.__name__}: {exc}") from exc
+
+
 class V1Writer:
     """POST /write?db=...&precision=ns over one kept-alive HTTP connection."""
 
@@ -97,13 +132,14 @@ class V1Writer:
     ) -> tuple[int, str]:
         conn = self._connection()
         try:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException) as exc:
+            with map_influx_errors(self.url):
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.read().decode("utf-8", "replace")
+        except StoreUnavailable:  # the connection is in no known state: the next opens anew
             conn.close()
             self._conn = None
-            raise StoreUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
+            raise
 
     def _post_lines(self, lines: list[str]) -> None:
         data = "\n".join(lines).encode()
@@ -176,17 +212,13 @@ class V2Writer:
         self._thread = DaemonThreads("influx-v2")
 
     def _write_sync(self, lines: list[str]) -> None:
-        try:
+        with map_influx_errors(self.url):
             self._api.write(
                 bucket=self.settings.bucket,
                 org=self.settings.org,
                 record=lines,
                 write_precision=WritePrecision.NS,
             )
-        except ApiException as exc:
-            raise _classify(int(exc.status or 0), str(exc.body or exc.reason), self.url) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
 
     async def write(self, lines: list[str]) -> None:
         await self._thread.run(self._write_sync, lines)

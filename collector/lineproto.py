@@ -1,18 +1,49 @@
-"""Encode telemetry as InfluxDB line protocol: the collector's hot path.
+"""InfluxDB line protocol: every measurement the collector writes, through one encoder.
 
-Schema (see README): measurement ``telemetry``; tags ``asset``, ``device``, ``kind``,
-``site`` (sorted, as InfluxDB prefers); one field per tag holding its value (float,
-boolean or string); a string field ``<tag>_q`` only when the quality is not good, so a
-gap in the data shows as a quality mark, not as silence. Readings with the same
-timestamp share one line.
+:func:`encode_point` writes one line from a measurement, tags, fields and a time; the
+``encode_*`` functions map each message to its point. Telemetry is the collector's hot
+path and builds its lines from the same pieces with an inline fast path for the common
+reading (a good, finite float).
 
-Identifiers are restricted by the contract to ``[A-Za-z0-9_.-]``, so tag values and
-field keys never need escaping; only string field values do.
+Telemetry (see README): measurement ``telemetry``; tags ``asset``, ``device``, ``kind``,
+``site``; one field per tag holding its value; a string field ``<tag>_q`` only when the
+quality is not good, so a gap in the data shows as a quality mark, not as silence.
+Readings with the same timestamp share one line.
+
+Tags are written sorted by key (as InfluxDB prefers), empty ones left out, values escaped
+(:func:`escape_tag`). Identifiers are restricted by the contract to ``[A-Za-z0-9_.-]``,
+so field keys and the tags of messages never need escaping; a collector id, an alarm id
+in ``alarm_top`` may.
+
+Field types. A field's type is fixed once InfluxDB 1.x has stored it (another type in
+the same shard is refused), so each field always goes out as the same type. A field's
+Python type is its type in the line: ``bool`` boolean, ``int`` integer (``12i``),
+``float`` float, ``str`` string; ``None`` and non-finite floats are left out. The
+measurements that hold counts as floats convert them before (:func:`_numbers_as_floats`)::
+
+    telemetry      <tag> float | boolean | string (a reading's value; integers as
+                   floats), <tag>_q string
+    device_status  up boolean, reason string
+    agent          broker_connected boolean; every other field float
+    collector      every field float (counters too)
+    alarms         state, reason, message, who, comment, notice_key string;
+                   value, limit float
+    alarm_state    state, message string; active, acked boolean; value, limit float
+    alarm_kpi      in_flood boolean; flood_s_total float; alarms_per_window, active,
+                   unacked, standing, shelved, suppressed, out_of_service,
+                   chattering integer
+    alarm_top      count integer; chattering boolean
+
+tests/test_lineproto.py pins this table, and writes every measurement to a real
+InfluxDB 1.6 to read the types back.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+from collections.abc import Mapping
 
 from derrick.wire.payloads import (
     AgentMetrics,
@@ -26,28 +57,74 @@ from derrick.wire.payloads import (
 from derrick.wire.topics import agent_metrics_topic, device_status_topic, telemetry_topic
 
 _GOOD = Quality.GOOD
+_TAG_ESCAPES = str.maketrans(
+    {"\\": "/", ",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r"}
+)
+_TAG_SPECIAL = re.compile(r"[\\,= \n\r]")  # what escape_tag changes
+_SERIES_CACHED = 16384  # devices whose telemetry series are kept
+
+
+def escape_tag(value: str) -> str:
+    """A tag value for line protocol: comma, equals sign and space escaped with a backslash.
+
+    A backslash becomes ``/``: InfluxDB 1.x does not unescape ``\\\\`` in a tag value (it
+    stores both) and rejects the whole write when a tag value ends in a backslash. Newline and
+    carriage return (not allowed at all) are written as ``\\n`` / ``\\r``, which every
+    version keeps literally. Identifiers never need it; it keeps an odd collector or alarm
+    id from breaking a batch.
+    """
+    return value if _TAG_SPECIAL.search(value) is None else value.translate(_TAG_ESCAPES)
+
+
+def encode_point(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, object], ts_ns: int
+) -> str:
+    """One line: ``measurement,<tags> <fields> <ts_ns>``; fields in the order given, each
+    written as the type of its Python value (see the module's table)."""
+    return f"{_series(measurement, tags)} {_fields(fields)} {ts_ns}"
+
+
+def _series(measurement: str, tags: Mapping[str, str]) -> str:
+    """``measurement,key=value,...``: tags sorted by key, empty values left out."""
+    return measurement + "".join(
+        [f",{key}={escape_tag(value)}" for key, value in sorted(tags.items()) if value]
+    )
+
+
+def _fields(values: Mapping[str, object]) -> str:
+    encoded = ((key, _field_value(value)) for key, value in values.items())
+    return ",".join(f"{key}={value}" for key, value in encoded if value is not None)
 
 
 def _field_value(value: object) -> str | None:
+    """A field value as its Python type says; None: leave the field out."""
     if value is None:
         return None
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, int | float):
-        number = float(value)
-        return repr(number) if math.isfinite(number) else None
+    if isinstance(value, int):
+        return f"{int(value)}i"
+    if isinstance(value, float):
+        return repr(float(value)) if math.isfinite(value) else None
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 
 
+def _numbers_as_floats(fields: Mapping[str, object]) -> dict[str, object]:
+    """For the measurements that have always stored every number as a float: integers
+    (not booleans) become floats, so a count of 3 is the field type 3.5 would be."""
+    return {
+        key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        for key, value in fields.items()
+    }
+
+
 def encode_telemetry(message: Telemetry) -> list[str]:
-    """One line per distinct timestamp of the message."""
-    series = (
-        f"telemetry,asset={message.asset},device={message.device},"
-        f"kind={message.kind},site={message.site} "
-    )
+    """One line per distinct timestamp of the message: what :func:`encode_point` writes
+    for its readings (integers as floats), built without a dict per line."""
+    series = _telemetry_series(message.site, message.asset, message.device, message.kind)
     fields_at: dict[int, list[str]] = {}
     for reading in message.readings:
         fields = fields_at.get(reading.ts_ns)
@@ -57,6 +134,8 @@ def encode_telemetry(message: Telemetry) -> list[str]:
         if value.__class__ is float and reading.quality is _GOOD and value - value == 0:
             fields.append(f"{reading.tag}={value!r}")  # the common case, inline: finite float
             continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         encoded = _field_value(value)
         quality = reading.quality if encoded is not None else Quality.BAD
         if encoded is not None:
@@ -66,12 +145,24 @@ def encode_telemetry(message: Telemetry) -> list[str]:
     return [f"{series}{','.join(fields)} {ts}" for ts, fields in fields_at.items() if fields]
 
 
+@functools.lru_cache(maxsize=_SERIES_CACHED)
+def _telemetry_series(site: str, asset: str, device: str, kind: str) -> str:
+    """A device's telemetry series and the space before the fields: made once per device
+    (about 3 us), not once per message."""
+    tags = {"asset": asset, "device": device, "kind": kind, "site": site}
+    return f"{_series('telemetry', tags)} "
+
+
 def encode_alarm(notice: AlarmNotice) -> str:
     """An alarm notice (announce, clear, reminder, escalation, operator action) as
     measurement ``alarms``: the alarm timeline and the operator journal.
 
     ``event`` is a tag: a reset's journal entry and the clear it causes share one
     instant, and as fields of one series the second would overwrite the first."""
+    tags = {
+        "asset": notice.asset, "device": notice.device, "event": notice.event,
+        "priority": notice.priority, "rule": notice.rule, "site": notice.site,
+    }  # fmt: skip
     fields = {
         "state": notice.state,
         "reason": notice.reason,
@@ -82,15 +173,15 @@ def encode_alarm(notice: AlarmNotice) -> str:
         "comment": notice.comment or None,
         "notice_key": notice.key,
     }
-    return (
-        f"alarms,asset={notice.asset},device={notice.device},event={notice.event},"
-        f"priority={notice.priority},rule={notice.rule},site={notice.site} "
-        f"{_fields(fields)} {notice.ts_ns}"
-    )
+    return encode_point("alarms", tags, _numbers_as_floats(fields), notice.ts_ns)
 
 
 def encode_alarm_state(state: AlarmStateMessage) -> str:
     """One alarm's state after a change, as measurement ``alarm_state``."""
+    tags = {
+        "asset": state.asset, "device": state.device, "priority": state.priority,
+        "rule": state.rule, "site": state.site,
+    }  # fmt: skip
     fields = {
         "state": state.state,
         "active": state.active,
@@ -99,19 +190,14 @@ def encode_alarm_state(state: AlarmStateMessage) -> str:
         "limit": state.limit,
         "message": state.message,
     }
-    return (
-        f"alarm_state,asset={state.asset},device={state.device},priority={state.priority},"
-        f"rule={state.rule},site={state.site} {_fields(fields)} {state.ts_ns}"
-    )
+    return encode_point("alarm_state", tags, _numbers_as_floats(fields), state.ts_ns)
 
 
 def encode_device_status(status: DeviceStatus) -> str:
     """A device going up or down, as measurement ``device_status``."""
-    up = "true" if status.state is DeviceState.UP else "false"
-    return (
-        f"device_status,asset={status.asset},device={status.device},site={status.site} "
-        f"up={up},reason={_field_value(status.reason)} {status.ts_ns}"
-    )
+    tags = {"asset": status.asset, "device": status.device, "site": status.site}
+    fields = {"up": status.state is DeviceState.UP, "reason": status.reason}
+    return encode_point("device_status", tags, fields, status.ts_ns)
 
 
 def encode_agent_metrics(metrics: AgentMetrics) -> str:
@@ -131,17 +217,13 @@ def encode_agent_metrics(metrics: AgentMetrics) -> str:
         "uptime_s": metrics.uptime_s,
         "broker_connected": metrics.broker_connected,
     }
-    return f"agent,agent={metrics.agent},site={metrics.site} {_fields(fields)} {metrics.ts_ns}"
+    tags = {"agent": metrics.agent, "site": metrics.site}
+    return encode_point("agent", tags, _numbers_as_floats(fields), metrics.ts_ns)
 
 
-def encode_stats(collector: str, fields: dict[str, object], ts_ns: int) -> str:
-    """The collector's own counters, as measurement ``collector``."""
-    return f"collector,collector={collector} {_fields(fields)} {ts_ns}"
-
-
-def _fields(values: dict[str, object]) -> str:
-    encoded = ((key, _field_value(value)) for key, value in values.items())
-    return ",".join(f"{key}={value}" for key, value in encoded if value is not None)
+def encode_stats(collector: str, fields: Mapping[str, object], ts_ns: int) -> str:
+    """The collector's own counters, as measurement ``collector`` (every number a float)."""
+    return encode_point("collector", {"collector": collector}, _numbers_as_floats(fields), ts_ns)
 
 
 def topic_of_line(line: str) -> str | None:

@@ -9,13 +9,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
 from collector import acl
 from collector.alarms.builtin import HistorySender, JournalSender, MqttSender
-from collector.alarms.channels import Sender, make_sender
+from collector.alarms.channels import make_sender
 from collector.alarms.httpapi import AlarmApi, HttpApiError
 from collector.alarms.notify import (
     EVENTS_CHANNEL,
@@ -39,11 +38,10 @@ from collector.sequence import SequenceTracker
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
 from derrick.mqtt.client import MqttClient, MqttError
-from derrick.plumbing import logs
-from derrick.plumbing.cli import run_until_signalled
+from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
-from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, AlarmNotice, now_ns
+from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, now_ns
 from derrick.wire.topics import (
     AGENT_METRICS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
@@ -67,30 +65,6 @@ ALARM_INPUTS = (
     ALARM_COMMANDS_SUBSCRIPTION,
     AGENT_METRICS_SUBSCRIPTION,
 )
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="derrick-collector",
-        description="Subscribe to Derrick telemetry on an MQTT broker, write it to InfluxDB "
-        "(v1 /write or v2 API), and raise alarms (ISA-18.2 lifecycle) to MQTT, webhooks "
-        "and e-mail. SIGHUP reloads the alarm rule files.",
-        epilog="examples:\n"
-        "  derrick-collector --config /etc/derrick/collector.yaml\n"
-        "  derrick-collector --config collector.yaml --check   # validate config and exit\n"
-        "\nbroker accounts (docs/broker.md):\n"
-        "  derrick-collector acl --help      # mosquitto ACL from agent and collector configs\n"
-        "  derrick-collector passwd --help   # the matching mosquitto password file",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", type=Path, required=True, help="collector YAML config file")
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        help="override log.format from the config",
-    )
-    return parser.parse_args(argv)
 
 
 async def report_forever(
@@ -167,16 +141,9 @@ def build_alarms(
     closers = []
     for name, channel in settings.channels.items():
         sender = make_sender(channel)
-        senders[name] = _notice_sender(sender)
+        senders[name] = sender.send
         closers.append(sender.close)
     return AlarmService(settings, config.collector.id, senders, closers=closers)
-
-
-def _notice_sender(sender: Sender) -> Send:
-    async def send(payload: str) -> None:
-        await sender.send(AlarmNotice.model_validate_json(payload))
-
-    return send
 
 
 def alarm_api(
@@ -276,154 +243,226 @@ def reload_on_sighup(config: CollectorConfig, alarms: AlarmService) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
-async def run(config: CollectorConfig) -> None:  # noqa: PLR0915 - the wiring, in one place
-    stats = Stats()
-    writer = make_writer(config.influx)
-    if isinstance(writer, V1Writer) and config.influx.create_database:
-        try:
-            await writer.create_database()
-        except StoreError as exc:  # InfluxDB may come later: the store stage retries
-            log.warning(
-                "could not create database", database=writer.settings.database, reason=str(exc)
-            )
-    fields = await field_types(config, writer)
-    client = inbound_client(config, config.collector.id)
-    group = config.collector.group
-    # In a group, alarms read the whole stream in a session of their own (see receive).
-    alarm_client = (
-        inbound_client(config, f"{config.collector.id}-alarms")
-        if group and config.alarms.rules
-        else None
-    )
-    journal, history = make_writer(config.influx), make_writer(config.influx)
-    alarms = build_alarms(config, alarm_client or client, journal, history)
-    store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
-    spool = config.spool.open()
-    letters = config.dead_letter
-    dead_letters = DeadLetters(
-        letters.dir, letters.max_mb, letters.max_payload_kb * 1000, letters.file_mb
-    )
-    redeliveries = Redeliveries(config.ingest.deliveries, config.ingest.max_deliveries)
-    batch = config.batch
-    store = Store(
-        writer,
-        client.ack,
-        stats,
-        Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
-        spool,
-        dead_letters.put_refused,
-        window_full=lambda: client.unacked >= (client.window or client.peak_unacked),
-        fields=fields,
-    )
-    # In a shared-subscription group each collector sees a share of every agent's numbers;
-    # the alarm session, when there is one, sees them all (see receive.Receiver).
-    tracked = not config.collector.group or alarm_client is not None
-    losses = LossWatch(config.ingest.loss_clear_s)
-    if alarms is not None:
-        losses.restore(alarms.standing((BROKER_RULE, GAP_RULE)), now_ns())
-    receiver = Receiver(
-        client,
-        store_queue,
-        stats,
-        dead_letters,
-        alarms=None if alarm_client else alarms,
-        sequences=SequenceTracker(config.sequence_grace_s) if tracked else None,
-        storage_tracks=alarm_client is None,
-        window=config.ingest.window(),
-        fields=fields,
-        redeliveries=redeliveries,
-        losses=losses,
-        loss_settle_s=config.ingest.loss_settle_s,
-        loss_alarms=alarms,
-    )
+class Collector:
+    """The stages of one collector process, wired together, and the resources they share.
 
-    def ingest_health() -> dict[str, object]:
-        waiting = Waiting(client.inbox.qsize(), store_queue.qsize(), store.busy_since)
-        return health(stats, waiting, time.monotonic(), config.ingest.stall_s)
+    :meth:`run` enters every resource into one :class:`~contextlib.AsyncExitStack` as it
+    is opened: the InfluxDB writers, the alarm service, the spool, the dead-letter file,
+    the redelivery ledger, then the MQTT sessions and the operator API. They are closed
+    in reverse, whether the run ends on a signal, a failed stage, or a later resource
+    that could not be opened: the API stops, the MQTT sessions stop (nothing more is
+    consumed), then the stores close. A message is acknowledged only by the store stage,
+    after its lines are stored; what is unacknowledged at shutdown the broker delivers
+    again.
+    """
 
-    api = alarm_api(config, alarms, ingest_health)
-    subscriptions = [TELEMETRY_SUBSCRIPTION, DEVICE_STATUS_SUBSCRIPTION, AGENT_METRICS_SUBSCRIPTION]
-    for subscription in subscriptions:
-        await client.subscribe(shared(group, subscription), qos=1)
-    if config.ingest.broker_drops:
-        await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
-    if alarms is not None:
-        feed = alarm_client or client
-        extra = ALARM_INPUTS if alarm_client else ALARM_INPUTS[2:4]
-        for subscription in extra:
-            await feed.subscribe(subscription, qos=1)
-    await client.start()
-    if alarm_client is not None:
-        await alarm_client.start()
-    api_port = await api.start() if api else None
-    log.info(
-        "collector started",
-        collector=config.collector.id,
-        group=config.collector.group,
-        broker=config.broker.url,
-        mqtt=config.ingest.mqtt_version,
-        receive_maximum=client.window,
-        field_types_known=len(fields) if fields is not None else None,
-        influx=writer.url,
-        spool=str(config.spool.path),
-        dead_letters=str(letters.dir),
-        spooled=spool.depth,
-        api=config.influx.api,
-        alarm_rules=len(alarms.engine.rules) if alarms else 0,
-        alarm_members=list(alarms.ownership.members) if alarms else None,
-        alarm_state=str(config.alarms.state) if alarms else None,
-        alarms_standing=sum(r.active for r in alarms.manager.records.values()) if alarms else 0,
-        alarm_api_port=api_port,
-    )
-    sequences = receiver.sequences
-    stats.progress_receive = stats.progress_store = time.monotonic()
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
+        self.client = inbound_client(config, config.collector.id)
+        # In a group, alarms read the whole stream in a session of their own (see receive).
+        self.alarm_client = (
+            inbound_client(config, f"{config.collector.id}-alarms")
+            if config.collector.group and config.alarms.rules
+            else None
+        )
 
-    def start_tasks(task_group: asyncio.TaskGroup) -> None:
-        task_group.create_task(receiver.run())
-        task_group.create_task(store.run(store_queue))
-        if config.ingest.broker_drops:
-            task_group.create_task(expect_drop_counter(receiver, DROP_COUNTER_WITHIN_S))
-        task_group.create_task(store.replay_forever())
+    async def run(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            await self._open(stack)
+            self.stats.progress_receive = self.stats.progress_store = time.monotonic()
+            await run_until_signalled(self._start_tasks)
+            log.info("collector stopping", **self.stats.snapshot())
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open everything the stages need, in order, and say the collector started."""
+        config = self.config
+        self.writer = await self._open_writer(stack)
+        self.fields = await field_types(config, self.writer)
+        self.alarms = self._open_alarms(stack)
+        self.spool = stack.enter_context(config.spool.open())
+        letters = config.dead_letter
+        self.dead_letters = stack.enter_context(
+            DeadLetters(letters.dir, letters.max_mb, letters.max_payload_kb * 1000, letters.file_mb)
+        )
+        self.redeliveries = stack.enter_context(
+            contextlib.closing(Redeliveries(config.ingest.deliveries, config.ingest.max_deliveries))
+        )
+        self.store = self._store()
+        self.receiver = self._receiver()
+        self.api = alarm_api(config, self.alarms, self._ingest_health)
+        await self._subscribe()
+        await self._start_sessions(stack)
+        api_port = await self._start_api(stack)
+        stack.callback(self._forget_sighup)
+        self._log_started(api_port)
+
+    async def _open_writer(self, stack: contextlib.AsyncExitStack) -> Writer:
+        """The telemetry writer; creates the v1 database if asked (InfluxDB may come
+        later: the store stage retries)."""
+        writer = make_writer(self.config.influx)
+        stack.push_async_callback(writer.close)
+        if isinstance(writer, V1Writer) and self.config.influx.create_database:
+            try:
+                await writer.create_database()
+            except StoreError as exc:
+                log.warning(
+                    "could not create database", database=writer.settings.database, reason=str(exc)
+                )
+        return writer
+
+    def _open_alarms(self, stack: contextlib.AsyncExitStack) -> AlarmService | None:
+        """The alarm service, with a writer each for its journal and history loops."""
+        journal, history = make_writer(self.config.influx), make_writer(self.config.influx)
+        stack.push_async_callback(journal.close)
+        stack.push_async_callback(history.close)
+        alarms = build_alarms(self.config, self.alarm_client or self.client, journal, history)
         if alarms is not None:
-            alarms.start(task_group)
-            reload_on_sighup(config, alarms)
-            task_group.create_task(
-                kpi_forever(config.collector.id, alarms, store_queue, config.alarms.kpi.interval_s)
-            )
-        if alarm_client is not None and alarms is not None:
-            task_group.create_task(receiver.feed_alarms(alarm_client, alarms))
-        task_group.create_task(
+            stack.push_async_callback(alarms.close)
+        return alarms
+
+    def _store(self) -> Store:
+        batch = self.config.batch
+        return Store(
+            self.writer,
+            self.client.ack,
+            self.stats,
+            Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
+            self.spool,
+            self.dead_letters.put_refused,
+            window_full=self._window_full,
+            fields=self.fields,
+        )
+
+    def _window_full(self) -> bool:
+        """The broker sends no more until we acknowledge (see collector.store)."""
+        client = self.client
+        return client.unacked >= (client.window or client.peak_unacked)
+
+    def _receiver(self) -> Receiver:
+        config, alarms, alarm_client = self.config, self.alarms, self.alarm_client
+        # In a shared-subscription group each collector sees a share of every agent's numbers;
+        # the alarm session, when there is one, sees them all (see receive.Receiver).
+        tracked = not config.collector.group or alarm_client is not None
+        losses = LossWatch(config.ingest.loss_clear_s)
+        if alarms is not None:
+            losses.restore(alarms.standing((BROKER_RULE, GAP_RULE)), now_ns())
+        return Receiver(
+            self.client,
+            self.store_queue,
+            self.stats,
+            self.dead_letters,
+            alarms=None if alarm_client else alarms,
+            sequences=SequenceTracker(config.sequence_grace_s) if tracked else None,
+            storage_tracks=alarm_client is None,
+            window=config.ingest.window(),
+            fields=self.fields,
+            redeliveries=self.redeliveries,
+            losses=losses,
+            loss_settle_s=config.ingest.loss_settle_s,
+            loss_alarms=alarms,
+        )
+
+    def _ingest_health(self) -> dict[str, object]:
+        waiting = Waiting(
+            self.client.inbox.qsize(), self.store_queue.qsize(), self.store.busy_since
+        )
+        return health(self.stats, waiting, time.monotonic(), self.config.ingest.stall_s)
+
+    async def _subscribe(self) -> None:
+        """Telemetry, statuses and metrics (shared in a group); the alarm inputs unshared."""
+        client, group = self.client, self.config.collector.group
+        for subscription in (
+            TELEMETRY_SUBSCRIPTION,
+            DEVICE_STATUS_SUBSCRIPTION,
+            AGENT_METRICS_SUBSCRIPTION,
+        ):
+            await client.subscribe(shared(group, subscription), qos=1)
+        if self.config.ingest.broker_drops:
+            await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
+        if self.alarms is not None:
+            feed = self.alarm_client or client
+            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:4]
+            for subscription in extra:
+                await feed.subscribe(subscription, qos=1)
+
+    async def _start_sessions(self, stack: contextlib.AsyncExitStack) -> None:
+        await self.client.start()
+        stack.push_async_callback(self.client.stop)
+        if self.alarm_client is not None:
+            await self.alarm_client.start()
+            stack.push_async_callback(self.alarm_client.stop)
+
+    async def _start_api(self, stack: contextlib.AsyncExitStack) -> int | None:
+        """The operator API's port; None when it is off."""
+        if self.api is None:
+            return None
+        port = await self.api.start()
+        stack.push_async_callback(self.api.close)
+        return port
+
+    def _forget_sighup(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def _log_started(self, api_port: int | None) -> None:
+        config, alarms, fields = self.config, self.alarms, self.fields
+        log.info(
+            "collector started",
+            collector=config.collector.id,
+            group=config.collector.group,
+            broker=config.broker.url,
+            mqtt=config.ingest.mqtt_version,
+            receive_maximum=self.client.window,
+            field_types_known=len(fields) if fields is not None else None,
+            influx=self.writer.url,
+            spool=str(config.spool.path),
+            dead_letters=str(config.dead_letter.dir),
+            spooled=self.spool.depth,
+            api=config.influx.api,
+            alarm_rules=len(alarms.engine.rules) if alarms else 0,
+            alarm_members=list(alarms.ownership.members) if alarms else None,
+            alarm_state=str(config.alarms.state) if alarms else None,
+            alarms_standing=sum(r.active for r in alarms.manager.records.values()) if alarms else 0,
+            alarm_api_port=api_port,
+        )
+
+    def _start_tasks(self, group: asyncio.TaskGroup) -> None:
+        config, alarms = self.config, self.alarms
+        group.create_task(self.receiver.run())
+        group.create_task(self.store.run(self.store_queue))
+        if config.ingest.broker_drops:
+            group.create_task(expect_drop_counter(self.receiver, DROP_COUNTER_WITHIN_S))
+        group.create_task(self.store.replay_forever())
+        if alarms is not None:
+            self._start_alarm_tasks(group, alarms)
+        group.create_task(
             report_forever(
                 config.collector.id,
-                store,
-                store_queue,
+                self.store,
+                self.store_queue,
                 config.stats_interval_s,
-                sequences=sequences,
-                dead_letters=dead_letters,
+                sequences=self.receiver.sequences,
+                dead_letters=self.dead_letters,
                 alarms=alarms,
-                receiver=receiver,
+                receiver=self.receiver,
             )
         )
 
-    try:
-        await run_until_signalled(start_tasks)
-        log.info("collector stopping", **stats.snapshot())
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if api is not None:
-            await api.close()
-        if alarm_client is not None:
-            await alarm_client.stop()
-        await client.stop()
-        await writer.close()
-        await journal.close()
-        await history.close()
-        spool.close()
-        dead_letters.close()
-        redeliveries.close()
-        if alarms is not None:
-            await alarms.close()
+    def _start_alarm_tasks(self, group: asyncio.TaskGroup, alarms: AlarmService) -> None:
+        """Deliveries and ticks, SIGHUP reloads, KPIs, and the alarm session's feed."""
+        alarms.start(group)
+        reload_on_sighup(self.config, alarms)
+        interval_s = self.config.alarms.kpi.interval_s
+        group.create_task(kpi_forever(alarms, self.store_queue, interval_s))
+        if self.alarm_client is not None:
+            group.create_task(self.receiver.feed_alarms(self.alarm_client, alarms))
+
+
+async def run(config: CollectorConfig) -> None:
+    """Build and run the collector inside the event loop."""
+    await Collector(config).run()
 
 
 async def expect_drop_counter(receiver: Receiver, within_s: float) -> None:
@@ -440,7 +479,6 @@ async def expect_drop_counter(receiver: Receiver, within_s: float) -> None:
 
 
 async def kpi_forever(
-    collector_id: str,
     alarms: AlarmService,
     store_queue: asyncio.Queue[Batchable],
     interval_s: float,
@@ -450,33 +488,37 @@ async def kpi_forever(
         await asyncio.sleep(interval_s)
         for alarm in alarms.kpis.stopped_chattering(now_ns()):
             log.info("alarm no longer chattering", alarm_id=alarm)
-        lines = alarms.kpis.lines(collector_id, now_ns(), alarms.manager.records.values())
+        lines = alarms.kpi_lines(now_ns())
         try:  # never wait for room: KPIs are recomputed next interval anyway
             store_queue.put_nowait(Batchable(lines, None))
         except asyncio.QueueFull:
             log.debug("store queue full, alarm KPIs not stored")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in acl.COMMANDS:  # derrick-collector acl|passwd: broker accounts
-        return acl.main(argv)
-    args = parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"derrick-collector: invalid config\n{exc}\n")
-        return 2
-    if args.check:
-        sys.stdout.write(
-            f"{args.config}: ok, {len(config.alarms.ruleset)} alarm rules, "
-            f"InfluxDB {config.influx.api} at {config.influx.url}\n{broker_note(config)}"
-        )
-        return 0
-    logs.configure(args.log_format or config.log.format, config.log.level)
-    try:
-        asyncio.run(run(config))
-    except (
+def print_check(args: argparse.Namespace, config: CollectorConfig) -> None:
+    """``--check``: the config is valid; what it sets up, and what of the broker it can't see."""
+    sys.stdout.write(
+        f"{args.config}: ok, {len(config.alarms.ruleset)} alarm rules, "
+        f"InfluxDB {config.influx.api} at {config.influx.url}\n{broker_note(config)}"
+    )
+
+
+PROGRAM = Program(
+    name="derrick-collector",
+    description="Subscribe to Derrick telemetry on an MQTT broker, write it to InfluxDB "
+    "(v1 /write or v2 API), and raise alarms (ISA-18.2 lifecycle) to MQTT, webhooks "
+    "and e-mail. SIGHUP reloads the alarm rule files.",
+    epilog="examples:\n"
+    "  derrick-collector --config /etc/derrick/collector.yaml\n"
+    "  derrick-collector --config collector.yaml --check   # validate config and exit\n"
+    "\nbroker accounts (docs/broker.md):\n"
+    "  derrick-collector acl --help      # mosquitto ACL from agent and collector configs\n"
+    "  derrick-collector passwd --help   # the matching mosquitto password file",
+    config_help="collector YAML config file",
+    load=lambda args: load_config(args.config),
+    check=print_check,
+    run=run,
+    failures=(
         MqttError,
         StoreError,
         SpoolError,
@@ -484,10 +526,15 @@ def main(argv: list[str] | None = None) -> int:
         AlarmStateError,
         OutboxError,
         ValueError,
-    ) as exc:
-        log.error("collector failed", error=str(exc))
-        return 1
-    return 0
+    ),
+    log=log,
+    failed="collector failed",
+    commands=dict.fromkeys(acl.COMMANDS, acl.main),  # broker accounts
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return PROGRAM.main(argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ the whole stream for alarms (:func:`Receiver.feed_alarms`) and skips, before par
 every asset this collector does not own. An alarm evaluation that raises is logged and
 counted; the message is still stored.
 
+Each session parses a message's topic once (:func:`derrick.wire.topics.parse_topic`) and
+routes on its kind; the storage session rejects a topic outside the scheme as kind
+``topic``.
+
 Lost messages (:mod:`collector.loss`): the broker's drop counter (``$SYS``) and agent
 metrics reporting an empty spool while messages of theirs are missing raise the
 built-in loss alarms (or, without alarm rules, an error in the log).
@@ -43,7 +47,7 @@ from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
-from collector.validate import DEFAULT_WINDOW, Rejected, Window, classify, validate
+from collector.validate import DEFAULT_WINDOW, Rejected, Window, classify, validate_telemetry
 from derrick.alarms.engine import ConditionChange
 from derrick.mqtt.client import InboundMessage, MqttClient, MqttError
 from derrick.wire.payloads import (
@@ -54,13 +58,22 @@ from derrick.wire.payloads import (
     Telemetry,
     now_ns,
 )
-from derrick.wire.topics import BROKER_DROPPED_TOPIC, TOPIC_ROOT, alarm_replies_topic
+from derrick.wire.topics import (
+    AgentMetricsTopic,
+    AgentStatusTopic,
+    AlarmCommandsTopic,
+    BrokerDroppedTopic,
+    DeviceStatusTopic,
+    TelemetryTopic,
+    Topic,
+    TopicError,
+    alarm_replies_topic,
+    parse_topic,
+)
 
 log = structlog.get_logger(__name__)
 
-TELEMETRY_SUFFIX = "/telemetry"
-COMMANDS_SUFFIX = "/alarm-commands"
-AGENTS_PREFIX = f"{TOPIC_ROOT}/agents/"
+TOPIC = "topic"  # the collector.validate kind of a topic outside the scheme
 INTERNAL = "internal"
 POISON = "poison"
 MAX_REASON = 300
@@ -167,10 +180,25 @@ class Receiver:
     # -- the storage session -----------------------------------------------------------
 
     async def _handle(self, inbound: InboundMessage) -> None:
-        if not inbound.topic.endswith(TELEMETRY_SUFFIX):
-            await self._other(inbound)
+        try:
+            topic = parse_topic(inbound.topic)
+        except TopicError as exc:
+            self._reject(self.client, inbound, Rejected(str(exc), TOPIC))
             return
-        result = validate(inbound.topic, inbound.payload, self.window, self.fields)
+        match topic:
+            case TelemetryTopic():
+                await self._telemetry(inbound, topic)
+            case DeviceStatusTopic() | AgentMetricsTopic():
+                await self._status_or_metrics(inbound, topic)
+            case AgentStatusTopic() | AlarmCommandsTopic():
+                self._alarm_topic(self.client, inbound, topic, self.alarms)
+            case BrokerDroppedTopic():
+                self._broker_drops(self.client, inbound)
+            case _:
+                self._reject(self.client, inbound, _not_read(inbound, topic))
+
+    async def _telemetry(self, inbound: InboundMessage, topic: TelemetryTopic) -> None:
+        result = validate_telemetry(topic, inbound.payload, self.window, self.fields)
         if isinstance(result, Rejected):
             self._reject(self.client, inbound, result)
             return
@@ -182,20 +210,13 @@ class Receiver:
             self._evaluate(inbound.topic, self.alarms.observe_telemetry, result)
         await self.store_queue.put(Batchable(lines, inbound))
 
-    async def _other(self, inbound: InboundMessage) -> None:
-        """Device status and agent metrics are stored; agent status and commands go to
-        the alarms."""
-        topic = inbound.topic
-        if topic == BROKER_DROPPED_TOPIC:
-            self._broker_drops(self.client, inbound)
-            return
-        if topic.endswith(COMMANDS_SUFFIX) or (
-            topic.startswith(AGENTS_PREFIX) and topic.endswith("/status")
-        ):
-            self._alarm_topic(self.client, inbound, self.alarms)
-            return
+    async def _status_or_metrics(
+        self, inbound: InboundMessage, topic: DeviceStatusTopic | AgentMetricsTopic
+    ) -> None:
+        """Device status and agent metrics are stored (agent status and commands go to
+        the alarms)."""
         try:
-            if topic.endswith("/metrics"):
+            if isinstance(topic, AgentMetricsTopic):
                 metrics = AgentMetrics.model_validate_json(inbound.payload)
                 line = encode_agent_metrics(metrics)
                 if self.storage_tracks:
@@ -204,7 +225,7 @@ class Receiver:
                 status = DeviceStatus.model_validate_json(inbound.payload)
                 line = encode_device_status(status)
                 if self.alarms is not None:
-                    self._evaluate(topic, self.alarms.observe_device, status)
+                    self._evaluate(inbound.topic, self.alarms.observe_device, status)
         except ValidationError as exc:
             self._reject(self.client, inbound, classify(inbound.payload, exc))
             return
@@ -237,36 +258,43 @@ class Receiver:
         inbound: InboundMessage,
         alarms: AlarmService,
     ) -> None:
-        topic = inbound.topic
-        if topic.endswith(TELEMETRY_SUFFIX):
-            if self.sequences is not None:
-                _count_sequence(inbound.payload, alarms, self.sequences)
-            parts = topic.split("/")
-            if len(parts) == 6 and not alarms.owns(parts[2], parts[3]):
-                client.ack(inbound)
-                return
-            result = validate(topic, inbound.payload, self.window)
-            if not isinstance(result, Rejected):  # else: the storage session dead-letters it
-                self._evaluate(topic, alarms.observe_telemetry, result)
+        try:
+            topic = parse_topic(inbound.topic)
+        except TopicError as exc:  # telemetry, status, metrics: the storage session rejects it
+            log.warning("topic outside the scheme", topic=inbound.topic, reason=str(exc))
             client.ack(inbound)
-        elif topic.endswith("/status") and not topic.startswith(AGENTS_PREFIX):
-            try:
-                status = DeviceStatus.model_validate_json(inbound.payload)
-            except ValidationError:  # the storage session dead-letters it
+            return
+        match topic:
+            case TelemetryTopic(site=site, asset=asset):
+                if self.sequences is not None:
+                    _count_sequence(inbound.payload, alarms, self.sequences)
+                if not alarms.owns(site, asset):
+                    client.ack(inbound)
+                    return
+                result = validate_telemetry(topic, inbound.payload, self.window)
+                if not isinstance(result, Rejected):  # else: the storage session dead-letters it
+                    self._evaluate(inbound.topic, alarms.observe_telemetry, result)
                 client.ack(inbound)
-                return
-            self._evaluate(topic, alarms.observe_device, status)
-            client.ack(inbound)
-        elif topic.startswith(AGENTS_PREFIX) and topic.endswith("/metrics"):
-            try:
-                metrics = AgentMetrics.model_validate_json(inbound.payload)
-            except ValidationError:  # the storage session dead-letters it
+            case DeviceStatusTopic():
+                try:
+                    status = DeviceStatus.model_validate_json(inbound.payload)
+                except ValidationError:  # the storage session dead-letters it
+                    client.ack(inbound)
+                    return
+                self._evaluate(inbound.topic, alarms.observe_device, status)
                 client.ack(inbound)
-                return
-            self._agent_report(metrics)
-            client.ack(inbound)
-        else:
-            self._alarm_topic(client, inbound, alarms)
+            case AgentMetricsTopic():
+                try:
+                    metrics = AgentMetrics.model_validate_json(inbound.payload)
+                except ValidationError:  # the storage session dead-letters it
+                    client.ack(inbound)
+                    return
+                self._agent_report(metrics)
+                client.ack(inbound)
+            case AgentStatusTopic() | AlarmCommandsTopic():
+                self._alarm_topic(client, inbound, topic, alarms)
+            case _:
+                self._reject(client, inbound, _not_read(inbound, topic))
 
     # -- lost messages (collector.loss) ---------------------------------------------------
 
@@ -314,11 +342,14 @@ class Receiver:
             self._evaluate("loss", self.loss_alarms.observe_conditions, changes)
 
     def _alarm_topic(
-        self, client: MqttClient, inbound: InboundMessage, alarms: AlarmService | None
+        self,
+        client: MqttClient,
+        inbound: InboundMessage,
+        topic: AgentStatusTopic | AlarmCommandsTopic,
+        alarms: AlarmService | None,
     ) -> None:
         """Agent birth / last will, and operator commands."""
-        topic = inbound.topic
-        model = AlarmCommand if topic.endswith(COMMANDS_SUFFIX) else AgentStatus
+        model = AlarmCommand if isinstance(topic, AlarmCommandsTopic) else AgentStatus
         try:
             message = model.model_validate_json(inbound.payload)
         except ValidationError as exc:
@@ -328,7 +359,7 @@ class Receiver:
             if isinstance(message, AgentStatus):
                 alarms.observe_agent(message)
             else:
-                _command(client, topic, message, alarms)
+                _command(client, inbound.topic, topic, message, alarms)
         client.ack(inbound)
 
     # -- rejections ----------------------------------------------------------------------
@@ -367,15 +398,28 @@ def _count_sequence(payload: bytes, alarms: AlarmService, sequences: SequenceTra
         sequences.observe(agent, found[2].decode(), int(found[3]), time.monotonic())
 
 
-def _command(client: MqttClient, topic: str, command: AlarmCommand, alarms: AlarmService) -> None:
-    """Run an operator command from MQTT; the owner answers on the reply topic."""
-    parts = topic.split("/")
-    site, asset = parts[2], parts[3]
+def _not_read(inbound: InboundMessage, topic: Topic) -> Rejected:
+    """A topic of the scheme that no subscription of the collector asks for."""
+    return Rejected(
+        f"{topic.kind} topic {inbound.topic!r}: the collector does not read these", TOPIC
+    )
+
+
+def _command(
+    client: MqttClient,
+    name: str,
+    topic: AlarmCommandsTopic,
+    command: AlarmCommand,
+    alarms: AlarmService,
+) -> None:
+    """Run an operator command from MQTT (``name``: its topic, for the log); the owner
+    answers on the reply topic."""
+    site, asset = topic.site, topic.asset
     if not alarms.owns(site, asset):
         return  # the owner of this asset answers
     status, result = alarms.command(command)
     if status == 421:
-        log.warning("alarm command for another asset", topic=topic, alarm_id=command.alarm_id)
+        log.warning("alarm command for another asset", topic=name, alarm_id=command.alarm_id)
     try:
         client.publish_nowait(alarm_replies_topic(site, asset), result.model_dump_json().encode())
     except MqttError as exc:

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from collector.fieldtypes import BOOLEAN, FLOAT, STRING, FieldTypes, value_type
 from derrick.wire.ids import SCHEMA_VERSION
 from derrick.wire.payloads import Quality, Reading, Telemetry
-from derrick.wire.topics import TopicError, parse_telemetry_topic
+from derrick.wire.topics import TOPIC_ROOT, TelemetryTopic, TopicError, parse_topic
 
 MAX_PAYLOAD_BYTES = 1_000_000
 
@@ -110,14 +110,26 @@ def validate(
     window: Window = DEFAULT_WINDOW,
     fields: FieldTypes | None = None,
 ) -> Telemetry | Rejected:
-    """Check topic shape, size and schema, that the topic agrees with the payload, and
-    each reading's time, value and (with ``fields``) type.
+    """:func:`validate_telemetry` for a message as it arrives, its topic a string."""
+    try:
+        where = parse_topic(topic)
+    except TopicError:
+        where = None
+    if not isinstance(where, TelemetryTopic):
+        return Rejected(f"not a {TOPIC_ROOT} telemetry topic: {topic!r}", "topic")
+    return validate_telemetry(where, payload, window, fields)
+
+
+def validate_telemetry(
+    where: TelemetryTopic,
+    payload: bytes,
+    window: Window = DEFAULT_WINDOW,
+    fields: FieldTypes | None = None,
+) -> Telemetry | Rejected:
+    """Check size and schema, that the topic (parsed once by the receive stage) agrees
+    with the payload, and each reading's time, value and (with ``fields``) type.
 
     ``fields`` learns the types of fields it has not seen from an accepted message."""
-    try:
-        site, asset, device = parse_telemetry_topic(topic)
-    except TopicError as exc:
-        return Rejected(str(exc), "topic")
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejected(
             f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
@@ -127,6 +139,7 @@ def validate(
         message = Telemetry.model_validate_json(payload)
     except ValidationError as exc:
         return classify(payload, exc)
+    site, asset, device = where.site, where.asset, where.device
     if message.site != site or message.asset != asset or message.device != device:
         return Rejected(
             f"topic names {site}/{asset}/{device}, payload "

@@ -8,8 +8,9 @@
 #      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
 #      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
 #      tests and `make run` start their own copies on free loopback ports.
-#   2. .venv with `pip install -e '.[dev]'`, redone when pyproject.toml is newer than
-#      the stamp .venv/.installed.
+#   2. .venv with the three distributions editable (derrick: kernel and agent;
+#      collector/ and simulators/ each have a pyproject.toml of their own) and the dev
+#      tools, redone when a pyproject.toml is newer than the stamp .venv/.installed.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,11 +54,15 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 
-if [ pyproject.toml -nt .venv/.installed ]; then
-    say "pip install -e '.[dev]' into .venv"
+stale=0
+for project in pyproject.toml collector/pyproject.toml simulators/pyproject.toml; do
+    if [ "$project" -nt .venv/.installed ]; then stale=1; fi
+done
+if [ "$stale" -eq 1 ]; then
+    say "pip install -e '.[dev]' -e ./collector -e ./simulators into .venv"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
-    .venv/bin/pip install -q --root-user-action=ignore -e '.[dev]'
+    .venv/bin/pip install -q --root-user-action=ignore -e '.[dev]' -e ./collector -e ./simulators
     touch .venv/.installed
 else
-    say ".venv up to date (pyproject.toml older than .venv/.installed)"
+    say ".venv up to date (every pyproject.toml older than .venv/.installed)"
 fi

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
+from simulators.hold import Pins
 from simulators.signals import checked_number
 from simulators.signals import ease as _ease
 from simulators.signals import ripple as _ripple
@@ -207,7 +208,7 @@ def _keyframe_rate(keys: tuple[tuple[float, float], ...], x: float) -> float:
     return 0.0
 
 
-class CraneModel:
+class CraneModel(Pins):
     """One crane's LMI readings as a function of time, plus the operator controls."""
 
     def __init__(self, seed: int = 0, demo_overload: bool = True) -> None:
@@ -235,7 +236,7 @@ class CraneModel:
         self._squall = False
         self._overheat = False
         self._overheat_since: float | None = None
-        self._held: dict[str, float | bool] = {}
+        super().__init__()  # pinned values: hold(), release(), held
 
     def slew(self, slot: int) -> tuple[float, float]:
         """(pick, set-down) slew angles of a slot's lift, each slot its own seeded draw."""
@@ -384,18 +385,6 @@ class CraneModel:
     def validate(self, values: Mapping[str, object]) -> dict[str, float | bool]:
         """Check values to pin: known tags, bool for bools, finite numbers otherwise."""
         return {tag: _checked(tag, value) for tag, value in values.items()}
-
-    def hold(self, values: Mapping[str, object]) -> None:
-        """Pin tags to exact values (added to those already pinned) until release()."""
-        self._held.update(self.validate(values))
-
-    def release(self) -> None:
-        """Unpin every tag."""
-        self._held.clear()
-
-    @property
-    def held(self) -> dict[str, float | bool]:
-        return dict(self._held)
 
 
 def status_word(values: Mapping[str, float | bool]) -> int:

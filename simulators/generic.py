@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from derrick.plc.profile import Profile, Register
 from derrick.plc.registers import DataType
+from simulators.hold import Pins
 
 Value = float | bool | str
 
@@ -83,7 +84,7 @@ def _flip(rng: random.Random) -> _Wander:
     return _Wander(0.0, 1.0, _waves(rng, _BOOL_WEIGHTS))
 
 
-class GenericModel:
+class GenericModel(Pins):
     """Slowly wandering values for every tag of ``profile`` (the simulator Model API)."""
 
     def __init__(self, profile: Profile, seed: int = 0) -> None:
@@ -98,7 +99,7 @@ class GenericModel:
                 self._flips[reg.tag] = _flip(rng)
             elif reg.type is not DataType.STRING:
                 self._walks[reg.tag] = _wander(rng, reg.type)
-        self._held: dict[str, Value] = {}
+        super().__init__()  # pinned values: hold(), release(), held
 
     def values(self, t: float) -> dict[str, Value]:
         values: dict[str, Value] = {}
@@ -118,7 +119,7 @@ class GenericModel:
             raw = float(round(raw))
         return raw * reg.scale + reg.offset
 
-    # --- the rest of the simulator Model API: no overload, pinning works ----------------
+    # --- the rest of the simulator Model API: no overload; pinning is Pins' -------------
 
     def overload(self, active: bool) -> None:
         """No load to overload: nothing happens (derrick-sim refuses --overload)."""
@@ -146,13 +147,3 @@ class GenericModel:
                 raise ValueError(f"{tag} must be finite")
             clean[tag] = value if isinstance(value, bool | str) else float(value)
         return clean
-
-    def hold(self, values: Mapping[str, object]) -> None:
-        self._held.update(self.validate(values))
-
-    def release(self) -> None:
-        self._held.clear()
-
-    @property
-    def held(self) -> dict[str, Value]:
-        return dict(self._held)

@@ -12,8 +12,7 @@ from pathlib import Path
 import structlog
 
 from derrick.plc.profile import Profile, load_profile
-from derrick.plumbing import logs
-from derrick.plumbing.cli import run_until_signalled
+from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from simulators import control, modbus_server, scenario
 from simulators.control import ControlError
@@ -134,13 +133,7 @@ def _positive(text: str) -> int:
     return number
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="derrick-sim",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to serve Modbus TCP on (default: %(default)s)")
     add("--port", type=_port, default=5020, help="Modbus TCP port (default: %(default)s)")
@@ -221,11 +214,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--stopbits", type=int, choices=[1, 2], default=1, help="--serial: (default: 1)")
     add("--log-format", choices=["auto", "console", "json"], default="auto")
     add("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    args = parser.parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        parser.error(problem)
-    return args
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -430,21 +418,31 @@ async def run(args: argparse.Namespace, devices: list[Device], scripts: list[Scr
         log.info("simulator stopping", devices=len(devices))
 
 
+def build(args: argparse.Namespace) -> tuple[argparse.Namespace, list[Device], list[Script]]:
+    """What :func:`run` takes; ConfigError or ValueError when a profile or script is unusable."""
+    devices = build_fleet(args)
+    return args, devices, load_scripts(args, devices)
+
+
+PROGRAM = Program(
+    name="derrick-sim",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_arguments=add_arguments,
+    validate=check_args,
+    load=build,
+    invalid=(ConfigError, ValueError),
+    invalid_says="cannot build the simulated devices",
+    log_settings=lambda args, _built: (args.log_format, args.log_level),
+    run=lambda built: run(*built),
+    failures=(ModbusServerError, ControlError),
+    log=log,
+    failed="simulator failed",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logs.configure(args.log_format, args.log_level)
-    try:
-        devices = build_fleet(args)
-        scripts = load_scripts(args, devices)
-    except (ConfigError, ValueError) as exc:
-        sys.stderr.write(f"derrick-sim: cannot build the simulated devices\n{exc}\n")
-        return 2
-    try:
-        asyncio.run(run(args, devices, scripts))
-    except (ModbusServerError, ControlError) as exc:
-        log.error("simulator failed", error=str(exc))
-        return 1
-    return 0
+    return PROGRAM.main(argv)
 
 
 if __name__ == "__main__":

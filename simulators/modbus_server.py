@@ -36,16 +36,10 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from derrick.plc.profile import Table
+from derrick.plumbing.serial import TtyError, close_refused_port
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger(__name__)
-
-try:
-    from termios import error as TtyError  # a tty refusing settings (not an OSError)
-except ImportError:  # pragma: no cover - not POSIX
-
-    class TtyError(Exception):  # type: ignore[no-redef]
-        pass
 
 
 class ModbusServerError(Exception):
@@ -258,7 +252,7 @@ async def serve(units: Mapping[int, SimulatedPlc], endpoint: Endpoint) -> AsyncI
         server.unit_ids = frozenset(units)
         await server.serve_forever(background=True)
     except TtyError as exc:
-        _close_refused_port(exc)
+        close_refused_port(exc)
         raise ModbusServerError(
             f"the tty refuses the line settings: {endpoint}: {exc} (a Linux pty takes "
             "parity N only)"
@@ -288,20 +282,6 @@ async def serving(
     """Serve one ``plc`` as ``unit_id`` on ``host:port``; yields the bound port."""
     async with serve({unit_id: plc}, TcpEndpoint(host, port, framer)) as bound:
         yield bound.port
-
-
-def _close_refused_port(exc: BaseException) -> None:
-    """Close the tty pyserial opened (and locked) before refusing a setting.
-
-    pymodbus' half-built serial transport is reachable only from the traceback; left to
-    the garbage collector, its exclusive lock would refuse the next try as "in use".
-    """
-    tb = exc.__traceback__
-    while tb is not None:
-        port = getattr(tb.tb_frame.f_locals.get("self"), "sync_serial", None)
-        if port is not None:
-            port.close()
-        tb = tb.tb_next
 
 
 def _reset_connections(server: _TcpServer) -> int:

@@ -37,7 +37,11 @@ OUT_OF_RANGE = -9999.0
 
 
 class Model(Protocol):
-    """What a simulator model offers (see :class:`simulators.crane.CraneModel`)."""
+    """What a simulator model offers (see :class:`simulators.crane.CraneModel`).
+
+    ``hold``, ``release`` and ``held`` come with :class:`simulators.hold.Pins`; a model
+    brings ``validate`` and applies the pins in ``values``.
+    """
 
     def values(self, t: float) -> dict[str, float | bool]: ...
     def overload(self, active: bool) -> None: ...
@@ -168,8 +172,8 @@ class SimulatedPlc:
     def overload_forced(self) -> bool:
         return self.model.overload_forced
 
-    def hold(self, values: Mapping[str, object]) -> None:
-        """Pin tags to exact values. All or nothing: ValueError names the first bad one."""
+    def validate(self, values: Mapping[str, object]) -> dict[str, float | bool]:
+        """Values to pin, checked by the model and against their registers' types."""
         clean = self.model.validate(values)
         for tag, value in clean.items():
             reg = next((r for r in self.profile.registers if r.tag == tag), None)
@@ -179,9 +183,17 @@ class SimulatedPlc:
                 register_words(reg, value)
             except CodecError as exc:
                 raise ValueError(f"{tag}: {value!r} does not fit its {reg.type} register") from exc
-        self.model.hold(clean)
+        return clean
+
+    def hold(self, values: Mapping[str, object]) -> None:
+        """Pin tags to exact values. All or nothing: ValueError names the first bad one.
+
+        The model keeps the pins (:class:`simulators.hold.Pins`): its derived tags follow.
+        """
+        self.model.hold(self.validate(values))
 
     def release(self) -> None:
+        """Unpin every tag."""
         self.model.release()
 
     def scenarios(self) -> list[str]:

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
+from simulators.hold import Pins
 from simulators.signals import checked_number
 from simulators.signals import ease as _ease
 from simulators.signals import ripple as _ripple
@@ -317,7 +318,7 @@ class Section:
     slips_s: float
 
 
-class RigModel:
+class RigModel(Pins):
     """One rig's PLC readings as a function of time, plus the operator controls."""
 
     #: Scenarios this model plays (SimulatedPlc.scenario -> method of the same name).
@@ -342,7 +343,7 @@ class RigModel:
         self._starts: list[float] = []
         self._sections = 0
         self._forced = False
-        self._held: dict[str, Value] = {}
+        super().__init__()  # pinned values: hold(), release(), held
         self._onsets: dict[str, float | None] = {}  # scenario -> start (None: next values)
 
     # --- the drilling plan -------------------------------------------------------------
@@ -592,18 +593,6 @@ class RigModel:
     def validate(self, values: Mapping[str, object]) -> dict[str, Value]:
         """Check values to pin: known tags, the right kind of value, a sensible range."""
         return {tag: _checked(tag, value) for tag, value in values.items()}
-
-    def hold(self, values: Mapping[str, object]) -> None:
-        """Pin tags to exact values (added to those already pinned) until release()."""
-        self._held.update(self.validate(values))
-
-    def release(self) -> None:
-        """Unpin every tag."""
-        self._held.clear()
-
-    @property
-    def held(self) -> dict[str, Value]:
-        return dict(self._held)
 
 
 def _wiper_trip() -> list[Step]:

@@ -1,4 +1,5 @@
-"""Alarm KPIs: flood, chattering, standing, top alarms and their line protocol.
+"""Alarm KPIs: flood, chattering, standing, top alarms and their points, as the
+collector writes them (line protocol by collector.lineproto).
 
 Expectations are computed by hand from the definitions in ``derrick/alarms/kpi.py``;
 lifecycle effects come from the real state machine where the sequence matters.
@@ -7,7 +8,8 @@ lifecycle effects come from the real state machine where the sequence matters.
 import pydantic
 import pytest
 
-from derrick.alarms.kpi import AlarmKpis, KpiSettings, escape_tag, split_alarm_id
+from collector.lineproto import encode_point
+from derrick.alarms.kpi import AlarmKpis, KpiSettings, Point
 from derrick.alarms.lifecycle import (
     Acknowledge,
     AlarmRecord,
@@ -39,6 +41,12 @@ def announce(alarm_id: str, t: int, reason: AnnounceReason = AnnounceReason.NEW)
 
 def clear(alarm_id: str, t: int) -> Clear:
     return Clear(alarm_id=alarm_id, priority="high", value=9.0, ts_ns=t)
+
+
+def lines(kpis: AlarmKpis, collector_id: str, now: int, records) -> list[str]:
+    """The KPIs at ``now`` as the collector writes them."""
+    points = kpis.points(collector_id, now, records)
+    return [encode_point(p.measurement, p.tags, p.fields, p.ts_ns) for p in points]
 
 
 class Alarm:
@@ -389,41 +397,59 @@ def test_top_counts_only_the_last_window():
     assert kpis.footprint()["window_alarms"] == 0
 
 
-# --------------------------------------------------------------------------- line protocol
+# --------------------------------------------------------------------------- points
 
 
-def test_lines_write_the_snapshot_and_one_line_per_top_alarm():
+def chattering_alarm() -> tuple[AlarmKpis, Alarm, int]:
+    """Four activations in 30 s (chattering since the third), active at ``now``."""
     kpis = AlarmKpis()
     alarm = Alarm(kpis)
     for at in (0, 10, 20):
         alarm.active(T0 + at * S)
         alarm.normal(T0 + at * S + S)
     alarm.active(T0 + 30 * S)
-    now = T0 + 40 * S
-    assert kpis.lines("col-1", now, [alarm.record]) == [
+    return kpis, alarm, T0 + 40 * S
+
+
+def test_points_are_the_snapshot_and_one_per_top_alarm_with_typed_fields():
+    kpis, alarm, now = chattering_alarm()
+    kpi, top = kpis.points("col-1", now, [alarm.record])
+    assert kpi == Point(
+        "alarm_kpi",
+        {"collector": "col-1"},
+        {"alarms_per_window": 4, "in_flood": False, "flood_s_total": 0.0, "active": 1,
+         "unacked": 1, "standing": 0, "shelved": 0, "suppressed": 0, "out_of_service": 0,
+         "chattering": 1},
+        now,
+    )  # fmt: skip
+    assert top == Point(
+        "alarm_top",
+        {"alarm": ALARM, "collector": "col-1", "rule": "overload", "site": "yard",
+         "asset": "crane-01", "device": "lmi"},
+        {"count": 4, "chattering": True},
+        now,
+    )  # fmt: skip
+    # The Python type of a field is its InfluxDB type: these must never change.
+    assert {key: type(value) for key, value in kpi.fields.items()} == {
+        "alarms_per_window": int, "in_flood": bool, "flood_s_total": float, "active": int,
+        "unacked": int, "standing": int, "shelved": int, "suppressed": int,
+        "out_of_service": int, "chattering": int,
+    }  # fmt: skip
+    assert {key: type(value) for key, value in top.fields.items()} == {
+        "count": int,
+        "chattering": bool,
+    }
+
+
+def test_lines_write_the_snapshot_and_one_line_per_top_alarm():
+    kpis, alarm, now = chattering_alarm()
+    assert lines(kpis, "col-1", now, [alarm.record]) == [
         "alarm_kpi,collector=col-1 alarms_per_window=4i,in_flood=false,flood_s_total=0.0,"
         "active=1i,unacked=1i,standing=0i,shelved=0i,suppressed=0i,out_of_service=0i,"
         f"chattering=1i {now}",
         "alarm_top,alarm=overload:yard:crane-01:lmi,asset=crane-01,collector=col-1,device=lmi,"
         f"rule=overload,site=yard count=4i,chattering=true {now}",
     ]
-
-
-@pytest.mark.parametrize(
-    ("value", "escaped"),
-    [
-        ("plain", "plain"),
-        ("a b", "a\\ b"),
-        ("a,b", "a\\,b"),
-        ("a=b", "a\\=b"),
-        ("back\\slash", "back/slash"),  # InfluxDB 1.x would keep "\\\\" doubled
-        ("ends\\", "ends/"),  # a trailing backslash fails the whole write on InfluxDB 1.x
-        ("two\nlines\r", "two\\nlines\\r"),
-        ('"quoted"', '"quoted"'),
-    ],
-)
-def test_tag_values_are_escaped(value, escaped):
-    assert escape_tag(value) == escaped
 
 
 @pytest.mark.parametrize(
@@ -437,25 +463,28 @@ def test_tag_values_are_escaped(value, escaped):
     ],
 )
 def test_alarm_ids_split_into_tags_and_empty_parts_are_left_out(alarm_id, parts):
-    assert split_alarm_id(alarm_id) == parts
+    kpis = AlarmKpis()
+    kpis.observe([announce(alarm_id, T0)])
+    _kpi, top = kpis.points("col-1", T0, [])
+    assert top.tags == {"alarm": alarm_id, "collector": "col-1", **parts}
 
 
 def test_odd_characters_in_ids_are_escaped_in_the_top_lines():
     kpis = AlarmKpis()
     odd = "over load:yard,2:crane=1:l m i"
     kpis.observe([announce(odd, T0)])
-    lines = kpis.lines("col 1", T0, [])
-    assert lines[0].startswith("alarm_kpi,collector=col\\ 1 alarms_per_window=1i,")
-    assert lines[1] == (
+    written = lines(kpis, "col 1", T0, [])
+    assert written[0].startswith("alarm_kpi,collector=col\\ 1 alarms_per_window=1i,")
+    assert written[1] == (
         "alarm_top,alarm=over\\ load:yard\\,2:crane\\=1:l\\ m\\ i,asset=crane\\=1,"
         "collector=col\\ 1,device=l\\ m\\ i,rule=over\\ load,site=yard\\,2 "
         f"count=1i,chattering=false {T0}"
     )
 
 
-def test_lines_need_a_collector_id():
+def test_points_need_a_collector_id():
     with pytest.raises(ValueError, match="collector_id"):
-        AlarmKpis().lines("", T0, [])
+        AlarmKpis().points("", T0, [])
 
 
 @pytest.mark.integration
@@ -465,7 +494,7 @@ def test_influxdb_reads_the_odd_tags_back_as_they_were(influx1, influx_db):
     backslashes = "r\\x:yard:crane-01:lmi\\"  # written as r/x and lmi/
     kpis.observe([announce(odd, T0), announce(odd, T0 + S), announce(ALARM, T0)])
     kpis.observe([announce(backslashes, T0 + S)])
-    influx1.write(influx_db, "\n".join(kpis.lines("col 1", T0 + 2 * S, [])))
+    influx1.write(influx_db, "\n".join(lines(kpis, "col 1", T0 + 2 * S, [])))
     result = influx1.query("SELECT * FROM alarm_top WHERE \"collector\" = 'col 1'", db=influx_db)
     series = result["results"][0]["series"][0]
     rows = [dict(zip(series["columns"], row, strict=True)) for row in series["values"]]

@@ -7,8 +7,16 @@ import pytest
 from collector.alarms.manager import AlarmManager, Command
 from collector.alarms.state import AlarmStateStore
 from derrick.alarms.engine import RuleEngine
-from derrick.alarms.lifecycle import Annunciate, Clear, Journal, LifecycleState, Rejected
+from derrick.alarms.lifecycle import (
+    AlarmRecord,
+    Annunciate,
+    Clear,
+    Journal,
+    LifecycleState,
+    Rejected,
+)
 from derrick.alarms.rules import RuleSet
+from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import Reading, Telemetry
 
 S = 1_000_000_000
@@ -81,15 +89,34 @@ def test_an_alarm_that_ended_while_the_collector_was_down_clears_on_the_first_re
     second.store.close()
 
 
+def test_a_stored_record_with_a_malformed_id_is_kept_but_restores_no_condition(tmp_path):
+    first = manager(tmp_path)
+    feed(first, 0, hook_load=120)
+    (overload,) = first.records.values()
+    odd = AlarmRecord.from_dict({**overload.to_dict(), "alarm_id": "r0:s1:a1"})
+    first.store.save([odd])
+    first.store.close()
+    second = manager(tmp_path)
+    assert set(second.records) == {OVERLOAD, "r0:s1:a1"}
+    (cleared,) = feed(second, 10, hook_load=20)  # the well-formed one was restored
+    assert isinstance(cleared, Clear) and cleared.alarm_id == OVERLOAD
+    assert second.records["r0:s1:a1"] == odd
+    second.store.close()
+
+
 def test_acknowledge_is_journaled_and_persisted_and_bad_commands_rejected(tmp_path):
     mgr = manager(tmp_path)
     feed(mgr, 0, hook_load=120)
-    effects = mgr.command(Command(OVERLOAD, "acknowledge", "j.smith", 5 * S, "rigging checked"))
+    overload = AlarmId.parse(OVERLOAD)
+    effects = mgr.command(Command(overload, "acknowledge", "j.smith", 5 * S, "rigging checked"))
     (journal,) = effects
     assert isinstance(journal, Journal) and journal.who == "j.smith"
-    assert isinstance(mgr.command(Command(OVERLOAD, "acknowledge", "x", 6 * S)), Rejected)
-    assert isinstance(mgr.command(Command("nope", "acknowledge", "x", 6 * S)), Rejected)
-    assert isinstance(mgr.command(Command(OVERLOAD, "dance", "x", 6 * S)), Rejected)
+    assert isinstance(mgr.command(Command(overload, "acknowledge", "x", 6 * S)), Rejected)
+    nope = AlarmId("nope", "s1", "a1", "plc")
+    assert mgr.command(Command(nope, "acknowledge", "x", 6 * S)) == Rejected(
+        "no alarm 'nope:s1:a1:plc'"
+    )
+    assert isinstance(mgr.command(Command(overload, "dance", "x", 6 * S)), Rejected)
     mgr.store.close()
     assert manager(tmp_path).records[OVERLOAD].state is LifecycleState.ACTIVE_ACKED
 
@@ -97,7 +124,9 @@ def test_acknowledge_is_journaled_and_persisted_and_bad_commands_rejected(tmp_pa
 def test_shelve_expiry_re_announces_a_standing_alarm(tmp_path):
     mgr = manager(tmp_path)
     feed(mgr, 0, hook_load=120)
-    shelved = mgr.command(Command(OVERLOAD, "shelve", "j.smith", 1 * S, "sensor check", 60))
+    shelved = mgr.command(
+        Command(AlarmId.parse(OVERLOAD), "shelve", "j.smith", 1 * S, "sensor check", 60)
+    )
     assert kinds(shelved) == ["Journal"]
     assert mgr.tick(30 * S) == []
     (again,) = mgr.tick(61 * S)
@@ -138,7 +167,8 @@ STILL_HIDDEN = {
 
 def operator(mgr: AlarmManager, action: str, t: float) -> list:
     duration_s = 3600.0 if action == "shelve" else 0.0
-    effects = mgr.command(Command(HOT_ID, action, "j.smith", round(t * S), "test", duration_s))
+    hot = AlarmId.parse(HOT_ID)
+    effects = mgr.command(Command(hot, action, "j.smith", round(t * S), "test", duration_s))
     assert not isinstance(effects, Rejected), effects
     return effects
 

@@ -8,9 +8,9 @@ test_alarm_channels.py and test_alarm_e2e.py.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
+from structlog.testing import capture_logs
 
 from collector.alarms.channels import DeliveryError
 from collector.alarms.notify import (
@@ -24,7 +24,14 @@ from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
 from derrick.alarms.ownership import Ownership, owner_of
 from derrick.alarms.rules import RuleSet
-from derrick.wire.payloads import AlarmCommand, AlarmNotice, Reading, Telemetry
+from derrick.wire.ids import AlarmId
+from derrick.wire.payloads import (
+    AlarmCommand,
+    AlarmNotice,
+    AlarmStateMessage,
+    Reading,
+    Telemetry,
+)
 
 S = 1_000_000_000
 RULES = RuleSet.model_validate(
@@ -42,16 +49,24 @@ class Recorder:
     """A channel that records what it is given, and can be told to fail."""
 
     def __init__(self) -> None:
-        self.sent: list[str] = []
+        self.sent: list[AlarmNotice | AlarmStateMessage] = []
         self.fail: DeliveryError | None = None
 
-    async def __call__(self, payload: str) -> None:
+    async def __call__(self, message: AlarmNotice | AlarmStateMessage) -> None:
+        assert isinstance(message, AlarmNotice | AlarmStateMessage), type(message)
         if self.fail is not None:
             raise self.fail
-        self.sent.append(payload)
+        self.sent.append(message)
 
     def notices(self) -> list[AlarmNotice]:
-        return [AlarmNotice.model_validate_json(p) for p in self.sent]
+        notices = [m for m in self.sent if isinstance(m, AlarmNotice)]
+        assert len(notices) == len(self.sent), self.sent
+        return notices
+
+    def states(self) -> list[AlarmStateMessage]:
+        states = [m for m in self.sent if isinstance(m, AlarmStateMessage)]
+        assert len(states) == len(self.sent), self.sent
+        return states
 
 
 def settings(tmp_path, **extra) -> AlarmSettings:
@@ -100,9 +115,12 @@ def test_an_overload_reaches_every_channel_once_with_its_state(tmp_path):
     assert announce.value == 120 and announce.limit == 100
     assert [n.event for n in ch[EVENTS_CHANNEL].notices()] == ["announce"]
     assert [n.key for n in ch[JOURNAL_CHANNEL].notices()] == [announce.key]
-    (state,) = [json.loads(p) for p in ch[STATE_CHANNEL].sent]
-    assert (state["state"], state["active"], state["acked"]) == ("active_unacked", True, False)
-    assert ch[HISTORY_CHANNEL].sent == ch[STATE_CHANNEL].sent
+    (state,) = ch[STATE_CHANNEL].states()
+    assert (state.alarm_id, state.rule, state.site, state.asset, state.device) == (
+        OVERLOAD, "overload", "s1", "crane-1", "plc",
+    )  # fmt: skip
+    assert (state.state, state.active, state.acked) == ("active_unacked", True, False)
+    assert ch[HISTORY_CHANNEL].states() == ch[STATE_CHANNEL].states()
     asyncio.run(svc.close())
 
 
@@ -283,9 +301,8 @@ def test_a_collector_evaluates_only_the_assets_it_owns(tmp_path):
 def test_a_rule_reload_keeps_standing_alarms_and_drops_removed_rules(tmp_path):
     svc, ch = service(tmp_path)
     svc.observe_telemetry(telemetry(load=120, temp=95), 1 * S)
-    assert {r.alarm_id.split(":")[0] for r in svc.manager.records.values() if r.active} == {
-        "overload", "hot",
-    }  # fmt: skip
+    active = [AlarmId.parse(k) for k, r in svc.manager.records.items() if r.active]
+    assert {alarm.rule for alarm in active} == {"overload", "hot"}
     only_overload = RuleSet(rules=[RULES.rules[0]])
     svc.reload(only_overload, 2 * S)
     svc.observe_telemetry(telemetry(load=130, temp=99), 3 * S)
@@ -295,4 +312,84 @@ def test_a_rule_reload_keeps_standing_alarms_and_drops_removed_rules(tmp_path):
     assert events.count(("overload", "announce")) == 1
     assert ("hot", "clear") in events and ("overload", "clear") not in events
     assert svc.manager.records[OVERLOAD].active
+    asyncio.run(svc.close())
+
+
+@pytest.mark.parametrize(
+    "alarm_id",
+    ["overload:s1:crane-1", "overload:s1:crane-1:plc:x", "overload::crane-1:plc",
+     "overload:s1:crane 1:plc", "nonsense"],
+)  # fmt: skip
+def test_a_command_on_a_malformed_alarm_id_is_refused_as_no_such_alarm(tmp_path, alarm_id):
+    svc, _ = service(tmp_path)
+    svc.observe_telemetry(telemetry(load=120), 1 * S)
+    status, result = svc.command(AlarmCommand(alarm_id=alarm_id, action="acknowledge", who="a"))
+    assert (status, result.ok, result.reason) == (
+        404,
+        False,
+        "alarm ids are rule:site:asset:device",
+    )
+    assert (result.alarm_id, result.state) == (alarm_id, "")
+    assert svc.counts["rejected_commands"] == 1
+    assert not svc.manager.records[OVERLOAD].acked
+    asyncio.run(svc.close())
+
+
+def test_outbox_rows_hold_the_messages_as_json_and_are_read_back_as_objects(tmp_path):
+    svc, _ = service(tmp_path)
+    svc.observe_telemetry(telemetry(load=120), 1 * S)
+    (stored,) = svc.store.db.execute(
+        "SELECT payload FROM notices WHERE channel = 'hook'"
+    ).fetchone()
+    (row,) = svc.outbox.pending("hook")
+    assert isinstance(row.message, AlarmNotice) and row.payload == stored
+    assert AlarmNotice.model_validate_json(stored) == row.message
+    (state,) = svc.outbox.pending(STATE_CHANNEL)
+    assert isinstance(state.message, AlarmStateMessage)
+    assert AlarmStateMessage.model_validate_json(state.payload) == state.message
+    asyncio.run(svc.close())
+
+
+def test_an_outbox_row_that_no_longer_loads_is_failed_and_the_rest_delivered(tmp_path):
+    svc, ch = service(tmp_path)
+    svc.observe_telemetry(telemetry(load=120), 1 * S)
+    svc.store.db.execute(
+        "INSERT INTO notices (key, channel, alarm_id, event, rank, grp, payload, created_ns, "
+        "due_ns) VALUES ('bad', 'hook', 'overload:s1:crane-1:plc', 'announce', 3, 's1/crane-1', "
+        "'{\"v\": 99}', 0, 0)"
+    )
+    with capture_logs() as logs:
+        asyncio.run(deliver(svc))
+    assert [n.event for n in ch["hook"].notices()] == ["announce"]
+    (unreadable,) = [e for e in logs if e["event"] == "notification unreadable, not sent"]
+    assert unreadable["key"] == "bad" and unreadable["channel"] == "hook"
+    (failed,) = svc.store.db.execute("SELECT failed FROM notices WHERE key = 'bad'").fetchone()
+    assert failed.startswith("unreadable: ")
+    assert svc.outbox.depth().get("hook", 0) == 0
+    asyncio.run(svc.close())
+
+
+def test_kpi_lines_are_the_kpis_of_the_service_alarms_as_line_protocol(tmp_path):
+    svc, _ = service(tmp_path)
+    svc.observe_telemetry(telemetry(load=120), 1 * S)
+    kpi, top = svc.kpi_lines(2 * S)
+    assert kpi.startswith("alarm_kpi,collector=c1 alarms_per_window=1i,in_flood=false,")
+    assert ",active=1i,unacked=1i," in kpi and kpi.endswith(f" {2 * S}")
+    assert top == (
+        f"alarm_top,alarm={OVERLOAD},asset=crane-1,collector=c1,device=plc,rule=overload,"
+        f"site=s1 count=1i,chattering=false {2 * S}"
+    )
+    asyncio.run(svc.close())
+
+
+def test_standing_names_the_active_alarms_of_the_rules_asked_for(tmp_path):
+    svc, _ = service(tmp_path)
+    svc.observe_telemetry(telemetry(load=120, temp=95), 1 * S)
+    svc.observe_telemetry(telemetry(asset="crane-2", load=90, temp=95), 1 * S)
+    assert sorted(svc.standing(("hot",))) == [
+        ("hot", "s1", "crane-1", "plc"),
+        ("hot", "s1", "crane-2", "plc"),
+    ]
+    assert svc.standing(("overload",)) == [AlarmId("overload", "s1", "crane-1", "plc")]
+    assert svc.standing(("gone",)) == []
     asyncio.run(svc.close())

@@ -2,7 +2,8 @@
 
 import pytest
 
-from agent.filter import ExceptionFilter
+from agent.config import Device
+from agent.filter import ExceptionFilter, FilterStage
 from agent.poll import Breaker
 from derrick.plc.profile import Register
 from derrick.wire.payloads import Quality, Reading
@@ -67,6 +68,26 @@ def test_bools_and_strings_publish_on_change():
     flt = ExceptionFilter(regs)
     assert published(flt, [True, True, False], tag="b") == [True, False]
     assert published(flt, ["ab", "ab", "cd"], tag="s") == ["ab", "cd"]
+
+
+class RecordingOutbox:
+    def __init__(self):
+        self.calls = []
+
+    def put_readings(self, asset, device, kind, readings):
+        self.calls.append((asset, device, kind, [r.value for r in readings]))
+
+
+def test_filter_stage_hands_what_it_chose_to_the_outbox_and_counts_it():
+    registers = [{"tag": "t", "table": "holding", "address": 0, "type": "float32", "deadband": 1}]
+    device = Device(name="lmi", asset="c1", kind="crane", registers=registers, host="h")
+    outbox = RecordingOutbox()
+    clock = iter([0.0, 1.0, 2.0])
+    stage = FilterStage(device, outbox, clock=lambda: next(clock))
+    for value in (5.0, 5.5, 7.0):  # 5.5 is within the deadband: nothing to hand on
+        stage.put([reading("t", value)])
+    assert outbox.calls == [("c1", "lmi", "crane", [5.0]), ("c1", "lmi", "crane", [7.0])]
+    assert stage.published == 2
 
 
 def test_breaker_opens_after_n_failures_backs_off_and_closes_on_success():

@@ -20,8 +20,8 @@ from collector.deadletter import read_dead_letters
 from derrick.alarms.ownership import owner_of
 from derrick.mqtt.client import MqttClient
 from derrick.mqtt.settings import BrokerSettings
-from derrick.wire.payloads import Reading, Telemetry, now_ns
-from derrick.wire.topics import telemetry_topic
+from derrick.wire.payloads import DeviceState, DeviceStatus, Reading, Telemetry, now_ns
+from derrick.wire.topics import device_status_topic, telemetry_topic
 from devstack.programs import REPO, Program, wait_for, write_yaml
 
 pytestmark = pytest.mark.integration
@@ -246,6 +246,55 @@ def test_bad_messages_are_dead_lettered_and_good_ones_stored(
     assert all(letter["reason"] for letter in letters)
     version = next(letter for letter in letters if letter["kind"] == "version")
     assert "version 2" in version["reason"]
+
+
+def test_a_site_named_agents_has_its_device_status_stored(tmp_path, mosquitto, influx1, influx_db):
+    """``derrick/v1/agents/<asset>/<device>/status`` is a device's status (6 levels), not
+    an agent's (``derrick/v1/agents/<agent>/status``, 5): stored, nothing dead-lettered."""
+    asset = f"a{uuid.uuid4().hex[:8]}"
+    name = f"col-{asset}"
+    collector = start_collector(tmp_path, name, mosquitto, influx1, influx_db)
+    ts = now_ns()
+    down = DeviceStatus(
+        site="agents",
+        asset=asset,
+        device="lmi",
+        agent="gw",
+        state=DeviceState.DOWN,
+        reason="timeout",
+        ts_ns=ts,
+    )
+    up = down.model_copy(update={"state": DeviceState.UP, "reason": "", "ts_ns": ts + 1})
+
+    async def send() -> None:
+        client = MqttClient(BrokerSettings(port=mosquitto.port), f"pub-{uuid.uuid4().hex[:6]}")
+        await client.start()
+        await client.wait_connected(10)
+        for status in (down, up):  # not retained: later tests' collectors need not see it
+            await client.publish(
+                device_status_topic("agents", asset, "lmi"), status.model_dump_json().encode()
+            )
+        await client.stop()
+
+    def rows() -> list[list]:
+        result = influx1.query(
+            f"SELECT up, reason FROM device_status WHERE site='agents' AND asset='{asset}'",
+            db=influx_db,
+        )
+        series = result["results"][0].get("series")
+        return [value[1:] for value in series[0]["values"]] if series else []
+
+    try:
+        asyncio.run(send())
+        stored_rows = wait_for(
+            lambda: len(found := rows()) == 2 and found, 20, "both statuses", program=collector
+        )
+    finally:
+        assert collector.stop() == 0, collector.log_tail()
+    assert stored_rows == [[False, "timeout"], [True, ""]]
+    letters = read_dead_letters(tmp_path / name / "state" / f"deadletter-{name}")
+    # (retained messages other tests left on the broker may be dead-lettered too)
+    assert [letter for letter in letters if asset in (letter["topic"] or "")] == []
 
 
 def test_sequence_gaps_and_duplicates_are_counted_and_logged(

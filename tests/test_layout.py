@@ -1,6 +1,7 @@
 """Architecture rules that could silently erode: protocol boundaries and install extras."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,36 @@ def test_the_shared_kernel_has_one_sub_package_per_role():
     assert not loose, f"modules outside a role's sub-package: {loose}"
     roles = sorted(p.name for p in kernel.iterdir() if (p / "__init__.py").exists())
     assert roles == ["alarms", "mqtt", "plc", "plumbing", "spool", "wire"]
+
+
+def architecture_rows() -> dict[str, str]:
+    """README's architecture table: package directory -> the whole row."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| Part | Package |") :].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        package = line.split("|")[2]
+        directory = re.search(r"`([a-z_/]+/)`", package)
+        assert directory, f"no package directory in: {line}"
+        rows[directory.group(1)] = line
+    return rows
+
+
+def test_the_readme_architecture_table_matches_the_tree():
+    """Every package in the table exists, every sub-package of the kernel and every
+    program is in it, and each row names every module of its package."""
+    rows = architecture_rows()
+    for directory, row in rows.items():
+        assert (REPO / directory).is_dir(), f"README names {directory}, not in the tree"
+        for named in re.findall(r"`([a-z_/]+\.py)`", row):
+            path = named if "/" in named else directory + named
+            assert (REPO / path).is_file(), f"README names {path}, not in the tree"
+    packages = {f"derrick/{p.name}/" for p in (REPO / "derrick").iterdir() if p.is_dir()}
+    packages -= {"derrick/__pycache__/"}
+    packages |= {"agent/", "collector/", "collector/alarms/", "simulators/", "devstack/"}
+    assert packages <= set(rows), f"missing from README: {sorted(packages - set(rows))}"
+    for directory in sorted(packages - {"simulators/", "devstack/"}):
+        named = set(re.findall(r"`([a-z_]+)(?:\.py)?`", rows[directory]))
+        named |= {Path(p).stem for p in re.findall(r"`[a-z_/]+/([a-z_]+\.py)`", rows[directory])}
+        modules = {p.stem for p in (REPO / directory).glob("*.py") if p.stem != "__init__"}
+        assert modules <= named, f"{directory}: README row misses {sorted(modules - named)}"

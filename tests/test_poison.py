@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fakes import MemoryMqttClient
 
 from collector import receive
 from collector.deadletter import DeadLetters, read_dead_letters
@@ -74,21 +75,6 @@ def huge_value(site: str, asset: str, seq: int) -> bytes:
 # -- unit: the guard, at the MQTT seam -------------------------------------------------------
 
 
-class FakeClient:
-    """What the receive stage uses of an MqttClient: an inbox, ack and a client id."""
-
-    client_id = "fake"
-    window = None
-    unacked = 0
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue[InboundMessage] = asyncio.Queue()
-        self.acked: list[int] = []
-
-    def ack(self, message: InboundMessage) -> None:
-        self.acked.append(message.mid)
-
-
 def inbound(mid: int, payload: bytes, *, dup: bool = False, asset: str = "crane-01"):
     return InboundMessage(telemetry_topic("s", asset, "lmi"), payload, 1, mid, False, dup)
 
@@ -100,7 +86,7 @@ async def eventually(predicate, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def drain(receiver: Receiver, client: FakeClient, count: int) -> None:
+async def drain(receiver: Receiver, client: MemoryMqttClient, count: int) -> None:
     task = asyncio.create_task(receiver.run())
     try:
         await eventually(lambda: receiver.stats.messages >= count and client.inbox.empty())
@@ -121,8 +107,8 @@ def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_stored(
 
     monkeypatch.setattr(receive, "encode_telemetry", encode)
 
-    async def main() -> tuple[Receiver, FakeClient, asyncio.Queue[Batchable]]:
-        client = FakeClient()
+    async def main() -> tuple[Receiver, MemoryMqttClient, asyncio.Queue[Batchable]]:
+        client = MemoryMqttClient()
         queue: asyncio.Queue[Batchable] = asyncio.Queue()
         letters = DeadLetters(tmp_path / "dl")
         receiver = Receiver(client, queue, Stats(), letters)  # type: ignore[arg-type]
@@ -134,7 +120,7 @@ def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_stored(
 
     receiver, client, queue = asyncio.run(main())
     assert [item.message.mid for item in [queue.get_nowait(), queue.get_nowait()]] == [1, 3]
-    assert client.acked == [2], "the failed message is acknowledged, the others wait for storage"
+    assert client.acked_mids == [2], "the failed message is acked, the others wait for storage"
     (letter,) = read_dead_letters(tmp_path / "dl")
     assert letter["kind"] == "internal"
     assert letter["reason"] == "collector error: OverflowError: int too large to convert to float"
@@ -145,8 +131,8 @@ def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_stored(
 def test_a_redelivered_message_is_set_aside_at_max_deliveries(tmp_path):
     payload = message("s", "crane-01", 7)
 
-    async def deliver(dup: bool) -> tuple[FakeClient, asyncio.Queue[Batchable], Stats]:
-        client = FakeClient()
+    async def deliver(dup: bool) -> tuple[MemoryMqttClient, asyncio.Queue[Batchable], Stats]:
+        client = MemoryMqttClient()
         queue: asyncio.Queue[Batchable] = asyncio.Queue()
         ledger = Redeliveries(tmp_path / "deliveries.db", max_deliveries=3)  # reopened: durable
         letters = DeadLetters(tmp_path / "dl")
@@ -162,7 +148,7 @@ def test_a_redelivered_message_is_set_aside_at_max_deliveries(tmp_path):
     assert first[1].qsize() == second[1].qsize() == 1, "delivered twice: handled twice"
     third = asyncio.run(deliver(True))
     assert third[1].qsize() == 0
-    assert third[0].acked == [1]
+    assert third[0].acked_mids == [1]
     assert third[2].poison == 1
     (letter,) = read_dead_letters(tmp_path / "dl")
     assert letter["kind"] == "poison"

@@ -28,7 +28,10 @@ from devstack.programs import Program, http_json, wait_for
 from devstack.services import free_port
 from simulators import control, crane, modbus_server
 from simulators.crane import EXACT_VALUES, CraneModel
+from simulators.generic import GenericModel
+from simulators.hold import Pins
 from simulators.plc import SimulatedPlc, register_words
+from simulators.rig import RigModel
 
 CRANE = load_profile("crane")
 
@@ -209,6 +212,37 @@ def test_hold_rejects_bad_values_and_pins_nothing(pins, error):
     model = CraneModel(0)
     with pytest.raises(ValueError, match=re.escape(error)):
         model.hold(pins)
+    assert model.held == {}
+
+
+def _float_tags(profile: Profile) -> list[str]:
+    return [r.tag for r in profile.registers if r.type in (DataType.FLOAT32, DataType.FLOAT64)]
+
+
+@pytest.mark.parametrize(
+    ("model", "first", "second"),
+    [
+        (CraneModel(0), {"hook_load": 12.5}, {"wind_speed": 3.0}),
+        (RigModel(0), {"hook_load": 120.0}, {"pit_volume": 60.0}),
+        (
+            GenericModel(load_profile("bench100"), 0),
+            {_float_tags(load_profile("bench100"))[0]: 1.5},
+            {_float_tags(load_profile("bench100"))[1]: 2.5},
+        ),
+    ],
+    ids=["crane", "rig", "generic"],
+)
+def test_every_model_pins_through_the_one_pins_mixin(model, first, second):
+    assert isinstance(model, Pins)
+    model.hold(first)
+    model.hold(second)  # added to what is pinned
+    assert model.held == first | second
+    with pytest.raises(ValueError, match="unknown tag 'nope'"):
+        model.hold({**first, "nope": 1.0})  # all or nothing
+    assert model.held == first | second
+    model.held.clear()  # a copy: the pins stay
+    assert {tag: model.values(5.0)[tag] for tag in first | second} == first | second
+    model.release()
     assert model.held == {}
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import Device, connection_key
 from agent.modbus import (
     BadReply,
     DeviceTimeout,
     DeviceUnreachable,
     ExceptionReply,
     ModbusConnection,
-    connection_key,
 )
 from derrick.plc.profile import Register, Table, load_profile
 from derrick.plc.registers import decode, scaled
@@ -89,6 +89,24 @@ def test_connection_keys_say_which_devices_share_a_connection(tmp_path):
             connection_key(**bad)
     with pytest.raises(ValueError):
         connection_key(host="gw1", framer="ascii")
+
+
+def test_a_devices_link_key_is_the_key_of_the_connection_it_is_read_by(tmp_path):
+    """agent.main shares one connection per Device.link_key: it must be the key the
+    connection itself has (one definition, agent.config.connection_key)."""
+    link = tmp_path / "bus"
+    link.symlink_to("/dev/null")
+    pairs = [
+        ({"host": "GW1"}, ModbusConnection.tcp("gw1", 502, 1.0)),
+        (
+            {"transport": "rtu-over-tcp", "host": "gw1", "port": 4001},
+            ModbusConnection.tcp("GW1", 4001, 1.0, framer="rtu"),
+        ),
+        ({"transport": "rtu", "serial_port": str(link)}, ModbusConnection.serial("/dev/null", 1.0)),
+    ]
+    for link_settings, connection in pairs:
+        device = Device(name="d", asset="a", profile=CRANE, **link_settings)
+        assert device.link_key == connection.key, link_settings
 
 
 def test_endpoints_name_the_transport():

@@ -1,7 +1,9 @@
 """The built-in notification channels: MQTT alarm events and state, InfluxDB journal.
 
-They take outbox payloads (JSON) like the configured channels and raise
-:class:`DeliveryError` the same way, so one delivery loop serves them all.
+Their senders take the outbox's messages like the configured channels' senders
+(:class:`~derrick.wire.payloads.AlarmNotice`, or for the state channels
+:class:`~derrick.wire.payloads.AlarmStateMessage`) and raise :class:`DeliveryError` the
+same way, so one delivery loop serves them all.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ PUBACK_WAIT_S = 10.0
 
 
 class MqttSender:
-    """Publishes a payload (QoS 1) and waits for its PUBACK.
+    """Publishes a notice (``state``: an alarm state, retained) as JSON, QoS 1, and waits
+    for its PUBACK.
 
     A publish that is not acknowledged in time stays with paho, which sends it again
     after a reconnect; the retry waits for that same publish instead of making a
@@ -31,10 +34,11 @@ class MqttSender:
         self.state = state
         self._waiting: dict[str, asyncio.Future[None]] = {}
 
-    async def send(self, payload: str) -> None:
+    async def send(self, message: AlarmNotice | AlarmStateMessage) -> None:
+        payload = message.model_dump_json()
         future = self._waiting.get(payload)
         if future is None or future.cancelled():
-            topic, retain = self._topic(payload)
+            topic, retain = self._topic(message)
             try:
                 future = self.client.publish_nowait(topic, payload.encode(), retain=retain)
             except MqttError as exc:
@@ -46,23 +50,20 @@ class MqttSender:
             raise DeliveryError("broker did not acknowledge yet", retryable=True) from exc
         del self._waiting[payload]
 
-    def _topic(self, payload: str) -> tuple[str, bool]:
+    def _topic(self, message: AlarmNotice | AlarmStateMessage) -> tuple[str, bool]:
         if self.state:
-            state = AlarmStateMessage.model_validate_json(payload)
-            return alarm_state_topic(state.site, state.asset, state.device, state.rule), True
-        notice = AlarmNotice.model_validate_json(payload)
-        return alarm_events_topic(notice.site, notice.asset), False
+            assert isinstance(message, AlarmStateMessage), type(message).__name__
+            topic = alarm_state_topic(message.site, message.asset, message.device, message.rule)
+            return topic, True
+        assert isinstance(message, AlarmNotice), type(message).__name__
+        return alarm_events_topic(message.site, message.asset), False
 
 
-class JournalSender:
-    """Writes every notice to InfluxDB as measurement ``alarms`` (the alarm timeline)."""
+class _InfluxSender:
+    """Writes one line per message to InfluxDB."""
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-
-    async def send(self, payload: str) -> None:
-        line = encode_alarm(AlarmNotice.model_validate_json(payload))
-        await self._write(line)
 
     async def _write(self, line: str) -> None:
         try:
@@ -73,10 +74,17 @@ class JournalSender:
             raise DeliveryError(str(exc), retryable=True) from exc
 
 
-class HistorySender(JournalSender):
+class JournalSender(_InfluxSender):
+    """Writes every notice to InfluxDB as measurement ``alarms`` (the alarm timeline)."""
+
+    async def send(self, notice: AlarmNotice) -> None:
+        await self._write(encode_alarm(notice))
+
+
+class HistorySender(_InfluxSender):
     """Writes every alarm state change to InfluxDB as measurement ``alarm_state``, so a
     dashboard's "state now" is exact even for changes that notify nobody (latching,
     suppression, a shelf ending while the process is normal)."""
 
-    async def send(self, payload: str) -> None:
-        await self._write(encode_alarm_state(AlarmStateMessage.model_validate_json(payload)))
+    async def send(self, state: AlarmStateMessage) -> None:
+        await self._write(encode_alarm_state(state))

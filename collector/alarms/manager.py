@@ -48,6 +48,7 @@ from derrick.alarms.lifecycle import (
     Unshelve,
     apply,
 )
+from derrick.wire.ids import AlarmId
 
 NoticeHook = Callable[[list[Effect], dict[str, AlarmRecord]], list[NewNotice]]
 
@@ -56,7 +57,7 @@ NoticeHook = Callable[[list[Effect], dict[str, AlarmRecord]], list[NewNotice]]
 class Command:
     """An operator command from MQTT or HTTP."""
 
-    alarm_id: str
+    alarm_id: AlarmId
     action: str  # acknowledge | reset | shelve | unshelve | remove_from_service | return_to_service
     who: str
     now_ns: int
@@ -64,9 +65,9 @@ class Command:
     duration_s: float = 0.0
 
 
-def alarm_id(change: ConditionChange) -> str:
-    """One alarm per rule and device: ``rule:site:asset:device``."""
-    return f"{change.rule}:{change.site}:{change.asset}:{change.device}"
+def alarm_id(change: ConditionChange) -> AlarmId:
+    """One alarm per rule and device (its records are keyed by ``str`` of it)."""
+    return AlarmId(change.rule, change.site, change.asset, change.device)
 
 
 class AlarmManager:
@@ -79,9 +80,9 @@ class AlarmManager:
         self.records: dict[str, AlarmRecord] = store.load()
         engine.restore(
             {
-                tuple(key.split(":", 3)): record.suppressed  # type: ignore[misc]
-                for key, record in self.records.items()
-                if record.active and key.count(":") == 3
+                alarm: record.suppressed
+                for alarm, record in by_alarm_id(self.records).items()
+                if record.active
             }
         )
         self._max_shelve_s = {
@@ -93,7 +94,7 @@ class AlarmManager:
         effects: list[Effect] = []
         changed: dict[str, AlarmRecord] = {}
         for change in changes:
-            key = alarm_id(change)
+            key = str(alarm_id(change))
             record = changed.get(key) or self.records.get(key) or self._new(key, change)
             for event in _inputs(record, change):
                 step = apply(record, event)
@@ -129,16 +130,17 @@ class AlarmManager:
 
     def command(self, command: Command) -> list[Effect] | Rejected:
         """An operator's acknowledge, reset, shelve...: effects, or why it does not apply."""
-        record = self.records.get(command.alarm_id)
+        key = str(command.alarm_id)
+        record = self.records.get(key)
         if record is None:
-            return Rejected(f"no alarm {command.alarm_id!r}")
+            return Rejected(f"no alarm {key!r}")
         event = _command_event(command)
         if isinstance(event, Rejected):
             return event
         step = apply(record, event)
         if isinstance(step, Rejected):
             return step
-        self._keep({command.alarm_id: step.record}, list(step.effects))
+        self._keep({key: step.record}, list(step.effects))
         return list(step.effects)
 
     def _new(self, key: str, change: ConditionChange) -> AlarmRecord:
@@ -161,6 +163,19 @@ class AlarmManager:
         notices = self._notices(effects, fresh) if self._notices else []
         self.store.save(fresh.values(), notices)
         self.records.update(fresh)
+
+
+def by_alarm_id(records: dict[str, AlarmRecord]) -> dict[AlarmId, AlarmRecord]:
+    """The records whose stored id is well-formed, by parsed id. (A record stored under
+    a malformed id - edited by hand - is still loaded, but names no condition to restore
+    and no alarm a command can reach.)"""
+    parsed: dict[AlarmId, AlarmRecord] = {}
+    for key, record in records.items():
+        try:
+            parsed[AlarmId.parse(key)] = record
+        except ValueError:
+            continue
+    return parsed
 
 
 def _inputs(record: AlarmRecord, change: ConditionChange) -> list[Event]:

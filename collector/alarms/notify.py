@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,7 +27,7 @@ import structlog
 from pydantic import Field, model_validator
 
 from collector.alarms.channels import DeliveryError
-from collector.alarms.outbox import NewNotice, Outbox, Pending
+from collector.alarms.outbox import STATE_EVENT, Message, NewNotice, Outbox, Pending, fingerprint
 from derrick.alarms.lifecycle import (
     HIDDEN,
     AlarmRecord,
@@ -38,7 +37,7 @@ from derrick.alarms.lifecycle import (
     Journal,
 )
 from derrick.plumbing.configfile import StrictModel
-from derrick.wire.ids import Ident
+from derrick.wire.ids import AlarmId, Ident
 from derrick.wire.payloads import AlarmNotice, AlarmPriority, AlarmStateMessage, now_ns
 
 log = structlog.get_logger(__name__)
@@ -110,14 +109,8 @@ class RetrySettings(StrictModel):
     max_s: float = Field(default=60.0, gt=0, description="longest wait between retries")
 
 
-def split_alarm_id(alarm_id: str) -> tuple[str, str, str, str]:
-    """``rule:site:asset:device`` -> its four parts (identifiers contain no ``:``)."""
-    rule, site, asset, device = alarm_id.split(":", 3)
-    return rule, site, asset, device
-
-
 def state_message(record: AlarmRecord, message: str) -> AlarmStateMessage:
-    rule, site, asset, device = split_alarm_id(record.alarm_id)
+    rule, site, asset, device = AlarmId.parse(record.alarm_id)
     return AlarmStateMessage(
         alarm_id=record.alarm_id,
         rule=rule,
@@ -171,7 +164,7 @@ class Router:
         return rows
 
     def _notice(self, effect: Effect, record: AlarmRecord) -> AlarmNotice:
-        rule, site, asset, device = split_alarm_id(effect.alarm_id)
+        rule, site, asset, device = AlarmId.parse(effect.alarm_id)
         common = {
             "alarm_id": effect.alarm_id, "rule": rule, "site": site, "asset": asset,
             "device": device, "priority": record.priority, "state": record.state.value,
@@ -216,16 +209,14 @@ class Router:
 
     def _state_row(self, record: AlarmRecord) -> NewNotice:
         message = state_message(record, self.messages.get(record.alarm_id, ""))
-        payload = message.model_dump_json()
-        digest = hashlib.blake2b(payload.encode(), digest_size=6).hexdigest()
         return NewNotice(
-            f"{record.alarm_id}:state:{record.last_transition_ns}:{digest}",
+            f"{record.alarm_id}:state:{record.last_transition_ns}:{fingerprint(message)}",
             STATE_CHANNEL,
             record.alarm_id,
-            "state",
+            STATE_EVENT,
             record.priority,
             f"{message.site}/{message.asset}",
-            payload,
+            message,
             record.last_transition_ns,
             record.last_transition_ns,
         )
@@ -270,7 +261,7 @@ class Router:
         return self._direct(notice, route.escalate_to, now)
 
     def _timed(self, record: AlarmRecord, event: str, suffix: str, now: int) -> AlarmNotice:
-        rule, site, asset, device = split_alarm_id(record.alarm_id)
+        rule, site, asset, device = AlarmId.parse(record.alarm_id)
         return AlarmNotice(
             key=f"{record.alarm_id}:{event}:{suffix}",
             event=event,  # type: ignore[arg-type]
@@ -295,7 +286,6 @@ class Router:
 
 def _rows(notice: AlarmNotice, channels: Iterable[str], now: int) -> list[NewNotice]:
     """One outbox row per channel (each channel once) for this notice."""
-    payload = notice.model_dump_json()
     group = f"{notice.site}/{notice.asset}"
     return [
         NewNotice(
@@ -305,7 +295,7 @@ def _rows(notice: AlarmNotice, channels: Iterable[str], now: int) -> list[NewNot
             event=notice.event,
             priority=notice.priority,
             group=group,
-            payload=payload,
+            message=notice,
             created_ns=now,
             due_ns=now,
         )
@@ -313,11 +303,16 @@ def _rows(notice: AlarmNotice, channels: Iterable[str], now: int) -> list[NewNot
     ]
 
 
-Send = Callable[[str], Awaitable[None]]
+Send = Callable[[Message], Awaitable[None]]
+"""A channel's sender: delivers the message (or raises DeliveryError). The channels of
+state rows get AlarmStateMessages, all others AlarmNotices."""
 
 
 class Deliverer:
-    """Sends one channel's outbox rows in order, with retries and flood grouping."""
+    """Sends one channel's outbox rows in order, with retries and flood grouping.
+
+    ``send`` gets each row's message as the outbox read it back (or a flood notice made
+    here), never the stored JSON."""
 
     def __init__(  # noqa: PLR0917 - wired once by the service
         self,
@@ -367,12 +362,12 @@ class Deliverer:
             delay = max(delay, min(self.retry_after_s, self.retry.max_s))
         await asyncio.sleep(delay)
 
-    async def _deliver(self, batches: list[tuple[str, list[Pending]]]) -> bool:
+    async def _deliver(self, batches: list[tuple[Message, list[Pending]]]) -> bool:
         """Send each batch; False at the first retryable failure (the rest waits)."""
-        for payload, rows in batches:
+        for message, rows in batches:
             ids = [row.id for row in rows]
             try:
-                await self.send(payload)
+                await self.send(message)
             except DeliveryError as exc:
                 if exc.retryable:  # the loop backs off; this row stays first in line
                     self.retry_after_s = exc.retry_after_s
@@ -407,22 +402,22 @@ class Deliverer:
 
     # --- flood control ----------------------------------------------------------------
 
-    def _plan(self, due: list[Pending], now: int) -> list[tuple[str, list[Pending]]]:
+    def _plan(self, due: list[Pending], now: int) -> list[tuple[Message, list[Pending]]]:
         """Batches to send now: single rows, and one flood notice per group held back.
 
         An asset may send ``max_per_window`` announcements per window; beyond that they
         are held to the end of the window and then go together as one ``flood`` notice.
         """
         if self.flood is None:
-            return [(row.payload, [row]) for row in due]
+            return [(row.message, [row]) for row in due]
         window = int(self.flood.window_s * NS)
         exempt = {_rank(p) for p in self.flood.exempt}
-        batches: list[tuple[str, list[Pending]]] = []
+        batches: list[tuple[Message, list[Pending]]] = []
         held: dict[str, list[Pending]] = {}
         planned: dict[str, int] = {}  # group -> singles planned in this pass
         for row in due:
             if row.event != "announce" or row.rank in exempt:
-                batches.append((row.payload, [row]))
+                batches.append((row.message, [row]))
                 continue
             if row.held:  # held back before: goes out with its group
                 held.setdefault(row.group, []).append(row)
@@ -432,14 +427,14 @@ class Deliverer:
                 recent.popleft()
             if len(recent) + planned.get(row.group, 0) < self.flood.max_per_window:
                 planned[row.group] = planned.get(row.group, 0) + 1
-                batches.append((row.payload, [row]))
+                batches.append((row.message, [row]))
                 continue
             end = self._flood_end.get(row.group)
             if end is None or end <= now:
                 end = self._flood_end[row.group] = (recent[0] if recent else now) + window
             self.outbox.hold([row.id], end)
         for rows in held.values():
-            batches.append((_flood_payload(rows) if len(rows) > 1 else rows[0].payload, rows))
+            batches.append((_flood_notice(rows) if len(rows) > 1 else rows[0].message, rows))
         batches.sort(key=lambda batch: batch[1][0].id)
         return batches
 
@@ -453,11 +448,12 @@ def _rank(priority: str) -> int:
     return {"low": 0, "medium": 1, "high": 2, "critical": 3}[priority]
 
 
-def _flood_payload(rows: list[Pending]) -> str:
-    members = [AlarmNotice.model_validate_json(row.payload) for row in rows]
+def _flood_notice(rows: list[Pending]) -> AlarmNotice:
+    """One notice for a group's held announcements, listing them."""
+    members = [row.message for row in rows if isinstance(row.message, AlarmNotice)]
     first = members[0]
     worst = max(members, key=lambda notice: _rank(notice.priority))
-    notice = AlarmNotice(
+    return AlarmNotice(
         key=f"flood:{first.key}",
         event="flood",
         alarm_id=first.alarm_id,
@@ -471,4 +467,3 @@ def _flood_payload(rows: list[Pending]) -> str:
         ts_ns=max(member.ts_ns for member in members),
         alarms=members,
     )
-    return notice.model_dump_json()

@@ -15,15 +15,27 @@ history (``INSERT OR IGNORE``).
 Bounded: delivered rows are kept ``keep_delivered_h`` (to recognise keys again), then
 purged; undelivered rows beyond ``max_pending`` per channel are dropped oldest first,
 lowest priority first, each drop logged and counted.
+
+Rows hold :class:`~derrick.wire.payloads.AlarmNotice` s and, for event ``state``,
+:class:`~derrick.wire.payloads.AlarmStateMessage` s. This module is where they become the
+JSON stored in the table (:func:`insert_rows`) and where that JSON becomes objects again
+(:meth:`Outbox.pending`): the rest of the notify stage, and every channel, handles the
+objects.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
+from pydantic import ValidationError
+
+from derrick.plumbing.configfile import one_line
+from derrick.wire.payloads import AlarmNotice, AlarmStateMessage
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +63,10 @@ CREATE INDEX IF NOT EXISTS notices_alarm ON notices (alarm_id, event, created_ns
 
 # Lower rank is dropped first when a channel's backlog is at its bound.
 RANKS = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+STATE_EVENT = "state"  # the event of a row holding an AlarmStateMessage
+
+Message = AlarmNotice | AlarmStateMessage
+"""What a row holds and its channel's sender gets."""
 
 
 class OutboxError(Exception):
@@ -59,7 +75,8 @@ class OutboxError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NewNotice:
-    """A row to insert: ``payload`` is the JSON the channel's sender gets."""
+    """A row to insert: ``message`` is what the channel's sender gets (an AlarmNotice,
+    or an AlarmStateMessage when ``event`` is ``state``)."""
 
     key: str
     channel: str
@@ -67,14 +84,15 @@ class NewNotice:
     event: str
     priority: str
     group: str  # flood-control group, ``site/asset``
-    payload: str
+    message: Message
     created_ns: int
     due_ns: int
 
-    def row(self) -> tuple[object, ...]:
+    def row(self, payload: str) -> tuple[object, ...]:
+        """The parameters of :data:`INSERT`, the message stored as ``payload``."""
         return (
             self.key, self.channel, self.alarm_id, self.event, RANKS.get(self.priority, 2),
-            self.group, self.payload, self.created_ns, self.due_ns,
+            self.group, payload, self.created_ns, self.due_ns,
         )  # fmt: skip
 
 
@@ -84,8 +102,40 @@ INSERT = (
 )
 
 
+def insert_rows(notices: Iterable[NewNotice]) -> list[tuple[object, ...]]:
+    """The parameters of :data:`INSERT` for ``notices``, each message stored as JSON
+    (made once for a message that goes to several channels)."""
+    stored: dict[int, tuple[Message, str]] = {}  # id -> (the message, kept alive; JSON)
+    rows: list[tuple[object, ...]] = []
+    for n in notices:
+        known = stored.get(id(n.message))
+        if known is None:
+            known = stored[id(n.message)] = (n.message, _stored_form(n.message))
+        rows.append(n.row(known[1]))
+    return rows
+
+
+def fingerprint(message: Message) -> str:
+    """A short hash of ``message`` as stored: tells two states of one alarm at one
+    instant apart in their keys (12 hex digits)."""
+    return hashlib.blake2b(_stored_form(message).encode(), digest_size=6).hexdigest()
+
+
+def _stored_form(message: Message) -> str:
+    return message.model_dump_json()
+
+
+def _read(event: str, payload: str) -> Message:
+    """A stored message back; ValidationError when it does not load."""
+    if event == STATE_EVENT:
+        return AlarmStateMessage.model_validate_json(payload)
+    return AlarmNotice.model_validate_json(payload)
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
+    """A row to deliver: ``message`` is read from the stored JSON, ``payload``."""
+
     id: int
     key: str
     alarm_id: str
@@ -97,6 +147,7 @@ class Pending:
     due_ns: int
     attempts: int
     held: bool
+    message: Message
 
 
 class Outbox:
@@ -116,20 +167,34 @@ class Outbox:
 
     def insert(self, notices: Iterable[NewNotice]) -> None:
         """Insert outside an alarm save (one durable transaction)."""
-        rows = [n.row() for n in notices]
+        rows = insert_rows(notices)
         if rows:
             with self._transaction():
                 self._db.executemany(INSERT, rows)
 
     def pending(self, channel: str, limit: int = 200) -> list[Pending]:
-        """Undelivered, not failed rows of a channel, oldest first (due or not)."""
+        """Undelivered, not failed rows of a channel, oldest first (due or not).
+
+        A row whose message no longer loads (stored by a newer version, or edited) can
+        never be sent: it is marked failed with the reason, logged, and left out."""
         cursor = self._execute(
             "SELECT id, key, alarm_id, event, rank, grp, payload, created_ns, due_ns, attempts, "
             "held FROM notices WHERE channel = ? AND delivered_ns IS NULL AND failed IS NULL "
             "ORDER BY id LIMIT ?",
             (channel, limit),
         )
-        return [Pending(*row[:-1], held=bool(row[-1])) for row in cursor.fetchall()]
+        rows: list[Pending] = []
+        for row in cursor.fetchall():
+            try:
+                message = _read(row[3], row[6])
+            except ValidationError as exc:
+                reason = f"unreadable: {one_line(exc)}"
+                log.error("notification unreadable, not sent", channel=channel, key=row[1],
+                          reason=reason)  # fmt: skip
+                self.mark_failed([row[0]], reason)
+                continue
+            rows.append(Pending(*row[:-1], held=bool(row[-1]), message=message))
+        return rows
 
     def mark_delivered(self, ids: Iterable[int], now_ns: int) -> None:
         ids = list(ids)
@@ -173,14 +238,16 @@ class Outbox:
         )
         return dict(cursor.fetchall())
 
-    def last_states(self, channel: str) -> dict[str, str]:
-        """The newest state payload of each alarm on ``channel`` (texts after a restart)."""
+    def last_texts(self, channel: str) -> dict[str, str]:
+        """The condition text (``message``) of each alarm's newest row on ``channel``:
+        the texts after a restart. Read leniently: a row of an older version serves as
+        long as it is a JSON object (no ``message``: an empty text)."""
         cursor = self._execute(
             "SELECT alarm_id, payload FROM notices WHERE id IN "
             "(SELECT MAX(id) FROM notices WHERE channel = ? GROUP BY alarm_id)",
             (channel,),
         )
-        return dict(cursor.fetchall())
+        return {alarm: json.loads(payload).get("message", "") for alarm, payload in cursor}
 
     def depth(self) -> dict[str, int]:
         """Undelivered rows per channel."""

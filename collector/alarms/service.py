@@ -16,29 +16,30 @@ so while it lasts; the replayed readings are stored, so the history shows what h
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from collector.alarms.manager import AlarmManager, Command, alarm_id
+from collector.alarms.manager import AlarmManager, Command, alarm_id, by_alarm_id
 from collector.alarms.notify import (
     BUILT_IN,
     STATE_CHANNEL,
     Deliverer,
     Router,
-    split_alarm_id,
+    Send,
     state_message,
 )
 from collector.alarms.outbox import Outbox
 from collector.alarms.settings import AlarmSettings
 from collector.alarms.state import AlarmStateStore
+from collector.lineproto import encode_point
 from derrick.alarms.engine import ConditionChange, RuleEngine
 from derrick.alarms.kpi import AlarmKpis
 from derrick.alarms.lifecycle import Annunciate, Clear, Effect, Journal, Rejected
 from derrick.alarms.ownership import Ownership
 from derrick.alarms.rules import RuleSet
+from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import (
     AgentStatus,
     AlarmCommand,
@@ -50,7 +51,6 @@ from derrick.wire.payloads import (
 
 log = structlog.get_logger(__name__)
 
-Send = Callable[[str], Awaitable[None]]
 ENFORCE_EVERY_S = 60.0
 
 
@@ -72,10 +72,7 @@ class AlarmService:
         self.outbox = Outbox(
             self.store.db, settings.outbox.max_pending, settings.outbox.keep_delivered_h * 3600
         )
-        self.messages: dict[str, str] = {
-            alarm: json.loads(payload).get("message", "")
-            for alarm, payload in self.outbox.last_states(STATE_CHANNEL).items()
-        }
+        self.messages: dict[str, str] = self.outbox.last_texts(STATE_CHANNEL)
         self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
         self.manager = AlarmManager(self.engine, self.store, self.router.rows)
         self.kpis = AlarmKpis(settings.kpi)
@@ -129,17 +126,18 @@ class AlarmService:
         if changes:
             self._apply(changes)
 
-    def standing(self, rules: tuple[str, ...]) -> list[tuple[str, str, str, str]]:
-        """(rule, site, asset, device) of the active alarms of ``rules``: what a restart
-        must remember to clear."""
-        active = (split_alarm_id(key) for key, r in self.manager.records.items() if r.active)
-        return [parts for parts in active if parts[0] in rules]
+    def standing(self, rules: tuple[str, ...]) -> list[AlarmId]:
+        """The active alarms of ``rules`` (as ``(rule, site, asset, device)`` tuples): what
+        a restart must remember to clear. A stored id that does not parse is no alarm of
+        theirs."""
+        records = by_alarm_id(self.manager.records)
+        return [alarm for alarm, r in records.items() if r.active and alarm.rule in rules]
 
     def tick(self, now: int | None = None) -> None:
         now = now_ns() if now is None else now
         changes = self._owned(self.engine.tick(now))
         for change in changes:
-            self.messages[alarm_id(change)] = change.message
+            self.messages[str(alarm_id(change))] = change.message
         effects = self.manager.on_conditions(changes)
         effects += self.manager.tick_shelves(now)
         self.outbox.insert(self.router.due(self.manager.records.values(), now))
@@ -159,10 +157,10 @@ class AlarmService:
         """An operator command: (HTTP-style status, result)."""
         now = now_ns() if now is None else now
         self.counts["commands"] += 1
-        status, reason = self._command_status(command)
-        if status == 200:
+        status, reason, alarm = self._command_target(command)
+        if alarm is not None:
             order = Command(
-                alarm_id=command.alarm_id,
+                alarm_id=alarm,
                 action=command.action,
                 who=command.who,
                 now_ns=now,
@@ -190,16 +188,26 @@ class AlarmService:
             ts_ns=now,
         )
 
-    def _command_status(self, command: AlarmCommand) -> tuple[int, str]:
+    def _command_target(self, command: AlarmCommand) -> tuple[int, str, AlarmId | None]:
+        """(HTTP-style status, reason, the alarm): 200 and the alarm it is for, or why
+        this collector refuses it (and None)."""
         try:
-            _rule, site, asset, _device = split_alarm_id(command.alarm_id)
+            alarm = AlarmId.parse(command.alarm_id)
         except ValueError:
-            return 404, "alarm ids are rule:site:asset:device"
-        if not self.ownership.owns(site, asset):
-            return 421, f"alarm belongs to collector {self.ownership.owner(site, asset)}"
+            return 404, "alarm ids are rule:site:asset:device", None
+        if not self.ownership.owns(alarm.site, alarm.asset):
+            owner = self.ownership.owner(alarm.site, alarm.asset)
+            return 421, f"alarm belongs to collector {owner}", None
         if command.alarm_id not in self.manager.records:
-            return 404, f"no alarm {command.alarm_id!r}"
-        return 200, ""
+            return 404, f"no alarm {command.alarm_id!r}", None
+        return 200, "", alarm
+
+    def kpi_lines(self, now: int | None = None) -> list[str]:
+        """The alarm KPIs (ISA-18.2 / EEMUA 191) at ``now`` as line protocol: measurements
+        ``alarm_kpi`` and ``alarm_top``. Call :meth:`AlarmKpis.stopped_chattering` first."""
+        now = now_ns() if now is None else now
+        points = self.kpis.points(self.collector_id, now, self.manager.records.values())
+        return [encode_point(p.measurement, p.tags, p.fields, p.ts_ns) for p in points]
 
     def list_alarms(self) -> list[dict[str, Any]]:
         return [
@@ -215,7 +223,7 @@ class AlarmService:
     def _apply(self, changes: list[ConditionChange]) -> None:
         changes = self._owned(changes)
         for change in changes:
-            self.messages[alarm_id(change)] = change.message
+            self.messages[str(alarm_id(change))] = change.message
         effects = self.manager.on_conditions(changes)
         if effects:
             self._after(effects)

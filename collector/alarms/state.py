@@ -21,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from collector.alarms.outbox import INSERT, SCHEMA, NewNotice
+from collector.alarms.outbox import INSERT, SCHEMA, NewNotice, insert_rows
 from derrick.alarms.lifecycle import AlarmRecord, RecordError
 
 log = structlog.get_logger(__name__)
@@ -78,7 +78,7 @@ class AlarmStateStore:
             (r.alarm_id, json.dumps(r.to_dict(), separators=(",", ":")), r.last_transition_ns)
             for r in records
         ]
-        notice_rows = [n.row() for n in notices]
+        notice_rows = insert_rows(notices)
         if not rows and not notice_rows:
             return
         try:

@@ -1,7 +1,8 @@
 """Alarm-system KPIs after ISA-18.2 / EEMUA 191: flood, chattering, standing, top alarms.
 
 Pure: no I/O, no clock reads, no logging. Every input carries its time in ns; the caller
-logs the chattering starts/stops it is handed and writes :meth:`AlarmKpis.lines`.
+logs the chattering starts/stops it is handed and writes :meth:`AlarmKpis.points` (the
+collector encodes them as line protocol with :func:`collector.lineproto.encode_point`).
 
 Inputs are the lifecycle's effects (:mod:`derrick.alarms.lifecycle`):
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pydantic import Field
 
@@ -63,9 +65,9 @@ from derrick.alarms.lifecycle import (
     LifecycleState,
 )
 from derrick.plumbing.configfile import StrictModel
+from derrick.wire.ids import AlarmId
 
 WINDOW_STEPS = 600  # resolution of the windowed counts: window_s / WINDOW_STEPS
-ID_PARTS = ("rule", "site", "asset", "device")  # alarm id: rule:site:asset:device
 
 _ACTIVATIONS = frozenset({AnnounceReason.NEW, AnnounceReason.REACTIVATED})
 _ANNUNCIATED_ACTIVE = frozenset({LifecycleState.ACTIVE_UNACKED, LifecycleState.ACTIVE_ACKED})
@@ -76,6 +78,17 @@ _HIDDEN_COUNTS = {
 }
 
 Kpi = float | int | bool
+"""A KPI's value; its Python type is its InfluxDB field type (int: integer, ``12i``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One InfluxDB point: what the collector writes (tags by name, fields in order)."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, Kpi]
+    ts_ns: int
 
 
 class KpiSettings(StrictModel):
@@ -138,7 +151,7 @@ def _ns(seconds: float) -> int:
 class AlarmKpis:
     """Alarm KPIs of one collector. Feed :meth:`observe` with every batch of lifecycle
     effects; every ``interval_s`` call :meth:`stopped_chattering` (log them) and
-    :meth:`lines` (write them). Not thread-safe; cheap enough for the event loop."""
+    :meth:`points` (write them). Not thread-safe; cheap enough for the event loop."""
 
     def __init__(self, settings: KpiSettings | None = None) -> None:
         self.settings = settings or KpiSettings()
@@ -301,20 +314,20 @@ class AlarmKpis:
             "chattering": len(self.chattering(now)),
         }
 
-    def lines(self, collector_id: str, now_ns: int, records: Iterable[AlarmRecord]) -> list[str]:
-        """InfluxDB line protocol at ``now_ns``: one ``alarm_kpi`` line (the snapshot) and
-        one ``alarm_top`` line per top alarm. Tags sorted by key, values escaped."""
+    def points(self, collector_id: str, now_ns: int, records: Iterable[AlarmRecord]) -> list[Point]:
+        """The points to write at ``now_ns``: one ``alarm_kpi`` (the snapshot: counts are
+        integers, ``in_flood`` a boolean, ``flood_s_total`` a float) and one ``alarm_top``
+        per top alarm (``count`` an integer, ``chattering`` a boolean), tagged with the
+        alarm id and what can be read of its parts (:meth:`AlarmId.parts_of`)."""
         if not collector_id:
             raise ValueError("collector_id must not be empty")
-        collector = escape_tag(collector_id)
         snapshot = self.snapshot(now_ns, records)
         chattering = self.chattering(now_ns)
-        out = [f"alarm_kpi,collector={collector} {_fields(snapshot)} {now_ns}"]
+        out = [Point("alarm_kpi", {"collector": collector_id}, snapshot, now_ns)]
         for alarm_id, count in self.top(now_ns):
-            tags = {"alarm": alarm_id, "collector": collector_id, **split_alarm_id(alarm_id)}
-            tag_set = ",".join(f"{key}={escape_tag(tags[key])}" for key in sorted(tags))
-            fields = _fields({"count": count, "chattering": alarm_id in chattering})
-            out.append(f"alarm_top,{tag_set} {fields} {now_ns}")
+            tags = {"alarm": alarm_id, "collector": collector_id, **AlarmId.parts_of(alarm_id)}
+            fields: dict[str, Kpi] = {"count": count, "chattering": alarm_id in chattering}
+            out.append(Point("alarm_top", tags, fields, now_ns))
         return out
 
     def footprint(self) -> dict[str, int]:
@@ -332,41 +345,3 @@ class AlarmKpis:
     def max_window_steps(self) -> int:
         """Upper bound of ``footprint()["window_steps"]``."""
         return self._window_ns // self._step_ns + 1
-
-
-def split_alarm_id(alarm_id: str) -> dict[str, str]:
-    """``rule:site:asset:device`` -> its parts; missing or empty parts are left out (an
-    empty tag value is not valid line protocol); a fourth colon stays in ``device``."""
-    parts = alarm_id.split(":", len(ID_PARTS) - 1)
-    return {key: value for key, value in zip(ID_PARTS, parts, strict=False) if value}
-
-
-def escape_tag(value: str) -> str:
-    """A tag value for line protocol: comma, equals sign and space escaped with a backslash.
-
-    A backslash becomes ``/``: InfluxDB 1.x does not unescape ``\\\\`` in a tag value (it
-    stores both) and rejects the whole write when a tag value ends in a backslash. Newline and
-    carriage return (not allowed at all) are written as ``\\n`` / ``\\r``, which every
-    version keeps literally. Alarm ids are ``[A-Za-z0-9_.-]`` and colons by contract, so this
-    only keeps a bad id from breaking a batch.
-    """
-    return (
-        value.replace("\\", "/")
-        .replace(",", "\\,")
-        .replace("=", "\\=")
-        .replace(" ", "\\ ")
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-    )
-
-
-def _field(value: Kpi) -> str:
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    return repr(float(value))
-
-
-def _fields(values: dict[str, Kpi]) -> str:
-    return ",".join(f"{key}={_field(value)}" for key, value in values.items())

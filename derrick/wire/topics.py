@@ -11,9 +11,18 @@ Topic scheme (schema version 1)::
     derrick/v1/agents/<agent>/status                agent birth / last will, retained
     derrick/v1/agents/<agent>/metrics               agent health, on an interval
     derrick/v1/agents/<agent>/events                agent notices (store-and-forward drops)
+
+:func:`parse_topic` tells these apart by the number of levels first: a device topic has 6,
+an alarm state 7, an asset's alarm streams and an agent's topics 5, where the last level
+decides (``alarm-*`` for an asset, ``status``, ``metrics`` or ``events`` under ``agents``).
+So ``agents`` need not be a reserved site name: ``derrick/v1/agents/<asset>/<device>/status``
+is the status of a device of the site ``agents``, never an agent's status.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 from derrick.wire.ids import SCHEMA_VERSION
 
@@ -98,9 +107,167 @@ class TopicError(ValueError):
     """A topic that does not follow the scheme."""
 
 
-def parse_telemetry_topic(topic: str) -> tuple[str, str, str]:
-    """Return (site, asset, device) of a telemetry topic, or raise TopicError."""
+# -- parsing: one typed value per topic kind ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryTopic:
+    kind: ClassVar[str] = "telemetry"
+    site: str
+    asset: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatusTopic:
+    kind: ClassVar[str] = "device status"
+    site: str
+    asset: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmStateTopic:
+    kind: ClassVar[str] = "alarm state"
+    site: str
+    asset: str
+    device: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEventsTopic:
+    kind: ClassVar[str] = "alarm events"
+    site: str
+    asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmCommandsTopic:
+    kind: ClassVar[str] = "alarm commands"
+    site: str
+    asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRepliesTopic:
+    kind: ClassVar[str] = "alarm replies"
+    site: str
+    asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatusTopic:
+    kind: ClassVar[str] = "agent status"
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMetricsTopic:
+    kind: ClassVar[str] = "agent metrics"
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEventsTopic:
+    kind: ClassVar[str] = "agent events"
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerDroppedTopic:
+    """:data:`BROKER_DROPPED_TOPIC`."""
+
+    kind: ClassVar[str] = "broker drop counter"
+
+
+Topic = (
+    TelemetryTopic
+    | DeviceStatusTopic
+    | AlarmStateTopic
+    | AlarmEventsTopic
+    | AlarmCommandsTopic
+    | AlarmRepliesTopic
+    | AgentStatusTopic
+    | AgentMetricsTopic
+    | AgentEventsTopic
+    | BrokerDroppedTopic
+)
+"""What :func:`parse_topic` returns: one class per kind of topic, with its names."""
+
+_ROOT, _VERSION = TOPIC_ROOT.split("/")
+_AGENTS = "agents"
+_DEVICE_KINDS: dict[str, type[TelemetryTopic | DeviceStatusTopic]] = {
+    "telemetry": TelemetryTopic,
+    "status": DeviceStatusTopic,
+}
+_ASSET_KINDS: dict[str, type[AlarmEventsTopic | AlarmCommandsTopic | AlarmRepliesTopic]] = {
+    "alarm-events": AlarmEventsTopic,
+    "alarm-commands": AlarmCommandsTopic,
+    "alarm-replies": AlarmRepliesTopic,
+}
+_AGENT_KINDS: dict[str, type[AgentStatusTopic | AgentMetricsTopic | AgentEventsTopic]] = {
+    "status": AgentStatusTopic,
+    "metrics": AgentMetricsTopic,
+    "events": AgentEventsTopic,
+}
+_BROKER_DROPPED = BrokerDroppedTopic()
+
+# Parsed topics by topic string. A fleet publishes on a bounded set of topics, so nearly
+# every message is a lookup; the values are frozen, so sharing them is safe. Only topics
+# that parse are kept, and the whole memo is dropped when full (a bound, not an LRU).
+_PARSED: dict[str, Topic] = {}
+_PARSED_MAX = 65_536
+
+
+def parse_topic(topic: str) -> Topic:
+    """The kind and names of ``topic``, or TopicError naming the topic and why not.
+
+    Runs once per message on the collector's hot path: a topic seen before costs one dict
+    lookup. ``BROKER_DROPPED_TOPIC`` is the one topic outside ``derrick/v1`` it knows.
+    """
+    parsed = _PARSED.get(topic)
+    if parsed is None:
+        parsed = _parse(topic)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[topic] = parsed
+    return parsed
+
+
+def _parse(topic: str) -> Topic:
     parts = topic.split("/")
-    if len(parts) != 6 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[5] != "telemetry":
-        raise TopicError(f"not a {TOPIC_ROOT} telemetry topic: {topic!r}")
-    return parts[2], parts[3], parts[4]
+    levels = len(parts)
+    if levels < 3 or parts[0] != _ROOT or parts[1] != _VERSION:
+        if topic == BROKER_DROPPED_TOPIC:
+            return _BROKER_DROPPED
+        raise _error(topic, f"it does not start with {TOPIC_ROOT}/")
+    if "" in parts:
+        raise _error(topic, f"level {parts.index('') + 1} is empty")
+    last = parts[-1]
+    if levels == 6:
+        device_kind = _DEVICE_KINDS.get(last)
+        if device_kind is not None:
+            return device_kind(parts[2], parts[3], parts[4])
+        raise _error(topic, f"6 levels end in telemetry or status, not {last!r}")
+    if levels == 5:
+        asset_kind = _ASSET_KINDS.get(last)
+        if asset_kind is not None:
+            return asset_kind(parts[2], parts[3])
+        agent_kind = _AGENT_KINDS.get(last) if parts[2] == _AGENTS else None
+        if agent_kind is not None:
+            return agent_kind(parts[3])
+        raise _error(
+            topic,
+            "5 levels are <site>/<asset>/alarm-events, alarm-commands or alarm-replies, "
+            "or agents/<agent>/status, metrics or events",
+        )
+    if levels == 7:
+        if parts[4] == "alarm":
+            return AlarmStateTopic(parts[2], parts[3], parts[5], parts[6])
+        raise _error(topic, f"7 levels are <site>/<asset>/alarm/<device>/<rule>, not {parts[4]!r}")
+    raise _error(topic, f"{levels} levels; the scheme has 5, 6 or 7")
+
+
+def _error(topic: str, why: str) -> TopicError:
+    return TopicError(f"topic {topic!r} does not follow the {TOPIC_ROOT} scheme: {why}")
