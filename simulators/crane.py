@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from simulators.hold import Pins
+from simulators.hold import ForcedOverload, Pins
 from simulators.signals import checked_number
 from simulators.signals import ease as _ease
 from simulators.signals import ripple as _ripple
@@ -208,7 +208,7 @@ def _keyframe_rate(keys: tuple[tuple[float, float], ...], x: float) -> float:
     return 0.0
 
 
-class CraneModel(Pins):
+class CraneModel(ForcedOverload, Pins):
     """One crane's LMI readings as a function of time, plus the operator controls."""
 
     def __init__(self, seed: int = 0, demo_overload: bool = True) -> None:
@@ -232,7 +232,6 @@ class CraneModel(Pins):
         self._current_waves = _waves(rng, (0.5, 3.0))
         self._oil_waves = _waves(rng, (60.0, 300.0))
         self._vibration_waves = _waves(rng, (0.3, 2.0))
-        self._forced = False
         self._squall = False
         self._overheat = False
         self._overheat_since: float | None = None
@@ -373,14 +372,6 @@ class CraneModel(Pins):
         out["overload_cutout"] = held.get("overload_cutout", out["utilisation"] >= 100.0)
         out["status_word"] = float(status_word({**values, **out}))
         return out
-
-    def overload(self, active: bool) -> None:
-        """Force the hook load to 115 % of the safe working load until released."""
-        self._forced = active
-
-    @property
-    def overload_forced(self) -> bool:
-        return self._forced
 
     def validate(self, values: Mapping[str, object]) -> dict[str, float | bool]:
         """Check values to pin: known tags, bool for bools, finite numbers otherwise."""

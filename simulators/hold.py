@@ -1,4 +1,5 @@
-"""Pinned values: the operator's ``hold`` / ``release`` of a simulator model.
+"""The operator's controls of a simulator model: pinned values (``hold`` / ``release``)
+and a forced overload.
 
 Every model (:mod:`simulators.crane`, :mod:`simulators.rig`, :mod:`simulators.generic`)
 lets a test or the control API (``POST /hold``, ``POST /release``) pin tags to exact
@@ -40,3 +41,20 @@ class Pins:
     def held(self) -> dict[str, Value]:
         """A copy of the pinned tags and their values."""
         return dict(self._held)
+
+
+class ForcedOverload:
+    """A model whose load can be forced past its limit until released: the crane's hook
+    load to 115 % of its safe working load, the rig's to an overpull of 110 % of its rated
+    hook load (``POST /overload``, ``derrick-sim --overload``). The model reads
+    ``self._forced`` in its ``values()``."""
+
+    _forced = False
+
+    def overload(self, active: bool) -> None:
+        """Force the overload (``active``) or release it."""
+        self._forced = active
+
+    @property
+    def overload_forced(self) -> bool:
+        return self._forced

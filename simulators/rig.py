@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from simulators.hold import Pins
+from simulators.hold import ForcedOverload, Pins
 from simulators.signals import checked_number
 from simulators.signals import ease as _ease
 from simulators.signals import ripple as _ripple
@@ -318,7 +318,7 @@ class Section:
     slips_s: float
 
 
-class RigModel(Pins):
+class RigModel(ForcedOverload, Pins):
     """One rig's PLC readings as a function of time, plus the operator controls."""
 
     #: Scenarios this model plays (SimulatedPlc.scenario -> method of the same name).
@@ -342,7 +342,6 @@ class RigModel(Pins):
         self._segments: list[Segment] = []
         self._starts: list[float] = []
         self._sections = 0
-        self._forced = False
         super().__init__()  # pinned values: hold(), release(), held
         self._onsets: dict[str, float | None] = {}  # scenario -> start (None: next values)
 
@@ -549,14 +548,6 @@ class RigModel(Pins):
         return values
 
     # --- controls ----------------------------------------------------------------------
-
-    def overload(self, active: bool) -> None:
-        """Force an overpull: hook load at 110 % of the rated hook load until released."""
-        self._forced = active
-
-    @property
-    def overload_forced(self) -> bool:
-        return self._forced
 
     def _scenario(self, name: str, active: bool, at: float | None) -> None:
         if active:
