@@ -57,12 +57,18 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def top_levels(wheel: Path) -> set[str]:
     with zipfile.ZipFile(wheel) as archive:
-        return {name.split("/")[0] for name in archive.namelist() if ".dist-info/" not in name}
+        names = archive.namelist()
+    return {
+        name.split("/")[0] for name in names if ".dist-info/" not in name and ".data/" not in name
+    }
 
 
 @pytest.mark.integration
 def test_each_wheel_holds_its_program_and_no_test_code(wheels):
     assert top_levels(wheels["derrick"]) == {"derrick", "agent"}
+    with zipfile.ZipFile(wheels["derrick"]) as archive:
+        data = {n.split(".data/data/")[-1] for n in archive.namelist() if ".data/" in n}
+    assert data == {f"share/derrick/profiles/{n}.yaml" for n in ("bench100", "crane", "rig")}
     assert top_levels(wheels["derrick_collector"]) == {"collector"}
     assert top_levels(wheels["derrick_sim"]) == {"simulators"}
     with zipfile.ZipFile(wheels["derrick_collector"]) as archive:
@@ -95,3 +101,16 @@ def test_a_gateway_install_has_a_working_agent_and_no_collector_or_simulator(whe
     assert not (venv / "bin" / "derrick-sim").exists()
     # the agent's whole import graph loads: the pure alarm core and the register model too
     run([python, "-c", "import agent.main, derrick.alarms.engine, derrick.plc.profile"], tmp_path)
+    # a gateway config names a built-in profile: the wheel brought it
+    (tmp_path / "agent.yaml").write_text(GATEWAY_CONFIG)
+    plan = run([venv / "bin" / "derrick-agent", "--config", "agent.yaml", "--check"], tmp_path)
+    assert "lmi (tcp://127.0.0.1:5020 unit 1):" in plan
+    assert "1 devices," in plan
+
+
+GATEWAY_CONFIG = """\
+agent: {id: gw-1, site: yard}
+broker: {host: 127.0.0.1}
+devices:
+  - {name: lmi, asset: crane-01, profile: crane, host: 127.0.0.1, port: 5020}
+"""

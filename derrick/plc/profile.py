@@ -7,6 +7,7 @@ registers: the simulator serves from it and the agent reads with it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -19,7 +20,11 @@ from derrick.plumbing import configfile
 from derrick.plumbing.configfile import StrictModel
 from derrick.wire.ids import Ident
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+_SOURCE_PROFILES = Path(__file__).resolve().parents[2] / "config" / "profiles"
+_INSTALLED_PROFILES = Path(sys.prefix) / "share" / "derrick" / "profiles"
+PROFILE_DIR = _SOURCE_PROFILES if _SOURCE_PROFILES.is_dir() else _INSTALLED_PROFILES
+"""The built-in profiles (crane, rig, bench100): ``config/profiles/`` of a source tree;
+an installed wheel puts the same files in ``<venv>/share/derrick/profiles/``."""
 DEFAULT_GROUP = "default"
 
 
@@ -266,8 +271,8 @@ def profile_path(name: str, config_dir: Path | None = None) -> Path:
     """Where profile ``name`` lives.
 
     A path (``x/y.yaml``) is taken relative to the config file's folder. A bare name is
-    looked up in ``profiles/`` next to the config file, then in the project's
-    ``config/profiles/``.
+    looked up in ``profiles/`` next to the config file, then in the built-in profiles
+    (:data:`PROFILE_DIR`).
     """
     base = config_dir or Path.cwd()
     if "/" in name or name.endswith((".yaml", ".yml")):
