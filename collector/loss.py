@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from derrick.alarms.engine import ConditionChange
+from derrick.alarms.rules import BROKER_RULE, GAP_RULE
 
-BROKER_RULE = "broker_messages_dropped"
-GAP_RULE = "agent_messages_lost"
 BROKER_ALARM = ("derrick", "broker", "queue")  # site, asset, device of the broker alarm
 AGENTS_SITE = "agents"
 GAP_DEVICE = "sequence"

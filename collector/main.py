@@ -31,12 +31,13 @@ from collector.fieldtypes import FieldTypes
 from collector.health import Waiting, health
 from collector.influx import StoreError, V1Writer, Writer, make_writer
 from collector.lineproto import encode_stats
-from collector.loss import BROKER_RULE, GAP_RULE, LossWatch
+from collector.loss import LossWatch
 from collector.receive import Receiver
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
+from derrick.alarms.rules import BROKER_RULE, GAP_RULE
 from derrick.mqtt.client import MqttClient, MqttError
 from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError

@@ -99,6 +99,11 @@ def write(tmp_path: Path, text: str) -> Path:
             "hh (high_high 5) must be above hi (high 10)",
         ),
         ("- {name: a, type: high, tag: x}\n", "[0] (a)", "either 'limit'"),
+        (
+            "- {name: agent_messages_lost, type: boolean, tag: x}\n",
+            "[0] (agent_messages_lost).name",
+            "'agent_messages_lost' is the name of a built-in alarm of the collector",
+        ),
     ],
 )
 def test_invalid_rules_name_file_key_and_reason(tmp_path, yaml_text, key, reason):

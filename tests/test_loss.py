@@ -3,8 +3,9 @@ collector.sequence): pure, times passed in."""
 
 from __future__ import annotations
 
-from collector.loss import BROKER_RULE, GAP_RULE, LossWatch
+from collector.loss import LossWatch
 from collector.sequence import Gap, SequenceTracker
+from derrick.alarms.rules import BROKER_RULE, GAP_RULE
 
 S = 1_000_000_000
 

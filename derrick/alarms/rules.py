@@ -104,6 +104,14 @@ class Condition(StrictModel):
         return value == self.equals
 
 
+BROKER_RULE = "broker_messages_dropped"
+GAP_RULE = "agent_messages_lost"
+BUILTIN_RULES = (BROKER_RULE, GAP_RULE)
+"""The collector's own loss alarms (collector.loss): no rule file may take these names,
+so their alarm ids (``agent_messages_lost:agents:<agent>:sequence``) cannot be those of
+a rule on a device of a site that happens to be named ``agents``."""
+
+
 class _Rule(StrictModel):
     """Keys every rule type has."""
 
@@ -121,6 +129,13 @@ class _Rule(StrictModel):
     off_delay_s: Seconds | None = None
     suppress_when: list[Condition] = Field(default_factory=list)
     depends_on_quality: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, value: str) -> str:
+        if value in BUILTIN_RULES:
+            raise ValueError(f"{value!r} is the name of a built-in alarm of the collector")
+        return value
 
     @field_validator("message")
     @classmethod
