@@ -13,7 +13,12 @@ from collections.abc import Callable
 import structlog
 
 from collector import acl
-from collector.alarms.builtin import HistorySender, JournalSender, MqttSender
+from collector.alarms.builtin import (
+    HistorySender,
+    JournalSender,
+    MqttEventsSender,
+    MqttStateSender,
+)
 from collector.alarms.channels import make_sender
 from collector.alarms.httpapi import AlarmApi, HttpApiError
 from collector.alarms.notify import (
@@ -134,8 +139,8 @@ def build_alarms(
     if not settings.rules:
         return None
     senders: dict[str, Send] = {
-        EVENTS_CHANNEL: MqttSender(client, state=False).send,
-        STATE_CHANNEL: MqttSender(client, state=True).send,
+        EVENTS_CHANNEL: MqttEventsSender(client).send,
+        STATE_CHANNEL: MqttStateSender(client).send,
         JOURNAL_CHANNEL: JournalSender(journal).send,
         HISTORY_CHANNEL: HistorySender(history).send,
     }

@@ -20,25 +20,21 @@ from derrick.wire.topics import alarm_events_topic, alarm_state_topic
 PUBACK_WAIT_S = 10.0
 
 
-class MqttSender:
-    """Publishes a notice (``state``: an alarm state, retained) as JSON, QoS 1, and waits
-    for its PUBACK.
+class _MqttSender:
+    """Publishes a message as JSON, QoS 1, and waits for its PUBACK.
 
     A publish that is not acknowledged in time stays with paho, which sends it again
     after a reconnect; the retry waits for that same publish instead of making a
     second one, so a slow broker does not see the notice twice.
     """
 
-    def __init__(self, client: MqttClient, *, state: bool) -> None:
+    def __init__(self, client: MqttClient) -> None:
         self.client = client
-        self.state = state
         self._waiting: dict[str, asyncio.Future[None]] = {}
 
-    async def send(self, message: AlarmNotice | AlarmStateMessage) -> None:
-        payload = message.model_dump_json()
+    async def _publish(self, topic: str, payload: str, *, retain: bool) -> None:
         future = self._waiting.get(payload)
         if future is None or future.cancelled():
-            topic, retain = self._topic(message)
             try:
                 future = self.client.publish_nowait(topic, payload.encode(), retain=retain)
             except MqttError as exc:
@@ -50,13 +46,21 @@ class MqttSender:
             raise DeliveryError("broker did not acknowledge yet", retryable=True) from exc
         del self._waiting[payload]
 
-    def _topic(self, message: AlarmNotice | AlarmStateMessage) -> tuple[str, bool]:
-        if self.state:
-            assert isinstance(message, AlarmStateMessage), type(message).__name__
-            topic = alarm_state_topic(message.site, message.asset, message.device, message.rule)
-            return topic, True
-        assert isinstance(message, AlarmNotice), type(message).__name__
-        return alarm_events_topic(message.site, message.asset), False
+
+class MqttEventsSender(_MqttSender):
+    """Each notice on its asset's ``alarm-events`` topic."""
+
+    async def send(self, notice: AlarmNotice) -> None:
+        topic = alarm_events_topic(notice.site, notice.asset)
+        await self._publish(topic, notice.model_dump_json(), retain=False)
+
+
+class MqttStateSender(_MqttSender):
+    """Each alarm state, retained on the alarm's own topic."""
+
+    async def send(self, state: AlarmStateMessage) -> None:
+        topic = alarm_state_topic(state.site, state.asset, state.device, state.rule)
+        await self._publish(topic, state.model_dump_json(), retain=True)
 
 
 class _InfluxSender:
