@@ -300,8 +300,13 @@ class Device(StrictModel):
         """
         if self.transport == "rtu":
             return connection_key(serial_port=str(self.serial_port))
-        framer = Framer.RTU if self.transport == "rtu-over-tcp" else Framer.SOCKET
-        return connection_key(host=str(self.host), port=self.port or 502, framer=framer)
+        return connection_key(host=str(self.host), port=self.port or 502, framer=self.framer)
+
+    @property
+    def framer(self) -> Framer:
+        """How frames travel on the TCP socket (RTU over TCP, or Modbus TCP); a serial
+        device's frames are RTU."""
+        return Framer.SOCKET if self.transport == "tcp" else Framer.RTU
 
     @property
     def endpoint(self) -> str:

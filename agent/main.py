@@ -62,8 +62,9 @@ def open_link(device: Device) -> ModbusConnection:
             stopbits=device.stopbits,
             bytesize=device.bytesize,
         )
-    framer = "rtu" if device.transport == "rtu-over-tcp" else "socket"
-    return ModbusConnection.tcp(str(device.host), device.port, device.timeout_s, framer=framer)
+    return ModbusConnection.tcp(
+        str(device.host), device.port, device.timeout_s, framer=device.framer
+    )
 
 
 class Agent:
