@@ -315,25 +315,24 @@ class ModbusConnection:
             Table.COIL: client.read_coils,
             Table.DISCRETE: client.read_discrete_inputs,
         }[table]
-        timed_out = f"unit {unit_id}: no reply within {self.timeout_s} s"
         async with self._lock:
             try:
-                with map_modbus_errors(self.endpoint, timed_out=timed_out):
+                with map_modbus_errors(self.endpoint):
                     async with asyncio.timeout(self.timeout_s * 2):  # pymodbus times out first
                         reply = await call(address, count=count, device_id=unit_id)
                     _raise_if_cancelled()
             except DeviceTimeout as exc:
-                await self._after_timeout(exc)
-                raise
+                raise await self._timed_out(unit_id) from exc.__cause__
         return self._result(reply, table, count, unit_id)
 
-    async def _after_timeout(self, exc: DeviceTimeout) -> None:
-        """A request went unanswered: say "connection lost" if it was (not "timeout");
-        on RTU, drain the line before the next request may go."""
-        if not self.connected:  # dropped while waiting
-            raise DeviceUnreachable(f"{self.endpoint}: connection lost") from exc.__cause__
+    async def _timed_out(self, unit_id: int) -> ModbusError:
+        """The error for a request without answer (the message made only then); on RTU,
+        drain the line before the next request may go."""
+        if not self.connected:  # dropped while waiting: say so, not "timeout"
+            return DeviceUnreachable(f"{self.endpoint}: connection lost")
         if self.rtu:
             await self._drain()
+        return DeviceTimeout(f"{self.endpoint}: unit {unit_id}: no reply within {self.timeout_s} s")
 
     async def _drain(self) -> None:
         """Hold the line (the lock is held) until it has been quiet for ``drain_s``."""

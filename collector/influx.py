@@ -26,8 +26,8 @@ import http.client
 import json
 import socket
 import urllib.parse
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import urllib3
 from influxdb_client import InfluxDBClient, WritePrecision
@@ -69,13 +69,22 @@ def _classify(status: int, body: str, url: str) -> StoreError:
     return DataRejected(f"{url}: HTTP {status}: {body[:300]}")
 
 
-# What influxdb-client and the HTTP stacks under both writers raise -> our error. Most
-# specific first: the first entry the exception is an instance of wins.
-INFLUX_EXC_MAP: dict[type[Exception], type[StoreError]] = {
-    ApiException: StoreError,  # an HTTP answer: its status picks the subclass (_classify)
-    urllib3.exceptions.HTTPError: StoreUnavailable,  # v2: timeout, refused, protocol error
-    http.client.HTTPException: StoreUnavailable,  # v1: the HTTP exchange broke off
-    OSError: StoreUnavailable,  # refused, reset, timed out, name not resolved
+def _http_answer(exc: ApiException, url: str) -> StoreError:
+    """An HTTP answer from the v2 client: its status picks the class (:func:`_classify`)."""
+    return _classify(int(exc.status or 0), str(exc.body or exc.reason), url)
+
+
+def _unavailable(exc: Exception, url: str) -> StoreError:
+    return StoreUnavailable(f"{url}: {exc.__class__.__name__}: {exc}")
+
+
+# What influxdb-client and the HTTP stacks under both writers raise -> how it becomes our
+# error. Most specific first: the first entry the exception is an instance of wins.
+INFLUX_EXC_MAP: dict[type[Exception], Callable[[Any, str], StoreError]] = {
+    ApiException: _http_answer,  # 429 and 5xx: StoreUnavailable; other 4xx: DataRejected
+    urllib3.exceptions.HTTPError: _unavailable,  # v2: timeout, refused, protocol error
+    http.client.HTTPException: _unavailable,  # v1: the HTTP exchange broke off
+    OSError: _unavailable,  # refused, reset, timed out, name not resolved
 }
 
 
@@ -94,9 +103,7 @@ def map_influx_errors(url: str) -> Iterator[None]:
         )
         if mapped is None:
             raise
-        if isinstance(exc, ApiException):
-            raise _classify(int(exc.status or 0), str(exc.body or exc.reason), url) from exc
-        raise mapped(f"{url}: {exc.__class__.__name__}: {exc}") from exc
+        raise mapped(exc, url) from exc
 
 
 class V1Writer:

@@ -105,7 +105,7 @@ def _field_value(value: object) -> str | None:
     if value is False:
         return "false"
     if isinstance(value, int):
-        return f"{int(value)}i"
+        return f"{value}i"
     if isinstance(value, float):
         return repr(float(value)) if math.isfinite(value) else None
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')

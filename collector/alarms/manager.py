@@ -65,9 +65,10 @@ class Command:
     duration_s: float = 0.0
 
 
-def alarm_id(change: ConditionChange) -> AlarmId:
-    """One alarm per rule and device (its records are keyed by ``str`` of it)."""
-    return AlarmId(change.rule, change.site, change.asset, change.device)
+def record_key(change: ConditionChange) -> str:
+    """The key of the alarm's record: one alarm per rule and device, its
+    :class:`AlarmId` as the wire spells it."""
+    return str(AlarmId(change.rule, change.site, change.asset, change.device))
 
 
 class AlarmManager:
@@ -94,7 +95,7 @@ class AlarmManager:
         effects: list[Effect] = []
         changed: dict[str, AlarmRecord] = {}
         for change in changes:
-            key = str(alarm_id(change))
+            key = record_key(change)
             record = changed.get(key) or self.records.get(key) or self._new(key, change)
             for event in _inputs(record, change):
                 step = apply(record, event)

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from collector.alarms.manager import AlarmManager, Command, alarm_id, by_alarm_id
+from collector.alarms.manager import AlarmManager, Command, by_alarm_id, record_key
 from collector.alarms.notify import (
     BUILT_IN,
     STATE_CHANNEL,
@@ -137,7 +137,7 @@ class AlarmService:
         now = now_ns() if now is None else now
         changes = self._owned(self.engine.tick(now))
         for change in changes:
-            self.messages[str(alarm_id(change))] = change.message
+            self.messages[record_key(change)] = change.message
         effects = self.manager.on_conditions(changes)
         effects += self.manager.tick_shelves(now)
         self.outbox.insert(self.router.due(self.manager.records.values(), now))
@@ -223,7 +223,7 @@ class AlarmService:
     def _apply(self, changes: list[ConditionChange]) -> None:
         changes = self._owned(changes)
         for change in changes:
-            self.messages[str(alarm_id(change))] = change.message
+            self.messages[record_key(change)] = change.message
         effects = self.manager.on_conditions(changes)
         if effects:
             self._after(effects)
