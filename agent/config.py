@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from derrick.alarms.rules import AgentOfflineRule, Rule, RuleSet, load_rule_files
 from derrick.mqtt.settings import BrokerSettings
 from derrick.plc.profile import (
     DEFAULT_GROUP,
@@ -316,6 +317,78 @@ class Device(StrictModel):
         return f"{self.host}:{self.port}"
 
 
+class EdgeAlarmSettings(StrictModel):
+    """Alarm rules the agent evaluates itself, at the edge (see :mod:`agent.alarms`)."""
+
+    rules: list[Path] = Field(
+        min_length=1,
+        description="rule files (the collector's format, config/alarm-rules/*.yaml), "
+        "relative to this config; every rule must apply to a device of this agent",
+    )
+    tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="timer resolution: delays, staleness"
+    )
+    _ruleset: RuleSet = PrivateAttr(default_factory=RuleSet)
+
+    @field_validator("rules")
+    @classmethod
+    def _beside_config(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        return [configfile.beside_config(item, info) for item in value]  # type: ignore[misc]
+
+    @model_validator(mode="after")
+    def _load(self) -> Self:
+        try:
+            self._ruleset = load_rule_files(self.rules)
+        except configfile.ConfigError as exc:
+            raise ValueError(f"rule file {exc}") from None
+        return self
+
+    @property
+    def ruleset(self) -> RuleSet:
+        """The rules as loaded with the config."""
+        return self._ruleset
+
+
+def edge_rules(rules: RuleSet, site: str, device: Device) -> list[Rule]:
+    """The rules of ``rules`` that apply to ``device`` (of an agent at ``site``)."""
+    return [
+        rule
+        for rule in rules.rules
+        if not isinstance(rule, AgentOfflineRule)
+        and rule.matches(site, device.asset, device.name, device.equipment_kind)
+    ]
+
+
+def edge_rule_problems(rules: RuleSet, site: str, devices: list[Device]) -> list[str]:
+    """Why rules cannot be evaluated by this agent: each must apply to one of its
+    devices at least, and every tag it reads must be polled on each device it applies to.
+    Agent-offline rules stay with the collector (an agent cannot see itself go away)."""
+    problems = []
+    for rule in rules.rules:
+        if isinstance(rule, AgentOfflineRule):
+            problems.append(
+                f"rule {rule.name!r} ({rule.type}) stays with the collector: an agent "
+                "cannot report its own absence"
+            )
+            continue
+        devices_of_rule = [dev for dev in devices if rule in edge_rules(rules, site, dev)]
+        if not devices_of_rule:
+            listed = ", ".join(f"{d.name} ({d.asset}, kind {d.equipment_kind})" for d in devices)
+            problems.append(
+                f"rule {rule.name!r} applies to no device of this agent (site {site!r}, "
+                f"devices {listed}); leave it to the collector"
+            )
+        for dev in devices_of_rule:
+            polled = {reg.tag for reg in dev.selected_registers}
+            missing = sorted(rule.reads() - polled)
+            if missing:
+                problems.append(
+                    f"rule {rule.name!r} reads {', '.join(missing)}, which device "
+                    f"{dev.name!r} does not poll"
+                )
+    return problems
+
+
 class AgentIdentity(StrictModel):
     id: Ident = Field(description="unique per gateway; the MQTT client id and payload 'agent'")
     site: Ident
@@ -332,6 +405,23 @@ class AgentConfig(StrictModel):
     spool: SpoolSettings = SpoolSettings()
     metrics_interval_s: float = Field(default=30.0, ge=5, le=3600)
     log: LogSettings = LogSettings()
+    alarms: EdgeAlarmSettings | None = Field(
+        default=None, description="alarm rules evaluated at the edge; none: the collector's"
+    )
+
+    @field_validator("alarms")
+    @classmethod
+    def _edge_rules_fit(
+        cls, alarms: EdgeAlarmSettings | None, info: ValidationInfo
+    ) -> EdgeAlarmSettings | None:
+        """Every rule applies to a device of this agent, on tags it polls."""
+        agent, devices = info.data.get("agent"), info.data.get("devices")
+        if alarms is None or agent is None or devices is None:
+            return alarms  # those keys have their own errors
+        problems = edge_rule_problems(alarms.ruleset, agent.site, devices)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return alarms
 
     @field_validator("devices")
     @classmethod

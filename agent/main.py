@@ -10,7 +10,8 @@ from functools import partial
 
 import structlog
 
-from agent.config import AgentConfig, Device, load_config
+from agent.alarms import EdgeAlarms
+from agent.config import AgentConfig, Device, edge_rules, load_config
 from agent.filter import FilterStage
 from agent.metrics import AgentHealth
 from agent.modbus import ModbusConnection
@@ -46,6 +47,11 @@ def print_plan(config: AgentConfig) -> None:
             for req in plan:
                 tags = ", ".join(reg.tag for reg in req.registers)
                 sys.stdout.write(f"    {req.table:<8} {req.address:>5} +{req.count:<4} {tags}\n")
+        if config.alarms is not None:
+            names = [
+                rule.name for rule in edge_rules(config.alarms.ruleset, config.agent.site, device)
+            ]
+            sys.stdout.write(f"  alarm rules at the edge ({len(names)}): {', '.join(names)}\n")
     sys.stdout.write(
         f"{len(config.devices)} devices, {total} requests per cycle; spool {config.spool.path}\n"
     )
@@ -92,6 +98,7 @@ class Agent:
     def _build(self, config: AgentConfig) -> None:
         """The stages and the Modbus links, around the open spool."""
         self.outbox = Outbox(config.agent.id, config.agent.site, self.spool)
+        self.alarms: EdgeAlarms | None = None  # the last will says nothing of them
         self.status_topic = agent_status_topic(config.agent.id)
         self.client = MqttClient(
             config.broker,
@@ -105,6 +112,7 @@ class Agent:
             ack_wait_s=config.publish_timeout_s,
         )
         self.outbox.stored_callback = self.publisher.wake
+        self.alarms = self._edge_alarms(config)
         self.links: dict[str, ModbusConnection] = {}
         users = Counter(device.link_key for device in config.devices)
         self.filters: dict[str, FilterStage] = {}
@@ -113,10 +121,13 @@ class Agent:
             if device.link_key not in self.links:
                 self.links[device.link_key] = open_link(device)
             self.filters[device.name] = FilterStage(device, self.outbox)
+            first_stage = self.filters[device.name].put
+            if self.alarms is not None:
+                first_stage = self.alarms.stage(device, first_stage).put
             self.pollers[device.name] = DevicePoller(
                 device,
                 self.links[device.link_key],
-                self.filters[device.name].put,
+                first_stage,
                 partial(self._state, device),
                 shares_link=users[device.link_key] > 1,
             )
@@ -124,12 +135,36 @@ class Agent:
             self.outbox, self.pollers, self.filters, self.publisher, self.client
         )
 
+    def _edge_alarms(self, config: AgentConfig) -> EdgeAlarms | None:
+        """The alarm stage, when the config names rules to evaluate here."""
+        if config.alarms is None:
+            return None
+        alarms = EdgeAlarms(
+            config.agent.site,
+            config.agent.id,
+            config.alarms.ruleset,
+            config.devices,
+            self.outbox,
+            self.spool,
+            self.publisher.in_flight,
+        )
+        self.publisher.on_published = alarms.delivered
+        return alarms
+
     def _status(self, state: str) -> bytes:
-        return status_payload(self.config.agent.id, self.outbox.boot, state)
+        return status_payload(
+            self.config.agent.id,
+            self.outbox.boot,
+            state,
+            self.config.agent.site,
+            self.alarms.coverage if self.alarms is not None else None,
+        )
 
     def _state(self, device: Device, state: DeviceState, reason: str) -> None:
         endpoint = self.pollers[device.name].connection.endpoint
         self.outbox.put_device_status(device.asset, device.name, state, reason, endpoint)
+        if self.alarms is not None:
+            self.alarms.device_state(device, state)
 
     async def run(self) -> None:
         async with self._resources as resources:
@@ -147,13 +182,18 @@ class Agent:
                 devices=len(self.config.devices),
                 spool=str(self.config.spool.path),
                 stored=stats.depth,
+                edge_rules=len(self.config.alarms.ruleset) if self.config.alarms else 0,
             )
             await run_until_signalled(self._start_tasks)
 
     def _start_tasks(self, group: asyncio.TaskGroup) -> None:
         group.create_task(self.outbox.enforce_age_forever())
         group.create_task(self.publisher.run())
-        group.create_task(announce_forever(self.client, self.config.agent.id, self.outbox.boot))
+        group.create_task(
+            announce_forever(self.client, self.status_topic, partial(self._status, "online"))
+        )
+        if self.alarms is not None and self.config.alarms is not None:
+            group.create_task(self.alarms.tick_forever(self.config.alarms.tick_s))
         group.create_task(self.health.publish_forever(self.config.metrics_interval_s))
         group.create_task(self._restate_forever())
         for device in self.config.devices:

@@ -16,15 +16,32 @@ dropping starts and stops (not per message), and published on the agent's events
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable
 
 import structlog
 
+from derrick.alarms.engine import ConditionChange
 from derrick.spool.store import Dropped, Priority, Spool
-from derrick.wire.payloads import AgentEvent, DeviceState, DeviceStatus, Reading, Telemetry, now_ns
-from derrick.wire.topics import agent_events_topic, device_status_topic, telemetry_topic
+from derrick.wire.payloads import (
+    AgentEvent,
+    ConditionMessage,
+    ConditionState,
+    DeviceState,
+    DeviceStatus,
+    Reading,
+    ReadingValue,
+    Telemetry,
+    now_ns,
+)
+from derrick.wire.topics import (
+    agent_events_topic,
+    condition_topic,
+    device_status_topic,
+    telemetry_topic,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +96,53 @@ class Outbox:
         )
         topic = device_status_topic(self.site, asset, device)
         self.put(topic, status.model_dump_json().encode(), Priority.STATUS, retain=True)
+
+    def put_condition(
+        self,
+        change: ConditionChange,
+        kind: str,
+        state: ConditionState,
+        *,
+        since_ns: int | None = None,
+        peak: ReadingValue = None,
+        retract: list[int] | None = None,
+        notes: dict[str, str | None] | None = None,
+    ) -> int:
+        """Commit one alarm condition change (:mod:`agent.alarms`), with the alarm
+        stage's notes about it and the queued messages it replaces, in one transaction.
+        Returns the message's spool id."""
+        message = ConditionMessage(
+            site=self.site,
+            asset=change.asset,
+            device=change.device,
+            kind=kind,
+            agent=self.agent_id,
+            boot=self.boot,
+            seq=self._seq,
+            rule=change.rule,
+            type=change.type,
+            state=state,
+            value=_wire(change.value),
+            limit=_limit(change.limit),
+            peak=_wire(peak),
+            priority=change.priority,
+            latched=change.latched,
+            message=change.message[:1000],
+            since_ns=since_ns,
+            ts_ns=change.ts_ns,
+        )
+        self._seq += 1
+        entry_id = self.spool.last_id() + 1  # AUTOINCREMENT: one more than ever given
+        item = (
+            condition_topic(self.site, change.asset, change.device),
+            message.model_dump_json().encode(),
+            Priority.ALARM,
+            False,
+            now_ns(),
+        )
+        self._account(self.spool.append([item], retract=retract or (), notes=notes))
+        self.stored_callback()
+        return entry_id
 
     def put(self, topic: str, payload: bytes, priority: Priority, *, retain: bool = False) -> None:
         """Commit one message to the spool now; SpoolError if the disk refuses."""
@@ -143,3 +207,18 @@ class Outbox:
         for drop in self.spool.append([(*item, Priority.STATUS, False, now_ns())]):
             self._count(drop)  # counted, and announced with the next batch of drops
         self.stored_callback()
+
+
+def _wire(value: object) -> ReadingValue:
+    """An engine value as the contract carries it: numbers finite, strings bounded."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value[:1024]
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return str(value)[:1024]
+
+
+def _limit(limit: float | None) -> float | None:
+    return float(limit) if isinstance(limit, int | float) and math.isfinite(limit) else None

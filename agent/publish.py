@@ -11,6 +11,10 @@ After every (re)connect the spool is two streams, cut at its last id at that ins
 * **backlog**: what waited through the outage (or an agent restart); sent in order in
   the room live data leaves, each payload marked ``"historical": true``.
 
+Alarm conditions (priority ALARM, :mod:`agent.alarms`) are the exception to "live
+first": the backlog's go out before anything else (historical, in order), so no live
+change of a condition ever overtakes an older one of the same alarm.
+
 Retained messages (device status) are the exception to "send everything": a backlog
 status older than one already published on its topic is still sent, but not retained,
 so history cannot overwrite the current state.
@@ -27,13 +31,13 @@ from collections.abc import Callable
 import structlog
 
 from derrick.mqtt.client import MqttClient, MqttError
-from derrick.spool.store import Entry, Spool
-from derrick.wire.payloads import AgentStatus, mark_historical, now_ns
-from derrick.wire.topics import agent_status_topic
+from derrick.spool.store import Entry, Priority, Spool
+from derrick.wire.payloads import AgentStatus, EdgeRules, mark_historical, now_ns
 
 log = structlog.get_logger(__name__)
 
 REFILL_EVERY_S = 1.0
+EARLY_MAX = 10_000  # backlog alarm messages sent first; beyond it they keep their place
 
 
 class Publisher:
@@ -61,6 +65,8 @@ class Publisher:
         self._live_after = 0
         self._backlog_after = 0
         self._boundary = 0
+        self._early: dict[int, Entry] = {}  # the backlog's alarm messages, to send first
+        self._sent_early: set[int] = set()
         self._stalled = False
         self._replaying = False
 
@@ -72,11 +78,24 @@ class Publisher:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    def in_flight(self, entry_id: int) -> bool:
+        """Whether that message was handed to the broker and is not settled yet: it
+        may have arrived, so it must not be taken back (:mod:`agent.alarms`). A backlog
+        alarm message read to go first counts too: it is on its way."""
+        return entry_id in self._inflight or entry_id in self._acked or entry_id in self._early
+
     async def run(self) -> None:
         while True:
             await self.client.wait_connected(timeout=float("inf"))
             self._boundary = self._live_after = self.spool.last_id()
             self._backlog_after = 0
+            self._early = {
+                entry.id: entry
+                for entry in self.spool.read(
+                    limit=EARLY_MAX, up_to_id=self._boundary, priority=Priority.ALARM
+                )
+            }
+            self._sent_early = set()
             backlog = self.spool.depth
             self._replaying = backlog > 0
             if backlog:
@@ -109,6 +128,12 @@ class Publisher:
 
     def _fill(self) -> None:
         room = self.window - len(self._inflight)
+        while room > 0 and self._early:
+            entry = self._early.pop(next(iter(self._early)))
+            self._sent_early.add(entry.id)
+            if entry.id not in self._inflight:  # else paho resends it itself
+                self._send(entry, historical=True)
+                room -= 1
         if room <= 0:
             return
         for entry in self.spool.read(after_id=self._live_after, limit=room):
@@ -125,8 +150,8 @@ class Publisher:
             if room <= 0:
                 break
             self._backlog_after = entry.id
-            if entry.id in self._inflight:  # paho resends it itself after a reconnect
-                continue
+            if entry.id in self._inflight or entry.id in self._sent_early:
+                continue  # paho resends what is in flight after a reconnect
             self._send(entry, historical=True)
             room -= 1
         else:
@@ -186,20 +211,28 @@ class Publisher:
         return statistics.median(values), max(values)
 
 
-def status_payload(agent_id: str, boot: str, state: str) -> bytes:
-    status = AgentStatus(agent=agent_id, state=state, boot=boot, ts_ns=now_ns())
+def status_payload(
+    agent_id: str,
+    boot: str,
+    state: str,
+    site: str | None = None,
+    edge: list[EdgeRules] | None = None,
+) -> bytes:
+    """The agent's birth message or last will; ``edge``: the rules it evaluates itself."""
+    status = AgentStatus(
+        agent=agent_id, state=state, boot=boot, ts_ns=now_ns(), site=site, edge=edge or []
+    )
     return status.model_dump_json().encode()
 
 
-async def announce_forever(client: MqttClient, agent_id: str, boot: str) -> None:
+async def announce_forever(client: MqttClient, topic: str, birth: Callable[[], bytes]) -> None:
     """Publish the retained 'online' birth message after every (re)connect.
 
     The broker publishes our last will ('offline', retained) when we vanish; the next
     birth message replaces it. Birth is about this connection, so it goes straight to
     the broker rather than through the spool: replayed later it would be a lie.
     """
-    topic = agent_status_topic(agent_id)
     while True:
         await client.wait_connected(timeout=float("inf"))
-        client.publish_nowait(topic, status_payload(agent_id, boot, "online"), retain=True)
+        client.publish_nowait(topic, birth(), retain=True)
         await client.wait_disconnected()

@@ -9,9 +9,15 @@ Prints ``name: value unit`` lines:
 * ``agent_rss_mb``: the agent's peak resident set (VmHWM);
 * ``agent_requests_per_cycle``: Modbus requests per poll cycle, summed over the devices
   (from the agent's own metrics);
-* ``agent_plan_min_requests_per_cycle``: the fewest requests that could cover the tags.
+* ``agent_plan_min_requests_per_cycle``: the fewest requests that could cover the tags;
+* ``agent_cpu_us_per_reading_with_rules``: the same agent with the shipped crane rule
+  set evaluated at the edge on every device (:func:`bench_rules`: each rule keeps its
+  type, limits, deadband, delays and suppression, and reads bench tags), measured in
+  the same run right after the figure without rules, and their ratio (the issue's
+  target: at most 1.3).
 
-Environment: ``BENCH_DEVICES`` (50), ``BENCH_SECONDS`` (30), ``BENCH_INTERVAL_S`` (1.0).
+Environment: ``BENCH_DEVICES`` (50), ``BENCH_SECONDS`` (30), ``BENCH_INTERVAL_S`` (1.0),
+``BENCH_RULES`` (set to 0: without the second run).
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.plan import min_requests
 from derrick.plc.profile import load_profile
+from derrick.plumbing.configfile import read_yaml
 from derrick.wire.payloads import AgentMetrics
 from derrick.wire.topics import TOPIC_ROOT, agent_metrics_topic
-from devstack.programs import Program, wait_for, write_yaml
+from devstack.programs import REPO, Program, wait_for, write_yaml
 from devstack.services import Mosquitto, free_port_block
 from devstack.tap import Tap
 
@@ -68,78 +75,112 @@ def requests_per_cycle(metrics: AgentMetrics) -> int:
     return sum(device.last_cycle_requests for device in metrics.devices.values())
 
 
+def bench_rules(path: Path) -> Path:
+    """The shipped crane rule set on bench100's tags, written to ``path``: every rule
+    kept as it is (type, limit, deadband, delays, suppression), its tags replaced by
+    bench tags of the same kind (floats for numbers, a uint16 for the bit rule, bools for
+    booleans and suppression), ``kind`` bench instead of crane."""
+    registers = load_profile("bench100").registers
+    pools = {
+        "float": iter([r.tag for r in registers if r.type.value == "float32"]),
+        "bool": iter([r.tag for r in registers if r.type.value == "bool"] * 4),
+        "word": iter([r.tag for r in registers if r.type.value == "uint16"]),
+    }
+    rules = read_yaml(REPO / "config" / "alarm-rules" / "crane.yaml")["rules"]
+    for rule in rules:
+        rule["kind"] = "bench"
+        if "tag" in rule:
+            kind = {"boolean": "bool", "bit": "word"}.get(rule["type"], "float")
+            rule["tag"] = next(pools[kind])
+        if "limit_tag" in rule:
+            rule["limit_tag"] = next(pools["float"])
+        for condition in rule.get("suppress_when", []):
+            condition["tag"] = next(pools["bool"])
+    return write_yaml(path, {"rules": rules})
+
+
+def measure(work: Path, rules: Path | None) -> tuple[float, float, float, int]:
+    """One agent run: (CPU us per reading, peak RSS MB, readings per s, requests per
+    cycle)."""
+    work.mkdir(parents=True, exist_ok=True)
+    base = free_port_block(DEVICES)
+    with Mosquitto(work / "mosquitto") as broker:
+        sim = Program(
+            "sim",
+            ["--profile", "bench100", "--count", str(DEVICES), "--port", str(base),
+             "--log-format", "json", "--log-level", "warning"],
+            work / "sim.log",
+        ).start()  # fmt: skip
+        agent_id = "gw-bench"
+        settings = {
+            "agent": {"id": agent_id, "site": "bench"},
+            "broker": {"host": "127.0.0.1", "port": broker.port},
+            "devices": [
+                {
+                    "name": f"plc{i:02d}",
+                    "asset": f"unit-{i:02d}",
+                    "profile": "bench100",
+                    "host": "127.0.0.1",
+                    "port": base + i,
+                    "interval_s": INTERVAL_S,
+                    "timeout_s": 2.0,
+                }
+                for i in range(DEVICES)
+            ],
+            "spool": {"path": str(work / "spool.db")},
+            "metrics_interval_s": 5,
+            "log": {"format": "json", "level": "warning"},
+        }
+        if rules is not None:
+            settings["alarms"] = {"rules": [str(rules)]}
+        config = write_yaml(work / "agent.yaml", settings)
+        try:
+            with Tap(broker.port, f"{TOPIC_ROOT}/#") as tap:
+                agent = Program("agent", ["--config", str(config)], work / "agent.log").start()
+                pid = agent.process.pid
+                wait_for(
+                    lambda: readings_in(tap.messages()) > 0, 60, "first readings", program=agent
+                )
+                time.sleep(WARMUP_S)
+                seen, cpu0 = len(tap.messages()), cpu_seconds(pid)
+                time.sleep(SECONDS)
+                cpu1, window = cpu_seconds(pid), tap.messages()
+                readings = readings_in(window[seen:])
+                rss = peak_rss_mb(pid)
+                metrics1 = latest_metrics(window, agent_id)
+                agent.stop()
+        finally:
+            sim.stop()
+    cycle = requests_per_cycle(metrics1) if metrics1 else -1
+    return (cpu1 - cpu0) / readings * 1e6, rss, readings / SECONDS, cycle
+
+
 def main() -> None:
     profile = load_profile("bench100")
+    print(f"load average: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="derrick-bench-agent-") as tmp:
-        work = Path(tmp)
-        base = free_port_block(DEVICES)
-        with Mosquitto(work / "mosquitto") as broker:
-            sim = Program(
-                "sim",
-                [
-                    "--profile",
-                    "bench100",
-                    "--count",
-                    str(DEVICES),
-                    "--port",
-                    str(base),
-                    "--log-format",
-                    "json",
-                    "--log-level",
-                    "warning",
-                ],
-                work / "sim.log",
-            ).start()
-            agent_id = "gw-bench"
-            config = write_yaml(
-                work / "agent.yaml",
-                {
-                    "agent": {"id": agent_id, "site": "bench"},
-                    "broker": {"host": "127.0.0.1", "port": broker.port},
-                    "devices": [
-                        {
-                            "name": f"plc{i:02d}",
-                            "asset": f"unit-{i:02d}",
-                            "profile": "bench100",
-                            "host": "127.0.0.1",
-                            "port": base + i,
-                            "interval_s": INTERVAL_S,
-                            "timeout_s": 2.0,
-                        }
-                        for i in range(DEVICES)
-                    ],
-                    "spool": {"path": str(work / "spool.db")},
-                    "metrics_interval_s": 5,
-                    "log": {"format": "json", "level": "warning"},
-                },
-            )
-            try:
-                with Tap(broker.port, f"{TOPIC_ROOT}/#") as tap:
-                    agent = Program("agent", ["--config", str(config)], work / "agent.log").start()
-                    pid = agent.process.pid
-                    wait_for(
-                        lambda: readings_in(tap.messages()) > 0, 60, "first readings", program=agent
-                    )
-                    time.sleep(WARMUP_S)
-                    seen, cpu0 = len(tap.messages()), cpu_seconds(pid)
-                    time.sleep(SECONDS)
-                    cpu1, window = cpu_seconds(pid), tap.messages()
-                    readings = readings_in(window[seen:])
-                    rss = peak_rss_mb(pid)
-                    metrics1 = latest_metrics(window, agent_id)
-                    agent.stop()
-            finally:
-                sim.stop()
-    cycle = requests_per_cycle(metrics1) if metrics1 else float("nan")
+        plain = measure(Path(tmp) / "plain", None)
+    with_rules = None
+    if os.environ.get("BENCH_RULES", "1") != "0":
+        with tempfile.TemporaryDirectory(prefix="derrick-bench-agent-") as tmp:
+            rules = bench_rules(Path(tmp) / "rules.yaml")
+            with_rules = measure(Path(tmp) / "rules", rules)
+    cpu, rss, per_s, cycle = plain
     plan_min = DEVICES * min_requests(profile.registers)
-    print(f"agent_cpu_us_per_reading: {(cpu1 - cpu0) / readings * 1e6:.1f} us")
+    print(f"agent_cpu_us_per_reading: {cpu:.1f} us")
     print(f"agent_rss_mb: {rss:.1f} MB")
     print(f"agent_requests_per_cycle: {cycle} requests")
     print(f"agent_plan_min_requests_per_cycle: {plan_min} requests")
     print(
-        f"agent_readings_per_s: {readings / SECONDS:.0f} readings/s "
+        f"agent_readings_per_s: {per_s:.0f} readings/s "
         f"({DEVICES} devices x {len(profile.registers)} tags every {INTERVAL_S} s)"
     )
+    if with_rules is not None:
+        print(
+            f"agent_cpu_us_per_reading_with_rules: {with_rules[0]:.1f} us "
+            f"({with_rules[0] / cpu:.2f} x without; 16 crane rules per device; "
+            f"RSS {with_rules[1]:.1f} MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from derrick.wire.topics import (
     ALARM_EVENTS_SUBSCRIPTION,
     ALARM_STATE_SUBSCRIPTION,
     BROKER_DROPPED_TOPIC,
+    CONDITION_SUBSCRIPTION,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
     TOPIC_ROOT,
@@ -64,6 +65,7 @@ from derrick.wire.topics import (
     agent_metrics_topic,
     agent_status_topic,
     alarm_replies_topic,
+    condition_topic,
     device_status_topic,
     telemetry_topic,
 )
@@ -83,6 +85,7 @@ Rule = tuple[str, str]  # (read | write | deny, topic or filter)
 COLLECTOR_RULES: tuple[Rule, ...] = (
     ("read", TELEMETRY_SUBSCRIPTION),
     ("read", DEVICE_STATUS_SUBSCRIPTION),
+    ("read", CONDITION_SUBSCRIPTION),
     ("read", AGENT_STATUS_SUBSCRIPTION),
     ("read", AGENT_METRICS_SUBSCRIPTION),
     ("read", agent_events_topic("+")),
@@ -336,12 +339,14 @@ def warnings(accounts: Accounts) -> list[str]:
 
 
 def agent_rules(agent: Agent) -> list[Rule]:
-    """Its own agent topics, then telemetry and status of each configured device."""
+    """Its own agent topics, then telemetry, status and alarm conditions (edge alarms)
+    of each configured device."""
     own = [agent_status_topic, agent_metrics_topic, agent_events_topic]
     rules = [("write", topic(agent.agent_id)) for topic in own]
     for asset, device in agent.devices:
         rules.append(("write", telemetry_topic(agent.site, asset, device)))
         rules.append(("write", device_status_topic(agent.site, asset, device)))
+        rules.append(("write", condition_topic(agent.site, asset, device)))
     return rules
 
 

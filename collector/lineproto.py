@@ -27,7 +27,7 @@ measurements that hold counts as floats convert them before (:func:`_numbers_as_
     agent          broker_connected boolean; every other field float
     collector      every field float (counters too)
     alarms         state, reason, message, who, comment, notice_key string;
-                   value, limit float
+                   value, limit, duration_s (an episode while offline) float
     alarm_state    state, message string; active, acked boolean; value, limit float
     alarm_kpi      in_flood boolean; flood_s_total float; alarms_per_window, active,
                    unacked, standing, shelved, suppressed, out_of_service,
@@ -172,6 +172,7 @@ def encode_alarm(notice: AlarmNotice) -> str:
         "who": notice.who or None,
         "comment": notice.comment or None,
         "notice_key": notice.key,
+        "duration_s": None if notice.ended_ns is None else (notice.ended_ns - notice.ts_ns) / 1e9,
     }
     return encode_point("alarms", tags, _numbers_as_floats(fields), notice.ts_ns)
 

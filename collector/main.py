@@ -53,6 +53,7 @@ from derrick.wire.topics import (
     AGENT_STATUS_SUBSCRIPTION,
     ALARM_COMMANDS_SUBSCRIPTION,
     BROKER_DROPPED_TOPIC,
+    CONDITION_SUBSCRIPTION,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
     shared,
@@ -69,6 +70,7 @@ ALARM_INPUTS = (
     DEVICE_STATUS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
     ALARM_COMMANDS_SUBSCRIPTION,
+    CONDITION_SUBSCRIPTION,
     AGENT_METRICS_SUBSCRIPTION,
 )
 
@@ -389,7 +391,7 @@ class Collector:
             await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
         if self.alarms is not None:
             feed = self.alarm_client or client
-            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:4]
+            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:5]
             for subscription in extra:
                 await feed.subscribe(subscription, qos=1)
 

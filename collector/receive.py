@@ -34,6 +34,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 from pydantic import ValidationError
@@ -47,7 +48,14 @@ from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
 from collector.stats import Stats
 from collector.store import Batchable
-from collector.validate import DEFAULT_WINDOW, Rejected, Window, classify, validate_telemetry
+from collector.validate import (
+    DEFAULT_WINDOW,
+    Rejected,
+    Window,
+    classify,
+    validate_condition,
+    validate_telemetry,
+)
 from derrick.alarms.engine import ConditionChange
 from derrick.mqtt.client import InboundMessage, MqttClient, MqttError
 from derrick.wire.payloads import (
@@ -63,6 +71,7 @@ from derrick.wire.topics import (
     AgentStatusTopic,
     AlarmCommandsTopic,
     BrokerDroppedTopic,
+    ConditionTopic,
     DeviceStatusTopic,
     TelemetryTopic,
     Topic,
@@ -192,6 +201,9 @@ class Receiver:
                 await self._status_or_metrics(inbound, topic)
             case AgentStatusTopic() | AlarmCommandsTopic():
                 self._alarm_topic(self.client, inbound, topic, self.alarms)
+            case ConditionTopic():
+                tracks = self.storage_tracks
+                self._condition(self.client, inbound, topic, self.alarms, lambda _agent: tracks)
             case BrokerDroppedTopic():
                 self._broker_drops(self.client, inbound)
             case _:
@@ -293,8 +305,32 @@ class Receiver:
                 client.ack(inbound)
             case AgentStatusTopic() | AlarmCommandsTopic():
                 self._alarm_topic(client, inbound, topic, alarms)
+            case ConditionTopic():
+                self._condition(client, inbound, topic, alarms, partial(alarms.owns, "agents"))
             case _:
                 self._reject(client, inbound, _not_read(inbound, topic))
+
+    def _condition(
+        self,
+        client: MqttClient,
+        inbound: InboundMessage,
+        topic: ConditionTopic,
+        alarms: AlarmService | None,
+        tracks: Callable[[str], bool],
+    ) -> None:
+        """An edge agent's condition change: into the alarms (which commit it before
+        they return), then acknowledged. Numbered with its agent's telemetry, it counts
+        in the sequence accounting (``tracks(agent)``: this session keeps it). A failure in
+        the alarms dead-letters it (the guard), so it is never acknowledged unkept."""
+        result = validate_condition(topic, inbound.payload, self.window)
+        if isinstance(result, Rejected):
+            self._reject(client, inbound, result)
+            return
+        if self.sequences is not None and tracks(result.agent):
+            self.sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
+        if alarms is not None:
+            alarms.observe_condition(result)
+        client.ack(inbound)
 
     # -- lost messages (collector.loss) ---------------------------------------------------
 

@@ -42,8 +42,14 @@ from pydantic import ValidationError
 
 from collector.fieldtypes import BOOLEAN, FLOAT, STRING, FieldTypes, value_type
 from derrick.wire.ids import SCHEMA_VERSION
-from derrick.wire.payloads import Quality, Reading, Telemetry
-from derrick.wire.topics import TOPIC_ROOT, TelemetryTopic, TopicError, parse_topic
+from derrick.wire.payloads import ConditionMessage, Quality, Reading, Telemetry
+from derrick.wire.topics import (
+    TOPIC_ROOT,
+    ConditionTopic,
+    TelemetryTopic,
+    TopicError,
+    parse_topic,
+)
 
 MAX_PAYLOAD_BYTES = 1_000_000
 
@@ -147,6 +153,35 @@ def validate_telemetry(
             "mismatch",
         )
     return check_readings(message, window, fields)
+
+
+def validate_condition(
+    where: ConditionTopic, payload: bytes, window: Window = DEFAULT_WINDOW
+) -> ConditionMessage | Rejected:
+    """An edge agent's condition change: size, schema, topic against payload, and its
+    times in the window (the same kinds of rejection as telemetry)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejected(
+            f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
+            "oversized",
+        )
+    try:
+        message = ConditionMessage.model_validate_json(payload)
+    except ValidationError as exc:
+        return classify(payload, exc)
+    site, asset, device = where.site, where.asset, where.device
+    if message.site != site or message.asset != asset or message.device != device:
+        return Rejected(
+            f"topic names {site}/{asset}/{device}, payload "
+            f"{message.site}/{message.asset}/{message.device}",
+            "mismatch",
+        )
+    for name, ts in (("ts_ns", message.ts_ns), ("since_ns", message.since_ns)):
+        if ts is not None and not window.min_ns <= ts < window.max_ns:
+            return Rejected(f"{name} {ts} is outside the collector's time window", "timestamp")
+    if message.since_ns is not None and message.since_ns > message.ts_ns:
+        return Rejected("since_ns is after ts_ns: an episode ends after it starts", "schema")
+    return message
 
 
 def check_readings(

@@ -43,7 +43,8 @@ class AssetSpec:
     """One asset: its own simulated PLC (a ``derrick-sim`` process) and agent device.
 
     ``silent_at_start``: the PLC answers nothing from before the agent's first poll.
-    ``device`` is the agent's device name (unique within the agent).
+    ``device`` is the agent's device name (unique within the agent). ``edge``: polled by
+    the second agent, which evaluates the crane rules itself (edge alarms).
     """
 
     name: str
@@ -52,6 +53,7 @@ class AssetSpec:
     speed: float = 1.0
     silent_at_start: bool = False
     device_settings: dict[str, Any] = field(default_factory=dict)
+    edge: bool = False
 
     @property
     def device(self) -> str:
@@ -99,6 +101,8 @@ class AlarmStack:
         self.plcs: dict[str, Plc] = {}
         self.collector = Program("collector", [], base_dir / "collector.log")
         self.agent = Program("agent", [], base_dir / "agent.log")
+        self.edge_agent = Program("agent", [], base_dir / "edge-agent.log")
+        self.edge_rules = (RULES[0],)  # what the edge agent evaluates (crane assets)
 
     # --- start and stop ------------------------------------------------------------------
 
@@ -106,12 +110,20 @@ class AlarmStack:
         """Simulators (all at once), then the collector (API answering), then the agent."""
         self.start_simulators()
         collector_cfg = write_yaml(self.base_dir / "collector.yaml", self.collector_config())
-        agent_cfg = write_yaml(self.base_dir / "agent.yaml", self.agent_config())
         self.collector.args = ["--config", str(collector_cfg)]
-        self.agent.args = ["--config", str(agent_cfg)]
         self.start_collector()
-        self.agent.start()
+        for program, edge in self._agents():
+            config = write_yaml(program.log_path.with_suffix(".yaml"), self.agent_config(edge))
+            program.args = ["--config", str(config)]
+            program.start()
         return self
+
+    def _agents(self) -> list[tuple[Program, bool]]:
+        """The agents that have assets: (program, evaluates rules at the edge)."""
+        edges = {asset.edge for asset in self.assets.values()}
+        return [
+            (p, edge) for p, edge in ((self.agent, False), (self.edge_agent, True)) if edge in edges
+        ]
 
     def start_simulators(self) -> None:
         for asset in self.assets.values():
@@ -142,14 +154,18 @@ class AlarmStack:
 
     def stop(self) -> dict[str, int | None]:
         """Stop every program (agent first); exit code by name."""
-        codes = {"agent": self.agent.stop(), "collector": self.collector.stop()}
+        codes = {
+            ("edge-agent" if edge else "agent"): program.stop() for program, edge in self._agents()
+        }
+        codes["collector"] = self.collector.stop()
         for name, plc in self.plcs.items():
             codes[f"sim-{name}"] = plc.program.stop()
         return codes
 
     # --- configs ---------------------------------------------------------------------------
 
-    def agent_config(self) -> dict[str, Any]:
+    def agent_config(self, edge: bool = False) -> dict[str, Any]:
+        """The config of the agent of the assets with this ``edge``."""
         devices = [
             {
                 "name": asset.device,
@@ -162,14 +178,19 @@ class AlarmStack:
                 **asset.device_settings,
             }
             for asset in self.assets.values()
+            if asset.edge is edge
         ]
-        return {
-            "agent": {"id": f"gw-{self.site}", "site": self.site},
+        name = f"gw-{self.site}" + ("-edge" if edge else "")
+        config = {
+            "agent": {"id": name, "site": self.site},
             "broker": self.broker,
             "devices": devices,
-            "spool": {"path": str(self.base_dir / "agent-spool.db")},
+            "spool": {"path": str(self.base_dir / f"{name}-spool.db")},
             "log": {"format": "json"},
         }
+        if edge:
+            config["alarms"] = {"rules": [str(path) for path in self.edge_rules], "tick_s": 0.5}
+        return config
 
     def collector_config(self) -> dict[str, Any]:
         return {

@@ -43,6 +43,7 @@ from derrick.wire.topics import (
     alarm_events_topic,
     alarm_replies_topic,
     alarm_state_topic,
+    condition_topic,
     device_status_topic,
     telemetry_topic,
 )
@@ -217,6 +218,9 @@ PROBES = [
     (telemetry_topic("site-a", "crane-01", "lmi"), {AGENT_1}, READERS),
     (telemetry_topic("site-a", "crane-01", "hpu"), {AGENT_1}, READERS),
     (device_status_topic("site-a", "crane-01", "lmi"), {AGENT_1}, READERS),
+    (condition_topic("site-a", "crane-01", "lmi"), {AGENT_1}, READERS),
+    (condition_topic("site-a", "crane-02", "lmi"), {AGENT_2}, READERS),
+    (condition_topic("site-a", "crane-99", "lmi"), set(), READERS),  # an invented asset
     (telemetry_topic("site-a", "crane-02", "lmi"), {AGENT_2}, READERS),
     (telemetry_topic("site-a", "crane-01", "other"), set(), READERS),  # a device not configured
     (telemetry_topic("site-a", "crane-99", "lmi"), set(), READERS),  # an invented asset
@@ -257,8 +261,10 @@ def test_an_agent_section_names_each_of_its_topics_without_wildcards(fleet_confi
         ("write", "derrick/v1/agents/gw-1/events"),
         ("write", "derrick/v1/site-a/crane-01/hpu/telemetry"),
         ("write", "derrick/v1/site-a/crane-01/hpu/status"),
+        ("write", "derrick/v1/site-a/crane-01/hpu/condition"),
         ("write", "derrick/v1/site-a/crane-01/lmi/telemetry"),
         ("write", "derrick/v1/site-a/crane-01/lmi/status"),
+        ("write", "derrick/v1/site-a/crane-01/lmi/condition"),
     ]
 
 

@@ -250,6 +250,7 @@ def test_a_change_carries_rule_device_value_limit_and_message():
         rule="r0", site="s1", asset="a1", device="plc", active=True, suppressed=False,
         value=12.25, limit=10.0, priority="critical", ts_ns=7 * S,
         message="x at 12.2 over 10 on a1/plc", latched=True, type="high", agent="gw",
+        peak=12.25,
     )  # fmt: skip
     assert engine.conditions() == [change.__class__(**{**_fields(change), "ts_ns": 0})]
 

@@ -258,6 +258,7 @@ FIELD_TYPES = {
     "alarms": {
         "state": "string", "reason": "string", "message": "string", "value": "float",
         "limit": "float", "who": "string", "comment": "string", "notice_key": "string",
+        "duration_s": "float",
     },
     "alarm_state": {
         "state": "string", "active": "boolean", "acked": "boolean", "value": "float",
@@ -307,6 +308,7 @@ def one_line_of_every_measurement() -> list[str]:
         alarm_id="overload:yard:crane-01:lmi", rule="overload", site="yard", asset="crane-01",
         device="lmi", priority="critical", state="active_acked", message="load 111 %",
         reason="acknowledge", value=111, limit=110, who="ana", comment="on it", ts_ns=TS,
+        ended_ns=TS + 90 * 10**9,
     )  # fmt: skip
     state = AlarmStateMessage(
         alarm_id="overload:yard:crane-01:lmi", rule="overload", site="yard", asset="crane-01",

@@ -69,3 +69,51 @@ def test_live_first_backlog_in_order_marked_historical(tmp_path, mosquitto):
     with Tap(mosquitto.port, f"{topic}/status") as late:
         (retained,) = late.wait(lambda m: m, 10, "retained status")
     assert json.loads(retained.payload)["state"] == "up", "history overwrote the current state"
+
+
+def test_backlog_alarm_messages_go_before_live_ones(tmp_path, mosquitto):
+    """Edge alarm conditions (priority ALARM) keep their order across live and backlog:
+    the backlog's are sent first, so a live change never overtakes an older one."""
+    topic = f"t/{uuid.uuid4().hex[:8]}"
+    backlog = 1000
+    with Spool(tmp_path / "s.db", max_bytes=10**8, max_age_s=10**6) as spool:
+        rows = [
+            (f"{topic}/data", payload(n), Priority.TELEMETRY, False, now_ns())
+            for n in range(backlog)
+        ]
+        spool.append(rows)
+        spool.append(
+            [(f"{topic}/condition", payload(0, "active"), Priority.ALARM, False, now_ns())]
+        )
+        spool.append([(f"{topic}/data", payload(backlog), Priority.TELEMETRY, False, now_ns())])
+
+        async def go() -> None:
+            client = MqttClient(BrokerSettings(port=mosquitto.port), f"pub-{uuid.uuid4().hex[:6]}")
+            publisher = Publisher(spool, client, window=5)
+            await client.start()
+            await client.wait_connected()
+            task = asyncio.create_task(publisher.run())
+            await asyncio.sleep(0.02)
+            spool.append(
+                [(f"{topic}/condition", payload(1, "cleared"), Priority.ALARM, False, now_ns())]
+            )
+            publisher.wake()
+            for _ in range(200):
+                if spool.stats().depth == 0 and publisher.inflight == 0:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            await client.stop()
+
+        with Tap(mosquitto.port, f"{topic}/#") as tap:
+            asyncio.run(go())
+            received = tap.wait(lambda m: len(m) >= backlog + 3, 20, "everything")
+    order = [(m.topic.rsplit("/", 1)[1], json.loads(m.payload)) for m in received]
+    conditions = [(i, body) for i, (kind, body) in enumerate(order) if kind == "condition"]
+    assert [body["state"] for _, body in conditions] == ["active", "cleared"]
+    first = conditions[0]
+    assert first[0] < 5, "the backlog's alarm message waited behind its telemetry"
+    assert first[1]["historical"] is True
+    assert conditions[1][1]["historical"] is False
+    data = [body["n"] for kind, body in order if kind == "data"]
+    assert sorted(data) == list(range(backlog + 1)), "a message was lost or sent twice"

@@ -32,6 +32,7 @@ from derrick.wire.topics import (
     ALARM_EVENTS_SUBSCRIPTION,
     ALARM_STATE_SUBSCRIPTION,
     BROKER_DROPPED_TOPIC,
+    CONDITION_SUBSCRIPTION,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
     AgentEventsTopic,
@@ -42,6 +43,7 @@ from derrick.wire.topics import (
     AlarmRepliesTopic,
     AlarmStateTopic,
     BrokerDroppedTopic,
+    ConditionTopic,
     DeviceStatusTopic,
     TelemetryTopic,
     TopicError,
@@ -52,6 +54,7 @@ from derrick.wire.topics import (
     alarm_events_topic,
     alarm_replies_topic,
     alarm_state_topic,
+    condition_topic,
     device_status_topic,
     parse_topic,
     telemetry_topic,
@@ -69,6 +72,7 @@ RESERVED_LOOKING = [
     "alarm-events",
     "alarm-commands",
     "alarm-replies",
+    "condition",
     "derrick",
     "v1",
 ]
@@ -79,6 +83,7 @@ names = st.one_of(
 SUBSCRIPTIONS = {
     TelemetryTopic: TELEMETRY_SUBSCRIPTION,
     DeviceStatusTopic: DEVICE_STATUS_SUBSCRIPTION,
+    ConditionTopic: CONDITION_SUBSCRIPTION,
     AlarmStateTopic: ALARM_STATE_SUBSCRIPTION,
     AlarmEventsTopic: ALARM_EVENTS_SUBSCRIPTION,
     AlarmCommandsTopic: ALARM_COMMANDS_SUBSCRIPTION,
@@ -109,6 +114,7 @@ def test_device_topics_round_trip(site, asset, device):
     assert_round_trip(
         device_status_topic(site, asset, device), DeviceStatusTopic(site, asset, device)
     )
+    assert_round_trip(condition_topic(site, asset, device), ConditionTopic(site, asset, device))
 
 
 @given(site=names, asset=names, device=names, rule=names)
@@ -160,7 +166,7 @@ def test_a_site_named_agents_is_a_site_not_an_agent():
         ("derrick/v1", "it does not start with derrick/v1/"),
         ("derrick/v1/yard//lmi/telemetry", "level 4 is empty"),
         ("derrick/v1/yard/crane-01/lmi/", "level 6 is empty"),
-        ("derrick/v1/yard/crane-01/lmi/readings", "6 levels end in telemetry or status"),
+        ("derrick/v1/yard/crane-01/lmi/readings", "6 levels end in telemetry, status or condition"),
         ("derrick/v1/yard/crane-01/status", "5 levels are <site>/<asset>/alarm-events"),
         ("derrick/v1/agents/gw-01/telemetry", "or agents/<agent>/status, metrics or events"),
         ("derrick/v1/yard/crane-01/alarms/lmi/overload", "alarm/<device>/<rule>, not 'alarms'"),

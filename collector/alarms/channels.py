@@ -336,6 +336,7 @@ ChannelSettings = Annotated[WebhookChannel | EmailChannel, Field(discriminator="
 
 # --------------------------------------------------------------------------- rendering
 
+OFFLINE_REASON = "offline"  # AnnounceReason.OFFLINE: an episode while an agent was cut off
 _HEADLINE = {
     "announce": "ALARM",
     "clear": "CLEARED",
@@ -375,6 +376,18 @@ def _summary(notice: AlarmNotice) -> str:
     return notice.message
 
 
+def _when(notice: AlarmNotice) -> str:
+    if notice.ended_ns is None:
+        return _utc(notice.ts_ns)
+    return f"{_utc(notice.ts_ns)} to {_utc(notice.ended_ns)} (while offline)"
+
+
+def _headline(notice: AlarmNotice) -> str:
+    if notice.reason == OFFLINE_REASON:
+        return "ALARM WHILE OFFLINE"
+    return _HEADLINE[notice.event]
+
+
 def _member_line(member: AlarmNotice) -> str:
     figures = ""
     if member.value is not None:
@@ -383,7 +396,7 @@ def _member_line(member: AlarmNotice) -> str:
         figures += f" limit {_number(member.limit)}"
     text = _one_line(member.message)
     return (
-        f"- {member.priority.upper()} {_HEADLINE[member.event]} {member.rule} "
+        f"- {member.priority.upper()} {_headline(member)} {member.rule} "
         f"{_where(member)}: {text}{figures} ({_utc(member.ts_ns)})"
     )
 
@@ -395,7 +408,7 @@ def render_text(notice: AlarmNotice) -> tuple[str, str]:
     ``CRITICAL ALARM crane_overload demo-yard/crane-01/lmi: hook_load 16.04 above ...``.
     A flood notice lists up to :data:`LIST_MAX` members, one line each.
     """
-    headline = f"{notice.priority.upper()} {_HEADLINE[notice.event]}"
+    headline = f"{notice.priority.upper()} {_headline(notice)}"
     if notice.event == "flood":
         subject = f"{headline} {len(notice.alarms)} alarms at {notice.site}/{notice.asset}"
     else:
@@ -421,7 +434,7 @@ def render_text(notice: AlarmNotice) -> tuple[str, str]:
         lines.append(f"by: {notice.who}")
     if notice.comment:
         lines.append(f"comment: {notice.comment}")
-    lines.append(f"time: {_utc(notice.ts_ns)}")
+    lines.append(f"time: {_when(notice)}")
     if notice.alarms:
         lines.append(f"alarms ({len(notice.alarms)}):")
         lines += [_member_line(member) for member in notice.alarms[:LIST_MAX]]

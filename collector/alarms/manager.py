@@ -36,6 +36,7 @@ from derrick.alarms.lifecycle import (
     Effect,
     Event,
     ProcessActive,
+    ProcessEpisode,
     ProcessNormal,
     Rejected,
     RemoveFromService,
@@ -197,8 +198,18 @@ def _inputs(record: AlarmRecord, change: ConditionChange) -> list[Event]:
     return [suppress, process] if change.suppressed else [process, suppress]
 
 
-def _process_input(change: ConditionChange) -> ProcessActive | ProcessNormal:
-    """Active or suppressed: the process is active (tracked behind a suppression)."""
+def _process_input(change: ConditionChange) -> ProcessActive | ProcessNormal | ProcessEpisode:
+    """Active or suppressed: the process is active (tracked behind a suppression). With
+    ``since_ns``: a whole episode, its peak as the value."""
+    if change.since_ns is not None:
+        peak = _number(change.value if change.peak is None else change.peak)
+        return ProcessEpisode(
+            now_ns=change.ts_ns,
+            since_ns=min(change.since_ns, change.ts_ns),
+            value=peak,
+            limit=peak if change.limit is None else float(change.limit),
+            priority=change.priority,  # type: ignore[arg-type]
+        )
     value = _number(change.value)
     if not (change.active or change.suppressed):
         return ProcessNormal(now_ns=change.ts_ns, value=value)

@@ -20,6 +20,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Literal
 
@@ -171,12 +172,15 @@ class Router:
             "message": self.messages.get(effect.alarm_id, rule), "ts_ns": effect.ts_ns,
         }  # fmt: skip
         if isinstance(effect, Annunciate):
+            if effect.ended_ns is not None:
+                common["message"] = _while_offline(effect, common["message"])
             return AlarmNotice(
                 key=f"{effect.alarm_id}:announce:{effect.ts_ns}",
                 event="announce",
                 reason=effect.reason.value,
                 value=effect.value,
                 limit=effect.limit,
+                ended_ns=effect.ended_ns,
                 **common,
             )
         if isinstance(effect, Clear):
@@ -282,6 +286,15 @@ class Router:
     def _direct(notice: AlarmNotice, channels: list[str], now: int) -> list[NewNotice]:
         """A timed notice: to the event stream, the journal and these channels only."""
         return _rows(notice, [EVENTS_CHANNEL, JOURNAL_CHANNEL, *channels], now)
+
+
+def _while_offline(effect: Annunciate, message: str) -> str:
+    """The text of an episode that happened while its agent was cut off: when, first."""
+    start, end = (
+        datetime.fromtimestamp(ts // NS, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        for ts in (effect.ts_ns, effect.ended_ns or effect.ts_ns)
+    )
+    return f"occurred while offline, {start} to {end[11:]} UTC: {message}"
 
 
 def _rows(notice: AlarmNotice, channels: Iterable[str], now: int) -> list[NewNotice]:

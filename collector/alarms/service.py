@@ -11,6 +11,16 @@ and out of step with live data, and an alarm announced now for a load that was l
 an hour ago would send a crew to the wrong problem. The outage itself is what the crew
 must hear about, and the ``device_offline`` / ``agent_offline`` / ``stale`` rules say
 so while it lasts; the replayed readings are stored, so the history shows what happened.
+
+Alarms evaluated at the edge close that gap. An agent with ``alarms.rules`` lists them
+per device in its birth message; this collector then leaves those rules to it
+(:meth:`RuleEngine.hand_over`, remembered in the state file across restarts) and takes
+the agent's condition changes (:meth:`AlarmService.observe_condition`) into the
+lifecycle at their own time, replayed or not: an alarm still standing when the link
+returns is announced with its true start; an episode that began and ended while the
+link was down is announced once, as having happened while offline (reason
+``offline``). Reminders and escalations of such an alarm count from when it was
+announced, not from when it started.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ from derrick.wire.payloads import (
     AgentStatus,
     AlarmCommand,
     AlarmCommandResult,
+    ConditionMessage,
+    ConditionState,
     DeviceStatus,
     Telemetry,
     now_ns,
@@ -76,7 +88,14 @@ class AlarmService:
         self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
         self.manager = AlarmManager(self.engine, self.store, self.router.rows)
         self.kpis = AlarmKpis(settings.kpi)
-        self.counts = {"announced": 0, "cleared": 0, "commands": 0, "rejected_commands": 0}
+        self.counts = {
+            "announced": 0, "cleared": 0, "commands": 0, "rejected_commands": 0,
+            "edge_conditions": 0, "edge_out_of_order": 0,
+        }  # fmt: skip
+        self._edge_devices: dict[str, set[tuple[str, str, str]]] = {}  # agent -> devices
+        self._edge_ts: dict[AlarmId, int] = {}  # the newest edge change applied per alarm
+        for birth in self.store.edge_births().values():
+            self._hand_over(AgentStatus.model_validate_json(birth), save=False)
         missing = [name for name in [*BUILT_IN, *settings.channels] if name not in senders]
         if missing:
             raise ValueError(f"no sender for channels {missing}")
@@ -116,10 +135,57 @@ class AlarmService:
             self._apply(changes)
 
     def observe_agent(self, status: AgentStatus, now: int | None = None) -> None:
-        """Every collector follows every agent; only the owner of its alarm acts."""
+        """Every collector follows every agent; only the owner of its alarm acts. A
+        birth message also says which rules the agent evaluates at the edge."""
+        self._hand_over(status)
         changes = self.engine.observe_agent(status, now_ns() if now is None else now)
         if changes:
             self._apply(changes)
+
+    def observe_condition(self, message: ConditionMessage, now: int | None = None) -> None:
+        """A condition change evaluated at the edge, into the lifecycle at its own time.
+
+        Per alarm, a change older than one already applied is skipped and counted: it
+        would undo news with history (the agent sends each alarm's changes in order,
+        replayed ones included, so this takes a redelivery or a foreign publisher).
+        """
+        if not self.ownership.owns(message.site, message.asset):
+            return
+        alarm = AlarmId(message.rule, message.site, message.asset, message.device)
+        newest = self._edge_ts.get(alarm)
+        if newest is not None and message.ts_ns < newest:
+            self.counts["edge_out_of_order"] += 1
+            log.warning("edge condition older than one applied, skipped", alarm_id=str(alarm),
+                        ts_ns=message.ts_ns, newest_ns=newest)  # fmt: skip
+            return
+        self._edge_ts[alarm] = message.ts_ns
+        self.counts["edge_conditions"] += 1
+        self._apply([condition_change(message)], now_ns() if now is None else now)
+
+    def _hand_over(self, status: AgentStatus, *, save: bool = True) -> None:
+        """Leave the rules an agent's birth lists to it; take back those it dropped."""
+        if status.state != "online":
+            return  # a last will changes nothing: the agent's spool still holds its news
+        site = status.site
+        covered = {
+            (site, edge.asset, edge.device): edge.rules
+            for edge in status.edge
+            if site is not None and edge.rules
+        }
+        before = self._edge_devices.get(status.agent, set())
+        if not covered and not before:
+            return
+        for device in before - covered.keys():
+            self.engine.hand_over(*device, ())
+        for device, rules in covered.items():
+            self.engine.hand_over(*device, rules)
+        self._edge_devices[status.agent] = set(covered)
+        if not covered:
+            del self._edge_devices[status.agent]
+        if save:
+            self.store.save_edge_birth(status.agent, status.model_dump_json() if covered else None)
+            log.info("edge alarms", agent=status.agent, devices=len(covered),
+                     rules=sum(len(rules) for rules in covered.values()))  # fmt: skip
 
     def observe_conditions(self, changes: list[ConditionChange]) -> None:
         """Conditions raised outside the rule engine (collector.loss); owned ones apply."""
@@ -220,14 +286,25 @@ class AlarmService:
     def _owned(self, changes: list[ConditionChange]) -> list[ConditionChange]:
         return [c for c in changes if self.ownership.owns(c.site, c.asset)]
 
-    def _apply(self, changes: list[ConditionChange]) -> None:
+    def _apply(self, changes: list[ConditionChange], now: int | None = None) -> None:
+        """Changes through the lifecycle; ``now``: when they were heard, if that may be
+        later than they happened (edge conditions)."""
         changes = self._owned(changes)
         for change in changes:
             self.messages[record_key(change)] = change.message
         effects = self.manager.on_conditions(changes)
         if effects:
+            if now is not None:
+                self._heard_late(effects, now)
             self._after(effects)
             self._wake()
+
+    def _heard_late(self, effects: list[Effect], now: int) -> None:
+        """An alarm announced late is unacknowledged since it was announced: reminders
+        and escalations count from now, not from its start."""
+        for effect in effects:
+            if isinstance(effect, Annunciate) and effect.ts_ns < now:
+                self.router.unacked_since[effect.alarm_id] = now
 
     def _after(self, effects: list[Effect]) -> None:
         for alarm in self.kpis.observe(effects):
@@ -271,3 +348,26 @@ class AlarmService:
         for close in self._closers:
             await close()
         self.store.close()
+
+
+def condition_change(message: ConditionMessage) -> ConditionChange:
+    """An edge agent's condition message as the change the engine would have made."""
+    state = message.state
+    return ConditionChange(
+        rule=message.rule,
+        site=message.site,
+        asset=message.asset,
+        device=message.device,
+        active=state is ConditionState.ACTIVE,
+        suppressed=state is ConditionState.SUPPRESSED,
+        value=message.value,
+        limit=message.limit,
+        priority=message.priority,
+        ts_ns=message.ts_ns,
+        message=message.message,
+        latched=message.latched,
+        type=message.type,
+        agent=message.agent,
+        peak=message.peak,
+        since_ns=message.since_ns if state is ConditionState.EPISODE else None,
+    )

@@ -11,7 +11,7 @@ from collector.alarms.channels import ChannelSettings
 from collector.alarms.httpapi import HttpApiSettings
 from collector.alarms.notify import FloodSettings, RetrySettings, RouteSettings
 from derrick.alarms.kpi import KpiSettings
-from derrick.alarms.rules import RuleSet, load_rules
+from derrick.alarms.rules import RuleSet, load_rule_files
 from derrick.plumbing import configfile
 from derrick.plumbing.configfile import StrictModel
 from derrick.wire.ids import Ident
@@ -99,8 +99,4 @@ class AlarmSettings(StrictModel):
         Raises ConfigError naming the file, key and reason; ValueError when a rule name
         appears in two files.
         """
-        rules = []
-        for path in self.rules:
-            rules += load_rules(path).rules
-        configfile.require_unique([rule.name for rule in rules], "rule names across files")
-        return RuleSet(rules=rules)
+        return load_rule_files(self.rules)

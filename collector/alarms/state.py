@@ -35,6 +35,17 @@ CREATE TABLE IF NOT EXISTS alarms (
 """
 
 
+# The births of agents that evaluate rules at the edge (AgentStatus JSON): which rules
+# of which devices this collector must not evaluate, known from the first message after
+# a restart (the retained birth may come after the device's telemetry).
+_EDGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS edge_agents (
+    agent TEXT PRIMARY KEY,
+    birth TEXT NOT NULL
+)
+"""
+
+
 class AlarmStateError(Exception):
     """The alarm state file cannot be used; sqlite3 errors are chained."""
 
@@ -48,6 +59,7 @@ class AlarmStateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_EDGE_SCHEMA)
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise AlarmStateError(f"alarm state {path}: {exc}") from exc
@@ -89,6 +101,28 @@ class AlarmStateStore:
                     rows,
                 )
                 self._db.executemany(INSERT, notice_rows)
+        except sqlite3.Error as exc:
+            raise AlarmStateError(f"alarm state {self.path}: {exc}") from exc
+
+    def edge_births(self) -> dict[str, str]:
+        """The last birth (JSON) of each agent that evaluates rules at the edge."""
+        try:
+            return dict(self._db.execute("SELECT agent, birth FROM edge_agents").fetchall())
+        except sqlite3.Error as exc:
+            raise AlarmStateError(f"alarm state {self.path}: {exc}") from exc
+
+    def save_edge_birth(self, agent: str, birth: str | None) -> None:
+        """Remember an agent's birth (None: it evaluates nothing at the edge any more)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                if birth is None:
+                    self._db.execute("DELETE FROM edge_agents WHERE agent = ?", (agent,))
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO edge_agents (agent, birth) VALUES (?, ?)",
+                        (agent, birth),
+                    )
         except sqlite3.Error as exc:
             raise AlarmStateError(f"alarm state {self.path}: {exc}") from exc
 

@@ -13,6 +13,14 @@ it carries; devices no rule watches cost a lookup per reading. Feed live message
 replayed (``historical``) backlog evaluated at arrival time would compress its
 history into one instant; pass such messages with their own time or not at all.
 
+Event time. The collector passes its clock at arrival; an agent evaluating rules at the
+edge passes the readings' own timestamps (:meth:`RuleEngine.observe_readings`), so a
+backlog it evaluated while its uplink was down has the delays and windows it had.
+
+At the edge. :meth:`RuleEngine.hand_over` takes rules off a device: an agent evaluates
+them itself and sends its condition changes, which the collector then takes as they
+come instead of evaluating those rules on the telemetry.
+
 State is per (rule, device) and per (rule, agent) for ``agent_offline``.
 :meth:`RuleEngine.reload` keeps it for rules whose name, type and selector did not
 change, so a reload does not re-raise standing alarms.
@@ -36,7 +44,14 @@ from derrick.alarms.rules import (
     StaleRule,
     ThresholdRule,
 )
-from derrick.wire.payloads import AgentStatus, DeviceState, DeviceStatus, Quality, Telemetry
+from derrick.wire.payloads import (
+    AgentStatus,
+    DeviceState,
+    DeviceStatus,
+    Quality,
+    Reading,
+    Telemetry,
+)
 
 NS = 1_000_000_000
 _NUMBER = (int, float)
@@ -50,7 +65,13 @@ class ConditionChange:
     ``active``: the condition holds (after deadband and delays) and is not suppressed.
     ``suppressed``: it holds but a ``suppress_when`` condition, a bad input quality or a
     device reported down withholds it. Both false: the condition cleared. ``value`` and
-    ``limit`` are what was compared (``limit`` None for boolean/bit rules).
+    ``limit`` are what was compared (``limit`` None for boolean/bit rules). ``peak``:
+    the most extreme value while the condition held (threshold and rate-of-change
+    rules; None for the others, and before the condition first held).
+
+    ``since_ns``: a whole episode reported at once, active from then until ``ts_ns`` and
+    clear now (an edge agent's, see :class:`~derrick.wire.payloads.ConditionMessage`);
+    the engine itself never sets it.
     """
 
     rule: str
@@ -67,6 +88,8 @@ class ConditionChange:
     latched: bool = False
     type: str = ""
     agent: str = ""
+    peak: Any = None
+    since_ns: int | None = None  # set (never by this engine): an episode from then to ts_ns
 
 
 class _Device:
@@ -106,7 +129,7 @@ class _State:
     __slots__ = (
         "after_ns", "amount", "band", "band_pct", "bit", "check", "deadline", "factor",
         "fixed", "high", "hold_until", "host", "limit", "limit_tag", "mono", "off_ns", "on_ns",
-        "raw",
+        "peak", "peak_high", "raw",
         "reported", "rising", "rule", "tag", "uses_quality", "value", "when", "window_ns",
     )  # fmt: skip
 
@@ -119,6 +142,7 @@ class _State:
         self.limit: float | None = None
         self.mono: deque[tuple[int, float]] = deque()
         self.hold_until = 0  # a restored rate-of-change condition holds until then
+        self.peak: Any = None  # the most extreme value while raw (see peak_high)
         self.bind(rule)
 
     def bind(self, rule: Any) -> None:
@@ -140,6 +164,13 @@ class _State:
             else:
                 self.band = band.value
         self.check = _CHECKS[type(rule)]
+        # Which way a value is more extreme: up for high limits and any rate of change,
+        # down for low limits; None: the rule's values have no peak.
+        self.peak_high: bool | None = None
+        if isinstance(rule, ThresholdRule):
+            self.peak_high = rule.is_high
+        elif isinstance(rule, RateOfChangeRule):
+            self.peak_high = True
         if isinstance(rule, ThresholdRule):
             self.high = rule.is_high
             self.fixed = rule.limit
@@ -269,6 +300,7 @@ class RuleEngine:
         self._timers: dict[_State, int] = {}  # states waiting for an on/off delay
         self._stale: dict[_State, None] = {}  # stale-rule states, checked on every tick
         self._held: dict[tuple[str, str, str, str], bool] = {}  # restored conditions
+        self._edge: dict[tuple[str, str, str], frozenset[str]] = {}  # rules handed over
         self._set_rules(rules)
 
     def restore(self, held: dict[tuple[str, str, str, str], bool]) -> None:
@@ -291,24 +323,44 @@ class RuleEngine:
 
     def observe(self, message: Telemetry, now_ns: int) -> list[ConditionChange]:
         """Take one telemetry message; the changes its readings caused."""
-        dev = self._devices.get((message.site, message.asset, message.device))
+        return self.observe_readings(
+            message.site, message.asset, message.device, message.kind, message.agent,
+            message.readings, now_ns, historical=message.historical,
+        )  # fmt: skip
+
+    def observe_readings(  # noqa: PLR0917 - a message's parts, without the message
+        self,
+        site: str,
+        asset: str,
+        device: str,
+        kind: str,
+        agent_id: str,
+        readings: Iterable[Reading],
+        now_ns: int,
+        *,
+        historical: bool = False,
+    ) -> list[ConditionChange]:
+        """Take one device's readings at ``now_ns``; the changes they caused. (What
+        :meth:`observe` does with a message; an agent calls it with its poll's readings
+        and their own time, before it has made a message.)"""
+        dev = self._devices.get((site, asset, device))
         changes: list[ConditionChange] = []
-        if dev is None or dev.kind != message.kind:
-            dev = self._device(message.site, message.asset, message.device, message.kind, now_ns)
+        if dev is None or dev.kind != kind:
+            dev = self._device(site, asset, device, kind, now_ns)
             if dev.status_known:  # its status came before its kind (and so its rules)
                 changes = self._evaluate_all(self._offline_states(dev), now_ns)
-        if dev.agent != message.agent or self._agent_site.get(message.agent) != message.site:
-            dev.agent = message.agent
-            self._learn_site(message.agent, message.site)
-        agent = self._agents.get(message.agent)
-        if agent is not None and agent.offline and not message.historical:
+        if dev.agent != agent_id or self._agent_site.get(agent_id) != site:
+            dev.agent = agent_id
+            self._learn_site(agent_id, site)
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.offline and not historical:
             changes += self._online_again(agent, now_ns)
         by_tag = dev.by_tag
         if not by_tag:
             return changes
         values, quality, last_good = dev.values, dev.quality, dev.last_good
         touched: dict[_State, None] = {}
-        for reading in message.readings:
+        for reading in readings:
             tag = reading.tag
             states = by_tag.get(tag)
             if states is None:
@@ -369,6 +421,36 @@ class RuleEngine:
         due += [st for st in self._stale if st not in self._timers]
         return self._evaluate_all(due, now_ns)
 
+    def hand_over(self, site: str, asset: str, device: str, rules: Iterable[str]) -> None:
+        """The rules named here are evaluated for this device elsewhere (by its agent, at
+        the edge) from now on; those not named any more are evaluated here again.
+
+        A rule handed over is dropped without a word: its standing alarm is the edge's
+        to clear, and a clear from here would end an alarm the edge still holds.
+        """
+        key = (site, asset, device)
+        names = frozenset(rules)
+        if self._edge.get(key, frozenset()) == names:
+            return
+        if names:
+            self._edge[key] = names
+        else:
+            self._edge.pop(key, None)
+        dev = self._devices.get(key)
+        if dev is not None:
+            self._bind(dev, 0)  # what it returns are the dropped states: not reported
+
+    def peak(self, rule: str, site: str, asset: str, device: str) -> Any:
+        """The most extreme value of that condition while it holds (None: not held, or
+        a rule type without peaks); see :attr:`ConditionChange.peak`."""
+        dev = self._devices.get((site, asset, device))
+        st = dev.states.get(rule) if dev is not None else None
+        return st.peak if st is not None and st.raw else None
+
+    def handed_over(self, site: str, asset: str, device: str) -> frozenset[str]:
+        """The rules of this device evaluated at the edge (:meth:`hand_over`)."""
+        return self._edge.get((site, asset, device), frozenset())
+
     def reload(self, rules: RuleSet | Iterable[Any], now_ns: int = 0) -> list[ConditionChange]:
         """Replace the rules. State is kept for rules whose name, type and selector are
         unchanged (new limits, delays, priority or message apply from the next
@@ -406,8 +488,11 @@ class RuleEngine:
 
     def _bind(self, dev: _Device, now: int = 0) -> list[ConditionChange]:
         """(Re)build the device's rule states and tag index from the current rules."""
+        edge = self._edge.get((dev.site, dev.asset, dev.device), ())
         rules = [
-            r for r in self._device_rules if r.matches(dev.site, dev.asset, dev.device, dev.kind)
+            r
+            for r in self._device_rules
+            if r.matches(dev.site, dev.asset, dev.device, dev.kind) and r.name not in edge
         ]
         dev.states, gone = self._states_for(rules, dev, dev.states)
         dev.by_tag = {}
@@ -503,7 +588,10 @@ class RuleEngine:
     def _evaluate(self, st: _State, now: int) -> ConditionChange | None:
         cond = st.check(st, now)
         if cond is not None:
+            was = st.raw
             self._advance(st, cond, now)
+            if st.raw and st.peak_high is not None:
+                self._track_peak(st, was)
         if not st.raw:
             if st.reported == (False, False):
                 return None
@@ -519,6 +607,16 @@ class RuleEngine:
         if st.reported == (active, suppressed):
             return None
         return self._report(st, active, suppressed, now)
+
+    @staticmethod
+    def _track_peak(st: _State, was: bool) -> None:
+        """While the condition holds, keep its most extreme value (from its start)."""
+        value = st.value
+        if value.__class__ not in _NUMBER:
+            return
+        peak = st.peak
+        if not was or peak is None or ((value > peak) if st.peak_high else (value < peak)):
+            st.peak = value
 
     @staticmethod
     def _input_unknown(st: _State) -> bool:
@@ -580,4 +678,5 @@ class RuleEngine:
             latched=rule.latched,
             type=rule.type,
             agent=agent,
+            peak=st.peak,
         )

@@ -9,7 +9,9 @@ Inputs are the lifecycle's effects (:mod:`derrick.alarms.lifecycle`):
 * every :class:`Annunciate` is one annunciation (flood rate, top alarms);
 * an :class:`Annunciate` with reason ``NEW`` or ``REACTIVATED`` is one *activation* (the
   process went bad again): chattering counts these. Re-announcements after shelving,
-  suppression or out-of-service are annunciations but not activations;
+  suppression or out-of-service are annunciations but not activations; one with reason
+  ``OFFLINE`` (a whole episode that happened while an agent's link was down) is an
+  activation already over, counted when the collector hears of it;
 * a :class:`Clear` ends the alarm's excursion (its activation time is forgotten). It does
   not count towards chattering: "≥ 3 activations within 60 s" would otherwise be reached
   by two activations and the clear between them;
@@ -181,7 +183,10 @@ class AlarmKpis:
             if isinstance(effect, Annunciate):
                 now = self._advance(effect.ts_ns)
                 self._annunciated(effect.alarm_id, now)
-                if effect.reason in _ACTIVATIONS:
+                if effect.reason is AnnounceReason.OFFLINE:  # an activation, over already
+                    if self._activated(effect.alarm_id, now):
+                        started.append(effect.alarm_id)
+                elif effect.reason in _ACTIVATIONS:
                     self._activated_at[effect.alarm_id] = effect.ts_ns
                     if self._activated(effect.alarm_id, now):
                         started.append(effect.alarm_id)

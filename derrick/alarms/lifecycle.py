@@ -44,6 +44,8 @@ input           NORMAL     ACTIVE_UNACKED ACTIVE_ACK RTN_UNACK  LATCHED
 process active  A_UNACK A  -              -          A_UNACK A  A_UNACK A
 process normal  -          RTN_UNACK C /  NORMAL C / -          -
                            LATCHED        LATCHED
+episode         RTN_UNACK  as process     as process RTN_UNACK  LATCHED A
+                A / LATCH  normal         normal     A / LATCH
 acknowledge     !          A_ACKED J      !          NORMAL J   LATCHED J (! if acked)
 reset           !          !              !          !          NORMAL J C
 shelve          SHELVED J  SHELVED J      SHELVED J  SHELVED J  SHELVED J
@@ -334,6 +336,32 @@ class ProcessNormal:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProcessEpisode:
+    """The condition was true from ``since_ns`` to ``now_ns`` and is normal again, and
+    both are news: it happened where nobody could hear (an agent's link was down).
+
+    ``value`` is the episode's peak. The alarm is announced once, with reason
+    ``OFFLINE`` and its true start and end (``Annunciate.ts_ns``, ``ended_ns``), and
+    owes an acknowledgement (RTN_UNACKED; a latched alarm LATCHED, owing a reset), as
+    an alarm that came and went unacknowledged would.
+    """
+
+    now_ns: int
+    since_ns: int
+    value: float
+    limit: float
+    priority: Priority = "high"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.value) and math.isfinite(self.limit)):
+            raise ValueError("value and limit must be finite")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"unknown priority {self.priority!r}")
+        if self.since_ns > self.now_ns:
+            raise ValueError("an episode ends after it starts")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Acknowledge:
     now_ns: int
     who: str
@@ -396,6 +424,7 @@ class Tick:
 Event = (
     ProcessActive
     | ProcessNormal
+    | ProcessEpisode
     | Acknowledge
     | Reset
     | Shelve
@@ -416,6 +445,7 @@ class AnnounceReason(StrEnum):
     SHELVE_EXPIRED = "shelve_expired"
     UNSUPPRESSED = "unsuppressed"
     RETURNED_TO_SERVICE = "returned_to_service"
+    OFFLINE = "offline"  # a whole episode that happened while the link was down
 
 
 class Action(StrEnum):
@@ -437,6 +467,7 @@ class Annunciate:
     limit: float | None
     reason: AnnounceReason
     ts_ns: int
+    ended_ns: int | None = None  # reason OFFLINE: when the episode ended
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -587,6 +618,36 @@ def _process_normal(r: AlarmRecord, e: ProcessNormal) -> Transition:
     return _changed(r, e.now_ns, clear, active=False, value=value, state=state)
 
 
+def _process_episode(r: AlarmRecord, e: ProcessEpisode) -> Transition:
+    """A whole excursion reported at once (see :class:`ProcessEpisode`).
+
+    Already active (its start was heard after all): this is its end. Hidden: tracked
+    only, as any process input. Otherwise announced once as an offline episode.
+    """
+    if r.active:
+        return _process_normal(r, ProcessNormal(now_ns=e.now_ns, value=e.value))
+    process = {
+        "value": e.value,
+        "limit": e.limit,
+        "priority": e.priority,
+        "activations": r.activations + 1,
+    }
+    if r.state in HIDDEN:
+        return _changed(r, e.now_ns, **process)
+    updated = replace(r, **process)
+    announce = Annunciate(
+        alarm_id=r.alarm_id,
+        priority=e.priority,
+        value=e.value,
+        limit=e.limit,
+        reason=AnnounceReason.OFFLINE,
+        ts_ns=e.since_ns,
+        ended_ns=e.now_ns,
+    )
+    state = LifecycleState.LATCHED if r.latched else LifecycleState.RTN_UNACKED
+    return _changed(updated, e.now_ns, announce, state=state, acked=False)
+
+
 def _acknowledge(r: AlarmRecord, e: Acknowledge) -> Transition | Rejected:
     if r.state in HIDDEN:
         return Rejected(f"alarm is {r.state}; nothing to acknowledge")
@@ -696,6 +757,7 @@ def _tick(r: AlarmRecord, _event: Tick) -> Transition:
 _PROCESS_HANDLERS: dict[type, Callable[[AlarmRecord, Any], Transition]] = {
     ProcessActive: _process_active,
     ProcessNormal: _process_normal,
+    ProcessEpisode: _process_episode,
     Suppress: _suppress,
     Tick: _tick,
 }

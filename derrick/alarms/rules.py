@@ -17,6 +17,7 @@ errors inside a discriminated union, so keys read like the YAML:
 from __future__ import annotations
 
 import string
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from itertools import pairwise
 from pathlib import Path
@@ -480,3 +481,16 @@ def validate_rules(path: Path | str, data: object) -> RuleSet:
 def load_rules(path: Path | str) -> RuleSet:
     """Read one rule file (YAML, ``${ENV}`` expanded) and validate it."""
     return validate_rules(path, configfile.expand_env(path, configfile.read_yaml(path)))
+
+
+def load_rule_files(paths: Iterable[Path | str]) -> RuleSet:
+    """Read rule files into one set (the collector's and an agent's ``alarms.rules``).
+
+    Raises ConfigError naming the file, key and reason; ValueError when a rule name
+    appears in two files.
+    """
+    rules = []
+    for path in paths:
+        rules += load_rules(path).rules
+    configfile.require_unique([rule.name for rule in rules], "rule names across files")
+    return RuleSet(rules=rules)

@@ -48,6 +48,11 @@ churn the file). Once a backlog has drained (queued bytes under ``keep_free_byte
 ``wal_checkpoint(TRUNCATE)``; so a 500 MB backlog shrinks in short steps, never in one
 long blocking ``VACUUM``.
 
+Notes. Beside the queue, a small key/value table (:meth:`Spool.notes`) holds what a
+producer must know after a restart about messages it queued, written in the same
+transaction as them (``append(..., notes=...)``), together with any queued message it
+takes back (``retract``): the agent's edge alarms keep their condition state there.
+
 Clock. ``created_ns`` is wall-clock time (as in the messages), so the age bound follows
 the wall clock: a gateway without an RTC whose clock jumps forward at NTP sync sees its
 older entries age at once.
@@ -100,6 +105,11 @@ CREATE INDEX messages_priority ON messages (priority, id, size);
 CREATE INDEX messages_created ON messages (created_ns);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
+# Added after version 1 without changing its meaning: a file of an older agent gets it
+# when opened (and an older agent ignores it).
+_NOTES = (
+    "CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
+)
 
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -214,39 +224,67 @@ class Spool:
 
     # ---------------------------------------------------------------- public API
 
-    def append(self, items: Sequence[tuple[str, bytes, Priority, bool, int]]) -> list[Dropped]:
+    def append(
+        self,
+        items: Sequence[tuple[str, bytes, Priority, bool, int]],
+        *,
+        retract: Sequence[int] = (),
+        notes: dict[str, str | None] | None = None,
+    ) -> list[Dropped]:
         """Queue ``(topic, payload, priority, retain, created_ns)`` items in one transaction.
 
         The bounds are enforced in the same transaction (age first, then bytes), so the
         batch and the drops it causes are committed together. Returns the non-empty drops.
+
+        In the same transaction, ``retract`` removes queued messages that must not be
+        sent any more (the caller makes sure they are not in flight), and ``notes`` sets
+        (or, with None, deletes) the caller's notes (:meth:`notes`): what it must know
+        after a restart about the messages it queued, committed with them.
         """
         rows = [_row(item) for item in items]
-        if not rows:
+        if not rows and not retract and not notes:
             return []
-        durable = self.fsync_from is not None and max(row[0] for row in rows) >= self.fsync_from
+        durable = bool(rows) and (
+            self.fsync_from is not None and max(row[0] for row in rows) >= self.fsync_from
+        )
         state = self._copy_state()
         first_new = state.last_id + 1
         with self._transaction(durable=durable) as conn:
-            conn.executemany(
-                "INSERT INTO messages (priority, created_ns, retain, size, topic, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            state.last_id = _sequence(conn)
+            if retract:
+                self._delete(conn, state, list(retract))
+            if notes:
+                self._write_notes(conn, notes)
+            if rows:
+                conn.executemany(
+                    "INSERT INTO messages (priority, created_ns, retain, size, topic, payload)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                state.last_id = _sequence(conn)
             state.depth += len(rows)
             state.bytes += sum(row[3] for row in rows)
             drops = self._enforce_in(conn, state, time.time_ns(), first_new)
         self._state = state
         return drops
 
-    def read(self, after_id: int = 0, limit: int = 100, up_to_id: int | None = None) -> list[Entry]:
-        """Up to ``limit`` entries with ``after_id < id`` (and ``id <= up_to_id``), in id order."""
+    def read(
+        self,
+        after_id: int = 0,
+        limit: int = 100,
+        up_to_id: int | None = None,
+        priority: Priority | None = None,
+    ) -> list[Entry]:
+        """Up to ``limit`` entries with ``after_id < id`` (and ``id <= up_to_id``, and of
+        that ``priority``), in id order."""
         conn = self._connection()
         sql = "SELECT id, topic, payload, priority, retain, created_ns FROM messages WHERE id > ?"
         params: tuple[int, ...] = (after_id,)
         if up_to_id is not None:
             sql += " AND id <= ?"
             params += (up_to_id,)
+        if priority is not None:
+            sql += " AND priority = ?"
+            params += (int(priority),)
         try:
             rows = conn.execute(f"{sql} ORDER BY id LIMIT ?", (*params, limit)).fetchall()
         except sqlite3.Error as exc:
@@ -254,24 +292,70 @@ class Spool:
         by_value = _PRIORITY_BY_VALUE
         return [Entry(i, t, p, by_value[pr], bool(r), c) for i, t, p, pr, r, c in rows]
 
-    def remove(self, ids: Iterable[int]) -> None:
-        """Delete acknowledged messages; ids that are not queued (any more) are ignored."""
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete acknowledged messages; ids that are not queued (any more) are ignored.
+        Returns how many were deleted."""
         wanted = [int(i) for i in ids]
         if not wanted:
-            return
+            return 0
         state = self._copy_state()
         with self._transaction(durable=False) as conn:
-            for chunk in _chunks(wanted, _IN_CHUNK):
-                where = "id = ?" if len(chunk) == 1 else f"id IN ({','.join('?' * len(chunk))})"
-                count, size = conn.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE {where}",  # noqa: S608 (placeholders only)
-                    chunk,
-                ).fetchone()
-                if count:
-                    conn.execute(f"DELETE FROM messages WHERE {where}", chunk)  # noqa: S608
-                    state.depth -= count
-                    state.bytes -= size
+            removed = self._delete(conn, state, wanted)
         self._state = state
+        return removed
+
+    def holds(self, entry_id: int) -> bool:
+        """Whether message ``entry_id`` is queued (not yet acknowledged, nor dropped)."""
+        conn = self._connection()
+        try:
+            row = conn.execute("SELECT 1 FROM messages WHERE id = ?", (entry_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _error("read", exc) from exc
+        return row is not None
+
+    def notes(self, prefix: str = "") -> dict[str, str]:
+        """The caller's notes whose key starts with ``prefix`` (see :meth:`append`)."""
+        conn = self._connection()
+        try:
+            rows = conn.execute(
+                "SELECT key, value FROM notes WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _error("read", exc) from exc
+        return dict(rows)
+
+    def write_notes(self, notes: dict[str, str | None]) -> None:
+        """Set (None: delete) notes on their own, in one transaction."""
+        if not notes:
+            return
+        with self._transaction(durable=False) as conn:
+            self._write_notes(conn, notes)
+
+    @staticmethod
+    def _write_notes(conn: sqlite3.Connection, notes: dict[str, str | None]) -> None:
+        conn.executemany(
+            "DELETE FROM notes WHERE key = ?", [(k,) for k, v in notes.items() if v is None]
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO notes (key, value) VALUES (?, ?)",
+            [(k, v) for k, v in notes.items() if v is not None],
+        )
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, state: _State, wanted: list[int]) -> int:
+        removed = 0
+        for chunk in _chunks(wanted, _IN_CHUNK):
+            where = "id = ?" if len(chunk) == 1 else f"id IN ({','.join('?' * len(chunk))})"
+            count, size = conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE {where}",  # noqa: S608 (placeholders only)
+                chunk,
+            ).fetchone()
+            if count:
+                conn.execute(f"DELETE FROM messages WHERE {where}", chunk)  # noqa: S608
+                state.depth -= count
+                state.bytes -= size
+                removed += count
+        return removed
 
     def last_id(self) -> int:
         """The highest id ever given (queued or not); 0 when the spool was never used."""
@@ -546,6 +630,7 @@ class Spool:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise _Unreadable("quick_check: " + "; ".join(problems))
+        conn.execute(_NOTES)
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         depth, size = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages"  # covering index scan

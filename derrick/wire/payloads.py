@@ -170,6 +170,11 @@ class AlarmNotice(_Frozen):
     who: str = ""
     comment: str = ""
     ts_ns: TimestampNs
+    ended_ns: TimestampNs | None = Field(
+        default=None,
+        description="reason 'offline': the episode happened while the agent's link was "
+        "down, from ts_ns to ended_ns",
+    )
     alarms: list[AlarmNotice] = Field(default_factory=list, max_length=1000)
 
 
@@ -274,14 +279,74 @@ class AgentEvent(_Frozen):
     ts_ns: TimestampNs
 
 
+class ConditionState(StrEnum):
+    """What a :class:`ConditionMessage` says of its rule's condition on its device."""
+
+    ACTIVE = "active"  # holds (after deadband and delays), not suppressed
+    SUPPRESSED = "suppressed"  # holds, withheld by machine state or bad input
+    CLEARED = "cleared"  # no longer holds
+    EPISODE = "episode"  # held from since_ns to ts_ns, and nobody was told it started
+
+
+class ConditionMessage(_Frozen):
+    """One change of one alarm condition, evaluated by the agent at the edge.
+
+    Sent through the agent's spool like telemetry (same ``boot`` and ``seq`` numbering,
+    replayed late with ``historical`` true), so conditions that change while the
+    uplink is down still reach the collector, in order, with their own times.
+    ``ts_ns`` is the event time of the change (the reading that caused it). An
+    ``episode`` is a condition that became active at ``since_ns`` and cleared at
+    ``ts_ns`` before its activation left the agent: the agent sends it instead of that
+    activation and its clear, so the collector can record and announce it once, as
+    having happened while the link was down. ``peak`` is the most extreme value
+    while the condition held (threshold and rate-of-change rules).
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    historical: Flag = False
+    site: Ident
+    asset: Ident
+    device: Ident
+    kind: Ident
+    agent: Ident
+    boot: str = Field(min_length=1, max_length=64)
+    seq: SeqNumber
+    rule: Ident
+    type: str = Field(default="", max_length=32, description="the rule's type")
+    state: ConditionState
+    value: WireValue = None
+    limit: Finite | None = None
+    peak: WireValue = None
+    priority: AlarmPriority
+    latched: Flag = False
+    message: str = Field(default="", max_length=1000)
+    since_ns: TimestampNs | None = Field(default=None, description="episode: its start")
+    ts_ns: TimestampNs
+
+
+class EdgeRules(_Frozen):
+    """The rules an agent evaluates at the edge for one of its devices."""
+
+    asset: Ident
+    device: Ident
+    rules: list[Ident] = Field(max_length=1000)
+
+
 class AgentStatus(_Frozen):
-    """Retained birth message and last will of an agent."""
+    """Retained birth message and last will of an agent.
+
+    ``edge`` lists, per device, the alarm rules the agent evaluates itself and sends as
+    :class:`ConditionMessage` s: the collector does not evaluate those on the
+    device's telemetry. Empty (older agents too): the collector evaluates everything.
+    """
 
     v: Literal[1] = SCHEMA_VERSION
     agent: Ident
     state: Literal["online", "offline"]
     boot: str = ""
     ts_ns: TimestampNs = 0
+    site: Ident | None = None
+    edge: list[EdgeRules] = Field(default_factory=list, max_length=4096)
 
 
 def now_ns() -> int:

@@ -4,6 +4,7 @@ Topic scheme (schema version 1)::
 
     derrick/v1/<site>/<asset>/<device>/telemetry    agent -> collector, QoS 1
     derrick/v1/<site>/<asset>/<device>/status       device up/down, retained
+    derrick/v1/<site>/<asset>/<device>/condition    alarm condition changes (edge agent), QoS 1
     derrick/v1/<site>/<asset>/alarm/<device>/<rule> alarm state, retained (collector)
     derrick/v1/<site>/<asset>/alarm-events          alarm notices (collector -> crews)
     derrick/v1/<site>/<asset>/alarm-commands        acknowledge, reset, shelve... (operators)
@@ -75,6 +76,15 @@ def device_status_topic(site: str, asset: str, device: str) -> str:
 DEVICE_STATUS_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+/status"
 
 
+def condition_topic(site: str, asset: str, device: str) -> str:
+    """:class:`ConditionMessage` s of one device: the alarm conditions its agent
+    evaluates at the edge (not retained: a stream of changes, spooled like telemetry)."""
+    return f"{TOPIC_ROOT}/{site}/{asset}/{device}/condition"
+
+
+CONDITION_SUBSCRIPTION = f"{TOPIC_ROOT}/+/+/+/condition"
+
+
 def agent_status_topic(agent: str) -> str:
     return f"{TOPIC_ROOT}/agents/{agent}/status"
 
@@ -121,6 +131,14 @@ class TelemetryTopic:
 @dataclass(frozen=True, slots=True)
 class DeviceStatusTopic:
     kind: ClassVar[str] = "device status"
+    site: str
+    asset: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionTopic:
+    kind: ClassVar[str] = "condition"
     site: str
     asset: str
     device: str
@@ -184,6 +202,7 @@ class BrokerDroppedTopic:
 Topic = (
     TelemetryTopic
     | DeviceStatusTopic
+    | ConditionTopic
     | AlarmStateTopic
     | AlarmEventsTopic
     | AlarmCommandsTopic
@@ -197,9 +216,10 @@ Topic = (
 
 _ROOT, _VERSION = TOPIC_ROOT.split("/")
 _AGENTS = "agents"
-_DEVICE_KINDS: dict[str, type[TelemetryTopic | DeviceStatusTopic]] = {
+_DEVICE_KINDS: dict[str, type[TelemetryTopic | DeviceStatusTopic | ConditionTopic]] = {
     "telemetry": TelemetryTopic,
     "status": DeviceStatusTopic,
+    "condition": ConditionTopic,
 }
 _ASSET_KINDS: dict[str, type[AlarmEventsTopic | AlarmCommandsTopic | AlarmRepliesTopic]] = {
     "alarm-events": AlarmEventsTopic,
@@ -249,7 +269,7 @@ def _parse(topic: str) -> Topic:
         device_kind = _DEVICE_KINDS.get(last)
         if device_kind is not None:
             return device_kind(parts[2], parts[3], parts[4])
-        raise _error(topic, f"6 levels end in telemetry or status, not {last!r}")
+        raise _error(topic, f"6 levels end in telemetry, status or condition, not {last!r}")
     if levels == 5:
         asset_kind = _ASSET_KINDS.get(last)
         if asset_kind is not None:
