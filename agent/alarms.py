@@ -38,7 +38,8 @@ from typing import Any
 
 import structlog
 
-from agent.config import Device, edge_rules
+from agent.annunciate import LocalAnnunciator
+from agent.config import Device, edge_rule_problems, edge_rules
 from agent.outbox import Outbox
 from derrick.alarms.engine import ConditionChange, RuleEngine
 from derrick.alarms.rules import RuleSet
@@ -70,6 +71,7 @@ class _Held:
     peak: Any
     entries: list[int] = field(default_factory=list)  # its messages not known delivered
     delivered: bool = False  # one of its messages reached the broker
+    local: bool = False  # announced on the site LAN (agent.annunciate): its clear goes too
 
     def note(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -95,7 +97,8 @@ class EdgeAlarms:
 
     ``in_flight(entry_id)``: whether the publisher handed that message to the broker
     and has not settled it (it must not be taken back). :meth:`delivered` is the
-    publisher's ``on_published`` hook.
+    publisher's ``on_published`` hook. ``local``: the site LAN's annunciation, whose
+    notices are committed with the condition messages that cause them.
     """
 
     def __init__(  # noqa: PLR0917 - wired once by the agent
@@ -107,24 +110,20 @@ class EdgeAlarms:
         outbox: Outbox,
         spool: Spool,
         in_flight: Callable[[int], bool] = lambda _entry_id: False,
+        local: LocalAnnunciator | None = None,
     ) -> None:
         self.site = site
         self.agent_id = agent_id
         self.outbox = outbox
         self.spool = spool
         self.in_flight = in_flight
+        self.local = local
         self.engine = RuleEngine(rules)
         self.changes = 0
         self.episodes = 0
+        self._devices = devices
         self._kinds = {(dev.asset, dev.name): dev.equipment_kind for dev in devices}
-        self._coverage = [
-            EdgeRules(
-                asset=dev.asset,
-                device=dev.name,
-                rules=[rule.name for rule in edge_rules(rules, site, dev)],
-            )
-            for dev in devices
-        ]
+        self._coverage = self._coverage_of(rules)
         self._held: dict[AlarmId, _Held] = {}
         self._by_entry: dict[int, AlarmId] = {}
         self._restore()
@@ -169,7 +168,33 @@ class EdgeAlarms:
             type=held.type, agent=self.agent_id,
         )  # fmt: skip
         log.info("edge alarm rule gone, condition cleared", alarm_id=str(alarm))
-        self.outbox.put_condition(change, kind, ConditionState.CLEARED, notes={_key(alarm): None})
+        notes: dict[str, str | None] = {_key(alarm): None}
+        if held.local and self.local is not None:
+            notes |= self.local.clear(change)
+        self.outbox.put_condition(change, kind, ConditionState.CLEARED, notes=notes)
+
+    def _coverage_of(self, rules: RuleSet) -> list[EdgeRules]:
+        return [
+            EdgeRules(
+                asset=dev.asset,
+                device=dev.name,
+                rules=[rule.name for rule in edge_rules(rules, self.site, dev)],
+            )
+            for dev in self._devices
+        ]
+
+    def reload(self, rules: RuleSet) -> None:
+        """New rules (SIGHUP), as the collector reloads: conditions of rules that went
+        away or no longer apply are cleared, the others keep their state. ValueError,
+        and the old rules kept, when a rule's inputs are not on this agent."""
+        problems = edge_rule_problems(rules, self.site, self._devices)
+        if problems:
+            raise ValueError("; ".join(problems))
+        changes = self.engine.reload(rules, now_ns())
+        self._coverage = self._coverage_of(rules)
+        log.info("edge alarm rules reloaded", rules=len(rules), cleared=len(changes))
+        if changes:
+            self._send(changes)
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -271,7 +296,12 @@ class EdgeAlarms:
         entry_id = self.spool.last_id() + 1
         held.entries.append(entry_id)
         self._by_entry[entry_id] = alarm
-        self.outbox.put_condition(change, kind, state, notes={_key(alarm): held.note()})
+        notes: dict[str, str | None] = {}
+        if change.active and not held.local and self.local and self.local.wants(change):
+            held.local = True
+            notes |= self.local.announce(change)
+        notes[_key(alarm)] = held.note()
+        self.outbox.put_condition(change, kind, state, notes=notes)
         log.info("edge alarm condition", alarm_id=str(alarm), state=state.value,
                  value=change.value, limit=change.limit)  # fmt: skip
 
@@ -288,6 +318,8 @@ class EdgeAlarms:
             and not any(self.in_flight(entry_id) for entry_id in held.entries)
         )
         notes: dict[str, str | None] = {_key(alarm): None}
+        if held is not None and held.local and self.local is not None:
+            notes |= self.local.clear(change)
         if unheard:
             assert held is not None
             self.episodes += 1

@@ -27,6 +27,7 @@ from pydantic import (
 
 from derrick.alarms.rules import AgentOfflineRule, Rule, RuleSet, load_rule_files
 from derrick.mqtt.settings import BrokerSettings
+from derrick.notify.channels import ChannelSettings
 from derrick.plc.profile import (
     DEFAULT_GROUP,
     DeadbandSetting,
@@ -41,6 +42,7 @@ from derrick.plumbing.configfile import StrictModel
 from derrick.plumbing.logs import LogSettings
 from derrick.spool.settings import SpoolSettings, default_spool_path
 from derrick.wire.ids import Ident
+from derrick.wire.payloads import AlarmPriority
 
 Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
 TCP_TRANSPORTS = ("tcp", "rtu-over-tcp")
@@ -317,6 +319,29 @@ class Device(StrictModel):
         return f"{self.host}:{self.port}"
 
 
+class LocalAnnunciation(StrictModel):
+    """``alarms.local`` of an agent: who on the site LAN hears of its edge alarms
+    (:mod:`agent.annunciate`)."""
+
+    channel: ChannelSettings = Field(
+        description="a webhook (type: webhook, url, ...) or e-mail relay (type: email, "
+        "...) on the site network; the keys of the collector's alarms.channels"
+    )
+    priorities: list[AlarmPriority] = Field(
+        default=["critical", "high"], min_length=1, description="alarm priorities announced"
+    )
+    when: Literal["offline", "always"] = Field(
+        default="offline",
+        description="offline: only alarms that start while the broker is unreachable; "
+        "always: every alarm (the crews may then hear of it twice: here and centrally)",
+    )
+    retry_min_s: float = Field(default=1.0, gt=0, description="first retry after a failure")
+    retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between retries")
+    max_pending: int = Field(
+        default=1000, ge=10, description="notices waiting for the receiver; beyond, the oldest go"
+    )
+
+
 class EdgeAlarmSettings(StrictModel):
     """Alarm rules the agent evaluates itself, at the edge (see :mod:`agent.alarms`)."""
 
@@ -327,6 +352,9 @@ class EdgeAlarmSettings(StrictModel):
     )
     tick_s: float = Field(
         default=1.0, gt=0, le=60, description="timer resolution: delays, staleness"
+    )
+    local: LocalAnnunciation | None = Field(
+        default=None, description="a receiver on the site LAN told of these alarms directly"
     )
     _ruleset: RuleSet = PrivateAttr(default_factory=RuleSet)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -11,6 +13,7 @@ from functools import partial
 import structlog
 
 from agent.alarms import EdgeAlarms
+from agent.annunciate import LocalAnnunciator
 from agent.config import AgentConfig, Device, edge_rules, load_config
 from agent.filter import FilterStage
 from agent.metrics import AgentHealth
@@ -19,8 +22,10 @@ from agent.outbox import Outbox
 from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
 from agent.publish import Publisher, announce_forever, status_payload
+from derrick.alarms.rules import load_rule_files
 from derrick.mqtt.client import MqttClient, MqttError
 from derrick.plumbing.cli import Program, run_until_signalled
+from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
 from derrick.wire.payloads import DeviceState
 from derrick.wire.topics import agent_status_topic
@@ -139,6 +144,9 @@ class Agent:
         """The alarm stage, when the config names rules to evaluate here."""
         if config.alarms is None:
             return None
+        local = None
+        if config.alarms.local is not None:
+            local = LocalAnnunciator(config.alarms.local, self.spool, lambda: self.client.connected)
         alarms = EdgeAlarms(
             config.agent.site,
             config.agent.id,
@@ -147,6 +155,7 @@ class Agent:
             self.outbox,
             self.spool,
             self.publisher.in_flight,
+            local,
         )
         self.publisher.on_published = alarms.delivered
         return alarms
@@ -172,6 +181,10 @@ class Agent:
             resources.push_async_callback(self._disconnect)
             for link in self.links.values():
                 resources.callback(link.close)
+            if self.alarms is not None:
+                resources.callback(self._forget_sighup)
+                if self.alarms.local is not None:
+                    resources.push_async_callback(self.alarms.local.close)
             stats = self.spool.stats()
             log.info(
                 "agent started",
@@ -192,12 +205,31 @@ class Agent:
         group.create_task(
             announce_forever(self.client, self.status_topic, partial(self._status, "online"))
         )
-        if self.alarms is not None and self.config.alarms is not None:
-            group.create_task(self.alarms.tick_forever(self.config.alarms.tick_s))
         group.create_task(self.health.publish_forever(self.config.metrics_interval_s))
         group.create_task(self._restate_forever())
         for device in self.config.devices:
             group.create_task(self._poll(device))
+        if self.alarms is not None and self.config.alarms is not None:
+            group.create_task(self.alarms.tick_forever(self.config.alarms.tick_s))
+            if self.alarms.local is not None:
+                group.create_task(self.alarms.local.deliver_forever())
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_rules)
+
+    def _reload_rules(self) -> None:
+        """SIGHUP: read the alarm rule files again; a bad one is logged, the old rules
+        kept. The next birth message says what is evaluated here now."""
+        assert self.alarms is not None and self.config.alarms is not None
+        try:
+            self.alarms.reload(load_rule_files(self.config.alarms.rules))
+        except (ConfigError, ValueError) as exc:
+            log.error("alarm rules not reloaded, keeping the old ones", reason=str(exc))
+            return
+        if self.client.connected:
+            self.client.publish_nowait(self.status_topic, self._status("online"), retain=True)
+
+    def _forget_sighup(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
     async def _restate_forever(self) -> None:
         """After every (re)connect, publish each device's current status again.

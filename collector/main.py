@@ -19,7 +19,6 @@ from collector.alarms.builtin import (
     MqttEventsSender,
     MqttStateSender,
 )
-from collector.alarms.channels import make_sender
 from collector.alarms.httpapi import AlarmApi, HttpApiError
 from collector.alarms.notify import (
     EVENTS_CHANNEL,
@@ -44,6 +43,7 @@ from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
 from derrick.alarms.rules import BROKER_RULE, GAP_RULE
 from derrick.mqtt.client import MqttClient, MqttError
+from derrick.notify.channels import make_sender
 from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError

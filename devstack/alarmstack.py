@@ -85,6 +85,7 @@ class AlarmStack:
         timeout_s: float = 0.5,
         retry: dict[str, float] | None = None,
         site: str | None = None,
+        edge_local: dict[str, Any] | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.site = site or f"t{uuid.uuid4().hex[:8]}"
@@ -103,6 +104,7 @@ class AlarmStack:
         self.agent = Program("agent", [], base_dir / "agent.log")
         self.edge_agent = Program("agent", [], base_dir / "edge-agent.log")
         self.edge_rules = (RULES[0],)  # what the edge agent evaluates (crane assets)
+        self.edge_local = edge_local  # the edge agent's alarms.local (site LAN receiver)
 
     # --- start and stop ------------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class AlarmStack:
         }
         if edge:
             config["alarms"] = {"rules": [str(path) for path in self.edge_rules], "tick_s": 0.5}
+            if self.edge_local is not None:
+                config["alarms"]["local"] = self.edge_local
         return config
 
     def collector_config(self) -> dict[str, Any]:

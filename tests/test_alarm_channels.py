@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from collector.alarms.channels import (
+from derrick.notify.channels import (
     LIST_MAX,
     SUBJECT_MAX,
     DeliveryError,

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from collector.alarms.channels import message_id
 from derrick.alarms.rules import load_rules
 from derrick.mqtt.client import MqttClient
 from derrick.mqtt.settings import BrokerSettings
+from derrick.notify.channels import message_id
 from derrick.wire.payloads import AlarmCommand, AlarmCommandResult
 from derrick.wire.topics import (
     alarm_commands_topic,

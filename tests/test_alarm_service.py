@@ -12,7 +12,6 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from collector.alarms.channels import DeliveryError
 from collector.alarms.notify import (
     BUILT_IN,
     EVENTS_CHANNEL,
@@ -24,6 +23,7 @@ from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
 from derrick.alarms.ownership import Ownership, owner_of
 from derrick.alarms.rules import RuleSet
+from derrick.notify.channels import DeliveryError
 from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import (
     AlarmCommand,

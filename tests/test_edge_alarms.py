@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from test_alarm_service import Recorder, deliver, settings
 
 from agent.alarms import NOTE_PREFIX, EdgeAlarms
-from agent.config import Device, load_config
+from agent.annunciate import LocalAnnunciator
+from agent.config import Device, LocalAnnunciation, load_config
 from agent.outbox import Outbox
 from collector.alarms.notify import EVENTS_CHANNEL, JOURNAL_CHANNEL
 from collector.alarms.service import AlarmService
@@ -46,6 +48,7 @@ from derrick.wire.payloads import (
     trusted_reading,
 )
 from derrick.wire.topics import ConditionTopic, parse_topic
+from devstack.receivers import HttpReceiver
 
 S = 1_000_000_000
 T0 = 1_790_000_000 * S  # event times: inside the collector's window (2000..2100)
@@ -454,3 +457,118 @@ def test_a_bad_condition_message_is_rejected_naming_why(changes, kind, why):
     assert isinstance(result, Rejected)
     assert result.kind == kind
     assert why in result.reason
+
+
+# --- local annunciation (a real HTTP receiver on loopback) -------------------------------------
+
+
+class LocalStage(Stage):
+    """A stage with a site-LAN webhook; ``online`` plays the broker connection."""
+
+    def __init__(self, spool: Spool, url: str, **settings) -> None:
+        self.online = False
+        local = LocalAnnunciation.model_validate(
+            {"channel": {"type": "webhook", "url": url}, "retry_min_s": 0.05,
+             "retry_max_s": 0.1, **settings}
+        )  # fmt: skip
+        self.annunciator = LocalAnnunciator(local, spool, lambda: self.online)
+        self.spool = spool
+        self.sending = set()
+        self.outbox = Outbox("gw", "s1", spool)
+        self.alarms = EdgeAlarms(
+            "s1", "gw", RULES, [DEVICE], self.outbox, spool, self.sending.__contains__,
+            self.annunciator,
+        )  # fmt: skip
+
+    async def deliver(self, until: Callable[[], bool]) -> None:
+        """Run the delivery task until ``until()`` holds (10 s at most); its failure is
+        the test's."""
+        task = asyncio.create_task(self.annunciator.deliver_forever())
+        try:
+            for _ in range(500):
+                if until() or task.done():
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            [outcome] = await asyncio.gather(task, return_exceptions=True)
+            await self.annunciator.close()
+        assert isinstance(outcome, asyncio.CancelledError), f"delivery task ended: {outcome!r}"
+        assert until(), "not delivered within 10 s"
+
+
+def test_an_alarm_while_offline_reaches_the_site_lan_once_with_the_collectors_key(spool):
+    with HttpReceiver() as lan:
+        stage = LocalStage(spool, lan.url)
+        stage.poll(T0, load=120, temp=3)  # overload (critical) and cold (medium: not routed)
+        stage.poll(T0 + 2 * S, load=50, temp=3)
+        asyncio.run(stage.deliver(lambda: len(lan.requests) >= 2))
+        announce, clear = (r.json for r in lan.requests)
+    alarm = "overload:s1:crane-1:plc"
+    assert (announce["event"], announce["key"], announce["reason"]) == (
+        "announce", f"{alarm}:announce:{T0}", "edge",
+    )  # fmt: skip
+    assert (clear["event"], clear["key"]) == ("clear", f"{alarm}:clear:{T0 + 2 * S}")
+    assert lan.requests[0].header("Idempotency-Key") == announce["key"]
+    assert stage.annunciator.pending == 0
+    assert spool.notes("local:") == {}, "a delivered notice leaves the spool"
+    [episode] = [m for m in stage.queued() if m.rule == "overload"]
+    assert f"{alarm}:announce:{episode.since_ns}" == announce["key"], (
+        "the collector's key for this episode differs: a shared receiver would hear it twice"
+    )
+
+
+def test_with_the_broker_reachable_nothing_is_announced_locally(spool):
+    with HttpReceiver() as lan:
+        stage = LocalStage(spool, lan.url)
+        stage.online = True
+        stage.poll(T0, load=120)
+        stage.online = False  # the clear of an alarm not announced here is not either
+        stage.poll(T0 + 1 * S, load=50)
+        assert stage.annunciator.pending == 0
+        assert lan.requests == []
+
+
+def test_a_local_receiver_down_gets_each_notice_once_when_back_in_order(spool):
+    with HttpReceiver() as lan:
+        lan.queue_replies(503, 503, 503)
+        stage = LocalStage(spool, lan.url, when="always")
+        stage.poll(T0, load=120)
+        stage.poll(T0 + 1 * S, load=50)
+        asyncio.run(stage.deliver(lambda: stage.annunciator.delivered >= 2))
+        events = [(r.json["event"], r.json["key"]) for r in lan.requests]
+    assert [e for e, _ in events] == ["announce"] * 4 + ["clear"], "order or retries wrong"
+    assert len({k for e, k in events if e == "announce"}) == 1, "a retry changed the key"
+
+
+def test_local_notices_survive_an_agent_restart(spool):
+    with HttpReceiver() as lan:
+        first = LocalStage(spool, lan.url)
+        first.poll(T0, load=120)  # committed, not yet sent: the agent dies here
+        again = LocalStage(spool, lan.url)
+        assert again.annunciator.pending == 1
+        asyncio.run(again.deliver(lambda: len(lan.requests) >= 1))
+        [request] = lan.requests
+    assert request.json["key"] == f"overload:s1:crane-1:plc:announce:{T0}"
+
+
+# --- reload -------------------------------------------------------------------------------------
+
+
+def test_a_reload_clears_a_held_condition_whose_rule_went_away(spool):
+    stage = Stage(spool)
+    stage.poll(T0, load=120)
+    stage.ack_all()
+    stage.alarms.reload(RuleSet(rules=[r for r in RULES.rules if r.name != "overload"]))
+    [clear] = stage.queued()
+    assert (clear.rule, clear.state) == ("overload", ConditionState.CLEARED)
+    assert [c.rules for c in stage.alarms.coverage] == [["cold", "offline"]]
+
+
+def test_a_reload_with_a_rule_not_on_this_agent_keeps_the_old_rules(spool):
+    stage = Stage(spool)
+    foreign = RuleSet.model_validate([{"name": "rig", "type": "high", "tag": "x", "limit": 1}])
+    with pytest.raises(ValueError, match="rule 'rig' reads x, which device 'plc' does not poll"):
+        stage.alarms.reload(foreign)
+    stage.poll(T0, load=120)
+    assert [m.rule for m in stage.queued()] == ["overload"]

@@ -74,6 +74,7 @@ class Run:
     db: str
     episodes: dict[str, Episode]
     chatter: Chatter
+    lan: HttpReceiver  # the edge agent's local annunciation
 
 
 def overload(stack: AlarmStack, asset: str, active: bool) -> int:
@@ -131,7 +132,7 @@ def run(tmp_path_factory, influx1):
     db = f"edge_{uuid.uuid4().hex[:8]}"
     influx1.create_database(db)
     broker = Mosquitto(tmp_path_factory.mktemp("edge-broker")).start()
-    with HttpReceiver() as hooks, SmtpReceiver() as mail:
+    with HttpReceiver() as hooks, SmtpReceiver() as mail, HttpReceiver() as lan:
         stack = AlarmStack(
             base,
             broker_port=broker.port,
@@ -140,6 +141,12 @@ def run(tmp_path_factory, influx1):
             smtp_port=mail.port,
             assets=ASSETS,
             interval_s=POLL_S,
+            edge_local={
+                "channel": {"type": "webhook", "url": lan.url},
+                "priorities": ["critical", "high", "medium", "low"],
+                "retry_min_s": 0.2,
+                "retry_max_s": 1,
+            },
         )
         try:
             stack.start()
@@ -159,7 +166,7 @@ def run(tmp_path_factory, influx1):
             episodes |= outage(
                 broker, stack, "crane-killed", "crane-killed-standing", kill_agent=True
             )
-            yield Run(stack, hooks, mail, influx1, db, episodes, chatter)
+            yield Run(stack, hooks, mail, influx1, db, episodes, chatter, lan)
         finally:
             codes = stack.stop()
             broker.stop()
@@ -290,6 +297,23 @@ def test_an_agent_without_edge_rules_alarms_as_before(run):
     found = _wait_rules(run, "crane-central", OVERLOAD)
     assert set(found) == set(OVERLOAD)
     assert all(n["reason"] == "new" for notices in found.values() for n in notices)
+
+
+@pytest.mark.parametrize("asset", ["crane-episode", "crane-killed"])
+def test_the_site_lan_heard_of_the_episode_while_offline_under_the_collectors_key(run, asset):
+    central = {
+        rule: notices[0]["key"] for rule, notices in _wait_rules(run, asset, OVERLOAD).items()
+    }
+    local = [r.json for r in run.lan.requests if r.json["asset"] == asset]
+    announced = {n["rule"]: n for n in local if n["event"] == "announce"}
+    assert set(announced) == set(OVERLOAD)
+    for rule, notice in announced.items():
+        assert notice["key"] == central[rule], "a receiver of both would hear it twice"
+        assert notice["reason"] == "edge"
+    cleared = Counter(n["rule"] for n in local if n["event"] == "clear")
+    assert cleared == Counter(set(OVERLOAD)), "each local announcement is followed by its clear"
+    keys = Counter(r.json["key"] for r in run.lan.requests)
+    assert max(keys.values()) == 1, "a local notice was sent twice"
 
 
 def test_nothing_else_and_nothing_twice(run):

@@ -174,7 +174,7 @@ def test_the_shared_kernel_has_one_sub_package_per_role():
     loose = sorted(p.name for p in kernel.glob("*.py") if p.name != "__init__.py")
     assert not loose, f"modules outside a role's sub-package: {loose}"
     roles = sorted(p.name for p in kernel.iterdir() if (p / "__init__.py").exists())
-    assert roles == ["alarms", "mqtt", "plc", "plumbing", "spool", "wire"]
+    assert roles == ["alarms", "mqtt", "notify", "plc", "plumbing", "spool", "wire"]
 
 
 def architecture_rows() -> dict[str, str]:

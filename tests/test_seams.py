@@ -35,7 +35,6 @@ from agent.modbus import (
 )
 from collector import store as store_module
 from collector.alarms.builtin import JournalSender
-from collector.alarms.channels import DeliveryError
 from collector.config import InfluxV2
 from collector.deadletter import DeadLetters, read_dead_letters
 from collector.influx import (
@@ -54,6 +53,7 @@ from collector.stats import Stats
 from collector.store import Batchable, Batching, Store
 from derrick.mqtt.client import MqttClient
 from derrick.mqtt.settings import BrokerSettings
+from derrick.notify.channels import DeliveryError
 from derrick.plumbing.serial import TtyError, close_refused_port
 from derrick.spool.store import Spool
 from derrick.wire.payloads import AlarmNotice, Reading, Telemetry

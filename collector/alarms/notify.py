@@ -27,7 +27,6 @@ from typing import Literal
 import structlog
 from pydantic import Field, model_validator
 
-from collector.alarms.channels import DeliveryError
 from collector.alarms.outbox import STATE_EVENT, Message, NewNotice, Outbox, Pending, fingerprint
 from derrick.alarms.lifecycle import (
     HIDDEN,
@@ -37,6 +36,7 @@ from derrick.alarms.lifecycle import (
     Effect,
     Journal,
 )
+from derrick.notify.channels import DeliveryError
 from derrick.plumbing.configfile import StrictModel
 from derrick.wire.ids import AlarmId, Ident
 from derrick.wire.payloads import AlarmNotice, AlarmPriority, AlarmStateMessage, now_ns

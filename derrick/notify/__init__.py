@@ -1,0 +1,1 @@
+"""Notification channels shared by the collector and an agent's local annunciation."""
