@@ -66,6 +66,7 @@ class _Held:
 
     since_ns: int
     type: str
+    priority: str
     active: bool  # was active (not only suppressed) at some point
     suppressed: bool
     peak: Any
@@ -78,7 +79,11 @@ class _Held:
 
     @classmethod
     def from_note(cls, text: str) -> _Held:
-        return cls(**json.loads(text))
+        """The note back; TypeError or ValueError when it is not one."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        return cls(**data)
 
     def more_extreme(self, value: Any) -> None:
         if not isinstance(value, int | float) or isinstance(value, bool):
@@ -163,7 +168,7 @@ class EdgeAlarms:
         kind = self._kinds.get((alarm.asset, alarm.device), "unknown")
         change = ConditionChange(
             rule=alarm.rule, site=alarm.site, asset=alarm.asset, device=alarm.device,
-            active=False, suppressed=False, value=None, limit=None, priority="low",
+            active=False, suppressed=False, value=None, limit=None, priority=held.priority,
             ts_ns=now_ns(), message=f"{alarm.rule}: rule no longer evaluated by this agent",
             type=held.type, agent=self.agent_id,
         )  # fmt: skip
@@ -285,6 +290,7 @@ class EdgeAlarms:
             held = self._held[alarm] = _Held(
                 since_ns=change.ts_ns,
                 type=change.type,
+                priority=change.priority,
                 active=change.active,
                 suppressed=change.suppressed,
                 peak=None,

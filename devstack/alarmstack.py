@@ -21,6 +21,7 @@ Every program logs JSON to ``<base_dir>/<name>.log``; configs are written there 
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -103,7 +104,9 @@ class AlarmStack:
         self.collector = Program("collector", [], base_dir / "collector.log")
         self.agent = Program("agent", [], base_dir / "agent.log")
         self.edge_agent = Program("agent", [], base_dir / "edge-agent.log")
-        self.edge_rules = (RULES[0],)  # what the edge agent evaluates (crane assets)
+        # What the edge agent evaluates: a copy of the crane rules, for a test to change
+        # and reload (SIGHUP).
+        self.edge_rules_file = base_dir / "edge-rules.yaml"
         self.edge_local = edge_local  # the edge agent's alarms.local (site LAN receiver)
 
     # --- start and stop ------------------------------------------------------------------
@@ -191,7 +194,9 @@ class AlarmStack:
             "log": {"format": "json"},
         }
         if edge:
-            config["alarms"] = {"rules": [str(path) for path in self.edge_rules], "tick_s": 0.5}
+            if not self.edge_rules_file.exists():
+                shutil.copyfile(RULES[0], self.edge_rules_file)
+            config["alarms"] = {"rules": [str(self.edge_rules_file)], "tick_s": 0.5}
             if self.edge_local is not None:
                 config["alarms"]["local"] = self.edge_local
         return config

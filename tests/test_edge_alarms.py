@@ -23,6 +23,7 @@ from collector.alarms.notify import EVENTS_CHANNEL, JOURNAL_CHANNEL
 from collector.alarms.service import AlarmService
 from collector.validate import Rejected, validate_condition
 from derrick.alarms.engine import RuleEngine
+from derrick.alarms.kpi import AlarmKpis
 from derrick.alarms.lifecycle import (
     AlarmRecord,
     AnnounceReason,
@@ -572,3 +573,19 @@ def test_a_reload_with_a_rule_not_on_this_agent_keeps_the_old_rules(spool):
         stage.alarms.reload(foreign)
     stage.poll(T0, load=120)
     assert [m.rule for m in stage.queued()] == ["overload"]
+
+
+def test_the_kpis_count_an_episode_heard_of_late_as_one_activation():
+    kpis = AlarmKpis()
+    alarm = "overload:s1:crane-1:plc"
+    episodes = [
+        Annunciate(alarm_id=alarm, priority="critical", value=140, limit=100,
+                   reason=AnnounceReason.OFFLINE, ts_ns=T0 + n * S, ended_ns=T0 + n * S + S // 2)
+        for n in range(3)
+    ]  # fmt: skip
+    assert kpis.observe(episodes) == [alarm], "three activations within a minute: chattering"
+    now = T0 + 60 * S
+    [snapshot, top] = kpis.points("c1", now, [])
+    assert snapshot.fields["alarms_per_window"] == 3
+    assert (top.tags["alarm"], top.fields["count"]) == (alarm, 3)
+    assert kpis.footprint()["activation_times"] == 0, "an episode is not a standing alarm"

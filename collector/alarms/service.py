@@ -92,7 +92,8 @@ class AlarmService:
             "announced": 0, "cleared": 0, "commands": 0, "rejected_commands": 0,
             "edge_conditions": 0, "edge_out_of_order": 0,
         }  # fmt: skip
-        self._edge_devices: dict[str, set[tuple[str, str, str]]] = {}  # agent -> devices
+        # agent -> {(site, asset, device): the rules it evaluates there}
+        self._edge: dict[str, dict[tuple[str, str, str], frozenset[str]]] = {}
         self._edge_ts: dict[AlarmId, int] = {}  # the newest edge change applied per alarm
         for birth in self.store.edge_births().values():
             self._hand_over(AgentStatus.model_validate_json(birth), save=False)
@@ -168,20 +169,21 @@ class AlarmService:
             return  # a last will changes nothing: the agent's spool still holds its news
         site = status.site
         covered = {
-            (site, edge.asset, edge.device): edge.rules
+            (site, edge.asset, edge.device): frozenset(edge.rules)
             for edge in status.edge
             if site is not None and edge.rules
         }
-        before = self._edge_devices.get(status.agent, set())
-        if not covered and not before:
-            return
-        for device in before - covered.keys():
+        before = self._edge.get(status.agent, {})
+        if covered == before:
+            return  # the same birth again (every reconnect): nothing to change or say
+        for device in before.keys() - covered.keys():
             self.engine.hand_over(*device, ())
         for device, rules in covered.items():
             self.engine.hand_over(*device, rules)
-        self._edge_devices[status.agent] = set(covered)
-        if not covered:
-            del self._edge_devices[status.agent]
+        if covered:
+            self._edge[status.agent] = covered
+        else:
+            del self._edge[status.agent]
         if save:
             self.store.save_edge_birth(status.agent, status.model_dump_json() if covered else None)
             log.info("edge alarms", agent=status.agent, devices=len(covered),

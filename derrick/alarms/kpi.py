@@ -11,7 +11,8 @@ Inputs are the lifecycle's effects (:mod:`derrick.alarms.lifecycle`):
   process went bad again): chattering counts these. Re-announcements after shelving,
   suppression or out-of-service are annunciations but not activations; one with reason
   ``OFFLINE`` (a whole episode that happened while an agent's link was down) is an
-  activation already over, counted when the collector hears of it;
+  activation already over: counted at its start, or when it is heard of if the KPIs'
+  clock is past that already (it never runs backwards);
 * a :class:`Clear` ends the alarm's excursion (its activation time is forgotten). It does
   not count towards chattering: "≥ 3 activations within 60 s" would otherwise be reached
   by two activations and the clear between them;
