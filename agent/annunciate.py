@@ -25,15 +25,19 @@ import asyncio
 import math
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.config import LocalAnnunciation
 from derrick.alarms.engine import ConditionChange
-from derrick.notify.channels import DeliveryError, Sender, make_sender
+from derrick.notify.settings import DeliveryError
 from derrick.spool.store import Spool
 from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import AlarmNotice
+
+if TYPE_CHECKING:
+    from derrick.notify.channels import Sender
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +61,13 @@ class LocalAnnunciator:
         self.settings = settings
         self.spool = spool
         self.connected = connected
-        self.sender = sender or make_sender(settings.channel)
+        if sender is None:
+            # The senders' libraries (http.client, smtplib, email: about 2 MB) are loaded
+            # only by an agent that annunciates locally.
+            from derrick.notify.channels import make_sender  # noqa: PLC0415
+
+            sender = make_sender(settings.channel)
+        self.sender = sender
         self.delivered = 0
         self.failed = 0
         self.dropped = 0

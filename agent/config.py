@@ -27,7 +27,7 @@ from pydantic import (
 
 from derrick.alarms.rules import AgentOfflineRule, Rule, RuleSet, load_rule_files
 from derrick.mqtt.settings import BrokerSettings
-from derrick.notify.channels import ChannelSettings
+from derrick.notify.settings import ChannelSettings
 from derrick.plc.profile import (
     DEFAULT_GROUP,
     DeadbandSetting,

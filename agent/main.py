@@ -277,7 +277,8 @@ async def run(config: AgentConfig) -> None:
 PROGRAM = Program(
     name="derrick-agent",
     description="Poll the Modbus PLCs named in a config file and publish their readings "
-    "to an MQTT broker (QoS 1), one JSON message per device per poll.",
+    "to an MQTT broker (QoS 1), one JSON message per device per poll. With alarms.rules, "
+    "evaluate those alarm rules here too; SIGHUP reloads the rule files.",
     epilog="examples:\n"
     "  derrick-agent --config /etc/derrick/agent.yaml\n"
     "  derrick-agent --config agent.yaml --check     # validate and print the read plan",

@@ -19,15 +19,13 @@ import pytest
 from derrick.notify.channels import (
     LIST_MAX,
     SUBJECT_MAX,
-    DeliveryError,
-    EmailChannel,
     EmailSender,
-    WebhookChannel,
     WebhookSender,
     make_sender,
     message_id,
     render_text,
 )
+from derrick.notify.settings import DeliveryError, EmailChannel, WebhookChannel
 from derrick.plumbing.configfile import ConfigError, validate
 from derrick.wire.payloads import AlarmNotice
 from devstack.certs import CertificateAuthority, IssuedCert

@@ -23,7 +23,7 @@ from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
 from derrick.alarms.ownership import Ownership, owner_of
 from derrick.alarms.rules import RuleSet
-from derrick.notify.channels import DeliveryError
+from derrick.notify.settings import DeliveryError
 from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import (
     AlarmCommand,

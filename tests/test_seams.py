@@ -53,7 +53,7 @@ from collector.stats import Stats
 from collector.store import Batchable, Batching, Store
 from derrick.mqtt.client import MqttClient
 from derrick.mqtt.settings import BrokerSettings
-from derrick.notify.channels import DeliveryError
+from derrick.notify.settings import DeliveryError
 from derrick.plumbing.serial import TtyError, close_refused_port
 from derrick.spool.store import Spool
 from derrick.wire.payloads import AlarmNotice, Reading, Telemetry

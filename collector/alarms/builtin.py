@@ -13,7 +13,7 @@ import asyncio
 from collector.influx import DataRejected, StoreError, Writer
 from collector.lineproto import encode_alarm, encode_alarm_state
 from derrick.mqtt.client import MqttClient, MqttError
-from derrick.notify.channels import DeliveryError
+from derrick.notify.settings import DeliveryError
 from derrick.wire.payloads import AlarmNotice, AlarmStateMessage
 from derrick.wire.topics import alarm_events_topic, alarm_state_topic
 

@@ -36,7 +36,7 @@ from derrick.alarms.lifecycle import (
     Effect,
     Journal,
 )
-from derrick.notify.channels import DeliveryError
+from derrick.notify.settings import DeliveryError
 from derrick.plumbing.configfile import StrictModel
 from derrick.wire.ids import AlarmId, Ident
 from derrick.wire.payloads import AlarmNotice, AlarmPriority, AlarmStateMessage, now_ns

@@ -11,7 +11,7 @@ from collector.alarms.httpapi import HttpApiSettings
 from collector.alarms.notify import FloodSettings, RetrySettings, RouteSettings
 from derrick.alarms.kpi import KpiSettings
 from derrick.alarms.rules import RuleSet, load_rule_files
-from derrick.notify.channels import ChannelSettings
+from derrick.notify.settings import ChannelSettings
 from derrick.plumbing import configfile
 from derrick.plumbing.configfile import StrictModel
 from derrick.wire.ids import Ident
