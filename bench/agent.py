@@ -17,13 +17,15 @@ Prints ``name: value unit`` lines:
   target: at most 1.3); ``..._storm``: the same rules on tags where they keep firing.
 
 Environment: ``BENCH_DEVICES`` (50), ``BENCH_SECONDS`` (30), ``BENCH_INTERVAL_S`` (1.0),
-``BENCH_RULES`` (set to 0: without the second run).
+``BENCH_RULES`` (0: no runs with rules), ``BENCH_ROUNDS`` (3: runs without and with the
+rules, alternated; medians printed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +46,8 @@ from simulators.generic import GenericModel
 DEVICES = int(os.environ.get("BENCH_DEVICES", "50"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
 INTERVAL_S = float(os.environ.get("BENCH_INTERVAL_S", "1.0"))
+WITH_RULES = os.environ.get("BENCH_RULES", "1") != "0"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 WARMUP_S = 5.0
 
 
@@ -215,18 +219,23 @@ def main() -> None:
     profile = load_profile("bench100")
     print(f"load average: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="derrick-bench-agent-") as tmp:
-        plain = measure(Path(tmp) / "plain", None)
-    with_rules = storm = None
-    if os.environ.get("BENCH_RULES", "1") != "0":
-        with tempfile.TemporaryDirectory(prefix="derrick-bench-agent-") as tmp:
-            rules = bench_rules(Path(tmp) / "rules.yaml")
-            with_rules = measure(Path(tmp) / "rules", rules)
-        with tempfile.TemporaryDirectory(prefix="derrick-bench-agent-") as tmp:
-            rules = bench_rules(Path(tmp) / "rules.yaml", storm=True)
-            storm = measure(Path(tmp) / "storm", rules)
-    cpu, rss, per_s, cycle = plain
+        work = Path(tmp)
+        rules = bench_rules(work / "rules.yaml") if WITH_RULES else None
+        plain: list[tuple[float, float, float, int]] = []
+        quiet: list[tuple[float, float, float, int]] = []
+        # Alternated, so the machine's swings (up to 2x here) hit both alike; the ratio
+        # is taken per round, from two runs a minute apart.
+        for n in range(ROUNDS if rules else 1):
+            plain.append(measure(work / f"plain{n}", None))
+            if rules is not None:
+                quiet.append(measure(work / f"rules{n}", rules))
+        storm = None
+        if rules is not None:
+            storm = measure(work / "storm", bench_rules(work / "storm.yaml", storm=True))
+    cpu = statistics.median(run[0] for run in plain)
+    _, rss, per_s, cycle = plain[-1]
     plan_min = DEVICES * min_requests(profile.registers)
-    print(f"agent_cpu_us_per_reading: {cpu:.1f} us")
+    print(f"agent_cpu_us_per_reading: {cpu:.1f} us (runs: {_figures(plain)})")
     print(f"agent_rss_mb: {rss:.1f} MB")
     print(f"agent_requests_per_cycle: {cycle} requests")
     print(f"agent_plan_min_requests_per_cycle: {plan_min} requests")
@@ -234,16 +243,23 @@ def main() -> None:
         f"agent_readings_per_s: {per_s:.0f} readings/s "
         f"({DEVICES} devices x {len(profile.registers)} tags every {INTERVAL_S} s)"
     )
-    if with_rules is not None and storm is not None:
+    if quiet and storm is not None:
+        ratios = [q[0] / p[0] for p, q in zip(plain, quiet, strict=True)]
         print(
-            f"agent_cpu_us_per_reading_with_rules: {with_rules[0]:.1f} us "
-            f"({with_rules[0] / cpu:.2f} x without; 16 crane rules per device, quiet; "
-            f"RSS {with_rules[1]:.1f} MB)"
+            f"agent_cpu_us_per_reading_with_rules: "
+            f"{statistics.median(run[0] for run in quiet):.1f} us "
+            f"(runs: {_figures(quiet)}; x {statistics.median(ratios):.2f} without, median of "
+            f"{', '.join(f'{r:.2f}' for r in ratios)}; 16 crane rules per device, quiet; "
+            f"RSS {quiet[-1][1]:.1f} MB)"
         )
         print(
             f"agent_cpu_us_per_reading_with_rules_storm: {storm[0]:.1f} us "
-            f"({storm[0] / cpu:.2f} x without; the same rules firing all the time)"
+            f"(x {storm[0] / cpu:.2f} the median without; the same rules firing all the time)"
         )
+
+
+def _figures(runs: list[tuple[float, float, float, int]]) -> str:
+    return ", ".join(f"{run[0]:.1f}" for run in runs)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Prints ``name: value unit`` lines:
   crane rules at the edge, mosquitto, the collector, a webhook receiver): the broker is
   stopped for ``BENCH_OUTAGE_S`` (90); during it an overload is lifted and set down;
   the figure is the time from the broker answering again to the webhook receiving the
-  "occurred while offline" notice.
+  "occurred while offline" notice;
+* ``agent_alarm_stage_us_per_reading``: the whole alarm stage on a crane, in process:
+  the engine and the spool commits (fsynced) of the condition changes it makes.
 
 ``agent_cpu_us_per_reading_with_rules`` (the whole agent process with the crane rule set
 loaded) is printed by ``bench/agent.py``, beside the figure without rules from the same run.
@@ -30,9 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.alarms import EdgeAlarms
+from agent.config import Device
+from agent.outbox import Outbox
 from derrick.alarms.engine import RuleEngine
 from derrick.alarms.rules import load_rules
 from derrick.plc.profile import load_profile
+from derrick.spool.store import Spool
 from derrick.wire.payloads import Quality, trusted_reading
 from devstack.alarmstack import AlarmStack, AssetSpec
 from devstack.programs import REPO, wait_for
@@ -77,6 +83,24 @@ def eval_cost(name: str, model: object, profile: str) -> tuple[float, int, int]:
         f"{len(applying)} rules, {changes} condition changes in {len(batches)} polls"
     )
     return per_poll, len(applying), len(batches[0])
+
+
+def stage_cost(model: object, work: Path) -> float:
+    """Seconds per reading of the agent's whole alarm stage on a crane (the engine, and
+    the spool commits of the changes it makes), as :class:`agent.alarms.EdgeAlarms`."""
+    rules = load_rules(REPO / "config" / "alarm-rules" / "crane.yaml")
+    device = Device.model_validate(
+        {"name": "lmi", "asset": "crane-1", "profile": "crane", "host": "127.0.0.1"}
+    )
+    batches = polls(model, "crane", POLLS)
+    with Spool(work / "spool.db", max_bytes=10**9, max_age_s=10**9) as spool:
+        stage = EdgeAlarms("s", "gw", rules, [device], Outbox("gw", "s", spool), spool)
+        start = time.perf_counter()
+        for batch in batches:
+            stage.observe(device, batch)
+        seconds = time.perf_counter() - start
+    print(f"  crane stage: {stage.changes} condition changes committed in {len(batches)} polls")
+    return seconds / (len(batches) * len(batches[0]))
 
 
 def offline_episode_notice_s() -> float:
@@ -132,6 +156,9 @@ def main() -> None:
         f"{max(per_reading_rule) * 1e6:.3f} us "
         f"(crane {per_reading_rule[0] * 1e6:.3f}, rig {per_reading_rule[1] * 1e6:.3f})"
     )
+    with tempfile.TemporaryDirectory(prefix="derrick-bench-edge-") as tmp:
+        per_reading = stage_cost(CraneModel(seed=1, demo_overload=True), Path(tmp))
+    print(f"agent_alarm_stage_us_per_reading: {per_reading * 1e6:.2f} us (crane, 16 rules)")
     if not os.environ.get("BENCH_SKIP_OUTAGE"):
         seconds = offline_episode_notice_s()
         print(f"offline_episode_notice_s: {seconds:.2f} s (after a {OUTAGE_S:g} s outage)")

@@ -83,6 +83,13 @@ class Run:
     lan: HttpReceiver  # the edge agent's local annunciation
 
 
+def within_a_poll(seen_ns: int, happened_ns: int) -> bool:
+    """Whether a time the pipeline recorded is that of the first poll after the
+    simulator's change (a poll interval, and a little for scheduling; the request that
+    saw it may have started a few ms before the change took effect)."""
+    return -0.05 * S <= seen_ns - happened_ns <= (POLL_S + 0.25) * S
+
+
 def overload(stack: AlarmStack, asset: str, active: bool) -> int:
     return stack.control(asset, "/overload", {"active": active})["took_effect_ns"]
 
@@ -244,8 +251,8 @@ def assert_episode_announced_once(run: Run, asset: str, rules: dict[str, str]) -
         assert (notice["reason"], notice["priority"]) == ("offline", priority), notice
         assert notice["message"].startswith("occurred while offline, "), notice
         if episode is not None:
-            assert abs(notice["ts_ns"] - episode.start_ns) <= 2 * POLL_S * S, (rule, notice)
-            assert abs(notice["ended_ns"] - episode.end_ns) <= 2 * POLL_S * S, (rule, notice)
+            assert within_a_poll(notice["ts_ns"], episode.start_ns), (rule, notice)
+            assert within_a_poll(notice["ended_ns"], episode.end_ns), (rule, notice)
             assert notice["ended_ns"] < episode.back_ns
         [mail] = wait_for(lambda k=notice["key"]: _mails(run, k), WAIT_S, f"mail {rule}")
         assert str(mail.message["Subject"]).startswith(f"{priority.upper()} ALARM WHILE OFFLINE")
@@ -269,8 +276,8 @@ def test_the_journal_holds_the_episode_at_its_true_times(run, asset):
     )["results"][0]["series"][0]
     [(ts, reason, duration_s, peak)] = series["values"]
     assert reason == "offline"
-    assert abs(ts - episode.start_ns) <= 2 * POLL_S * S
-    assert abs(duration_s - (episode.end_ns - episode.start_ns) / S) <= 2 * POLL_S
+    assert within_a_poll(ts, episode.start_ns)
+    assert within_a_poll(ts + round(duration_s * S), episode.end_ns)
     assert peak >= 110
     states = run.influx.query(
         f"SELECT state FROM alarm_state WHERE asset='{asset}' AND rule='crane_overload'",
@@ -278,7 +285,7 @@ def test_the_journal_holds_the_episode_at_its_true_times(run, asset):
     )["results"][0]["series"][0]["values"]
     ended = [t for t, state in states if state == "latched"]
     assert ended, states
-    assert abs(ended[0] - episode.end_ns) <= 2 * POLL_S * S, "alarm_state not at the end"
+    assert within_a_poll(ended[0], episode.end_ns), "alarm_state not at the episode's end"
 
 
 @pytest.mark.parametrize("asset", ["crane-standing", "crane-killed-standing"])
@@ -289,7 +296,7 @@ def test_an_overload_still_on_at_reconnect_is_announced_once_with_its_true_start
     for rule, priority in OVERLOAD.items():
         [notice] = found[rule]
         assert (notice["reason"], notice["priority"]) == ("new", priority), notice
-        assert abs(notice["ts_ns"] - episode.start_ns) <= 2 * POLL_S * S, (rule, notice)
+        assert within_a_poll(notice["ts_ns"], episode.start_ns), (rule, notice)
         assert notice["ts_ns"] < episode.back_ns, "announced with the reconnect's time"
         wait_for(lambda k=notice["key"]: _mails(run, k), WAIT_S, f"mail {rule}")
         assert len(_mails(run, notice["key"])) == 1
