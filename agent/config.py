@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from derrick.alarms.rules import AgentOfflineRule, Rule, RuleSet, load_rule_files
+from derrick.alarms.rules import AgentOfflineRule, Rule, RuleSet, rule_files_for_config
 from derrick.mqtt.settings import BrokerSettings
 from derrick.notify.settings import ChannelSettings
 from derrick.plc.profile import (
@@ -365,10 +365,7 @@ class EdgeAlarmSettings(StrictModel):
 
     @model_validator(mode="after")
     def _load(self) -> Self:
-        try:
-            self._ruleset = load_rule_files(self.rules)
-        except configfile.ConfigError as exc:
-            raise ValueError(f"rule file {exc}") from None
+        self._ruleset = rule_files_for_config(self.rules)
         return self
 
     @property

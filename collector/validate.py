@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -136,13 +136,27 @@ def validate_telemetry(
     with the payload, and each reading's time, value and (with ``fields``) type.
 
     ``fields`` learns the types of fields it has not seen from an accepted message."""
+    message = _device_message(Telemetry, where, payload)
+    if isinstance(message, Rejected):
+        return message
+    return check_readings(message, window, fields)
+
+
+_Message = TypeVar("_Message", Telemetry, ConditionMessage)
+
+
+def _device_message(
+    model: type[_Message], where: TelemetryTopic | ConditionTopic, payload: bytes
+) -> _Message | Rejected:
+    """A device's message by its model: size, schema, and the topic's site, asset and
+    device against the payload's."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejected(
             f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
             "oversized",
         )
     try:
-        message = Telemetry.model_validate_json(payload)
+        message = model.model_validate_json(payload)
     except ValidationError as exc:
         return classify(payload, exc)
     site, asset, device = where.site, where.asset, where.device
@@ -152,7 +166,7 @@ def validate_telemetry(
             f"{message.site}/{message.asset}/{message.device}",
             "mismatch",
         )
-    return check_readings(message, window, fields)
+    return message
 
 
 def validate_condition(
@@ -160,22 +174,9 @@ def validate_condition(
 ) -> ConditionMessage | Rejected:
     """An edge agent's condition change: size, schema, topic against payload, and its
     times in the window (the same kinds of rejection as telemetry)."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        return Rejected(
-            f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
-            "oversized",
-        )
-    try:
-        message = ConditionMessage.model_validate_json(payload)
-    except ValidationError as exc:
-        return classify(payload, exc)
-    site, asset, device = where.site, where.asset, where.device
-    if message.site != site or message.asset != asset or message.device != device:
-        return Rejected(
-            f"topic names {site}/{asset}/{device}, payload "
-            f"{message.site}/{message.asset}/{message.device}",
-            "mismatch",
-        )
+    message = _device_message(ConditionMessage, where, payload)
+    if isinstance(message, Rejected):
+        return message
     for name, ts in (("ts_ns", message.ts_ns), ("since_ns", message.since_ns)):
         if ts is not None and not window.min_ns <= ts < window.max_ns:
             return Rejected(f"{name} {ts} is outside the collector's time window", "timestamp")

@@ -24,15 +24,17 @@ def payload(n: int, state: str = "") -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()  # compact, as pydantic writes
 
 
-async def publish_all(port: int, spool: Spool, topic: str, backlog: int) -> Publisher:
+async def replay(port: int, spool: Spool, live: list[tuple]) -> Publisher:
+    """A publisher over ``spool`` until it is empty; ``live`` items are appended, one
+    at a time, once the replay of what was there is under way."""
     client = MqttClient(BrokerSettings(port=port), f"pub-{uuid.uuid4().hex[:6]}")
     publisher = Publisher(spool, client, window=5)
     await client.start()
     await client.wait_connected()
     task = asyncio.create_task(publisher.run())
     await asyncio.sleep(0.05)  # replay under way
-    spool.append([(f"{topic}/status", payload(-1, "up"), Priority.STATUS, True, now_ns())])
-    spool.append([(f"{topic}/data", payload(10_000), Priority.TELEMETRY, False, now_ns())])
+    for item in live:
+        spool.append([item])
     publisher.wake()
     for _ in range(200):
         if spool.stats().depth == 0 and publisher.inflight == 0:
@@ -40,6 +42,18 @@ async def publish_all(port: int, spool: Spool, topic: str, backlog: int) -> Publ
         await asyncio.sleep(0.05)
     task.cancel()
     await client.stop()
+    return publisher
+
+
+async def publish_all(port: int, spool: Spool, topic: str, backlog: int) -> Publisher:
+    publisher = await replay(
+        port,
+        spool,
+        [
+            (f"{topic}/status", payload(-1, "up"), Priority.STATUS, True, now_ns()),
+            (f"{topic}/data", payload(10_000), Priority.TELEMETRY, False, now_ns()),
+        ],
+    )
     assert publisher.published == backlog + 2
     return publisher
 
@@ -87,26 +101,9 @@ def test_backlog_alarm_messages_go_before_live_ones(tmp_path, mosquitto):
         )
         spool.append([(f"{topic}/data", payload(backlog), Priority.TELEMETRY, False, now_ns())])
 
-        async def go() -> None:
-            client = MqttClient(BrokerSettings(port=mosquitto.port), f"pub-{uuid.uuid4().hex[:6]}")
-            publisher = Publisher(spool, client, window=5)
-            await client.start()
-            await client.wait_connected()
-            task = asyncio.create_task(publisher.run())
-            await asyncio.sleep(0.02)
-            spool.append(
-                [(f"{topic}/condition", payload(1, "cleared"), Priority.ALARM, False, now_ns())]
-            )
-            publisher.wake()
-            for _ in range(200):
-                if spool.stats().depth == 0 and publisher.inflight == 0:
-                    break
-                await asyncio.sleep(0.05)
-            task.cancel()
-            await client.stop()
-
+        live = (f"{topic}/condition", payload(1, "cleared"), Priority.ALARM, False, now_ns())
         with Tap(mosquitto.port, f"{topic}/#") as tap:
-            asyncio.run(go())
+            asyncio.run(replay(mosquitto.port, spool, [live]))
             received = tap.wait(lambda m: len(m) >= backlog + 3, 20, "everything")
     order = [(m.topic.rsplit("/", 1)[1], json.loads(m.payload)) for m in received]
     conditions = [(i, body) for i, (kind, body) in enumerate(order) if kind == "condition"]

@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from collector.alarms.httpapi import HttpApiSettings
 from collector.alarms.notify import FloodSettings, RetrySettings, RouteSettings
 from derrick.alarms.kpi import KpiSettings
-from derrick.alarms.rules import RuleSet, load_rule_files
+from derrick.alarms.rules import RuleSet, load_rule_files, rule_files_for_config
 from derrick.notify.settings import ChannelSettings
 from derrick.plumbing import configfile
 from derrick.plumbing.configfile import StrictModel
@@ -82,10 +82,7 @@ class AlarmSettings(StrictModel):
                         f"(alarms.channels: {known})"
                     )
         configfile.require_unique([route.name for route in self.routes], "route names")
-        try:
-            self._ruleset = self.load_rules()
-        except configfile.ConfigError as exc:
-            raise ValueError(f"rule file {exc}") from None
+        self._ruleset = rule_files_for_config(self.rules)
         return self
 
     @property

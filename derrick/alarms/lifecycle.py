@@ -316,11 +316,15 @@ class ProcessActive:
     priority: Priority = "high"
 
     def __post_init__(self) -> None:
-        # Programming errors, not operator mistakes: NaN would also break JSON persistence.
-        if not (math.isfinite(self.value) and math.isfinite(self.limit)):
-            raise ValueError("value and limit must be finite")
-        if self.priority not in PRIORITIES:
-            raise ValueError(f"unknown priority {self.priority!r}")
+        _check_process(self.value, self.limit, self.priority)
+
+
+def _check_process(value: float, limit: float, priority: str) -> None:
+    """Programming errors, not operator mistakes: NaN would also break JSON persistence."""
+    if not (math.isfinite(value) and math.isfinite(limit)):
+        raise ValueError("value and limit must be finite")
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,10 +357,7 @@ class ProcessEpisode:
     priority: Priority = "high"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.value) and math.isfinite(self.limit)):
-            raise ValueError("value and limit must be finite")
-        if self.priority not in PRIORITIES:
-            raise ValueError(f"unknown priority {self.priority!r}")
+        _check_process(self.value, self.limit, self.priority)
         if self.since_ns > self.now_ns:
             raise ValueError("an episode ends after it starts")
 

@@ -494,3 +494,13 @@ def load_rule_files(paths: Iterable[Path | str]) -> RuleSet:
         rules += load_rules(path).rules
     configfile.require_unique([rule.name for rule in rules], "rule names across files")
     return RuleSet(rules=rules)
+
+
+def rule_files_for_config(paths: Iterable[Path | str]) -> RuleSet:
+    """:func:`load_rule_files` in a config's validator: a file's problems become one
+    ValueError, which the config reports under its own key (``alarms``) with the rule
+    file's name, key and reason."""
+    try:
+        return load_rule_files(paths)
+    except ConfigError as exc:
+        raise ValueError(f"rule file {exc}") from None
