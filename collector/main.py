@@ -379,19 +379,25 @@ class Collector:
         return health(self.stats, waiting, time.monotonic(), self.config.ingest.stall_s)
 
     async def _subscribe(self) -> None:
-        """Telemetry, statuses and metrics (shared in a group); the alarm inputs unshared."""
+        """Telemetry, statuses, metrics and edge conditions (shared in a group); the
+        alarm inputs unshared.
+
+        Edge conditions are read even without alarm rules: they are numbered with their
+        agent's telemetry, and a collector that did not see them would count their
+        numbers as lost messages."""
         client, group = self.client, self.config.collector.group
         for subscription in (
             TELEMETRY_SUBSCRIPTION,
             DEVICE_STATUS_SUBSCRIPTION,
             AGENT_METRICS_SUBSCRIPTION,
+            CONDITION_SUBSCRIPTION,
         ):
             await client.subscribe(shared(group, subscription), qos=1)
         if self.config.ingest.broker_drops:
             await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
         if self.alarms is not None:
             feed = self.alarm_client or client
-            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:5]
+            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:4]
             for subscription in extra:
                 await feed.subscribe(subscription, qos=1)
 

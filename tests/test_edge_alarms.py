@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fakes import MemoryMqttClient
 from test_alarm_service import Recorder, deliver, settings
 
 from agent.alarms import NOTE_PREFIX, EdgeAlarms
@@ -21,6 +23,10 @@ from agent.config import Device, LocalAnnunciation, load_config
 from agent.outbox import Outbox
 from collector.alarms.notify import EVENTS_CHANNEL, JOURNAL_CHANNEL
 from collector.alarms.service import AlarmService
+from collector.receive import Receiver
+from collector.sequence import SequenceTracker
+from collector.stats import Stats
+from collector.store import Batchable
 from collector.validate import Rejected, validate_condition
 from derrick.alarms.engine import RuleEngine
 from derrick.alarms.kpi import AlarmKpis
@@ -35,6 +41,7 @@ from derrick.alarms.lifecycle import (
     apply,
 )
 from derrick.alarms.rules import RuleSet
+from derrick.mqtt.client import InboundMessage
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import Priority, Spool
 from derrick.wire.payloads import (
@@ -589,3 +596,38 @@ def test_the_kpis_count_an_episode_heard_of_late_as_one_activation():
     assert snapshot.fields["alarms_per_window"] == 3
     assert (top.tags["alarm"], top.fields["count"]) == (alarm, 3)
     assert kpis.footprint()["activation_times"] == 0, "an episode is not a standing alarm"
+
+
+def test_a_collector_without_alarm_rules_counts_condition_messages_in_the_sequence(tmp_path):
+    """An edge agent numbers its conditions with its telemetry: a collector that stores
+    only (no alarms) must still see their numbers, or it reports them as lost."""
+    sequences = SequenceTracker(grace_s=0.0)
+    reading = Reading(tag="load", value=10.0, ts_ns=T0)
+    messages = [
+        ("telemetry", telemetry(10).model_copy(update={"seq": 0, "readings": [reading]})),
+        ("condition", condition("active", T0).model_copy(update={"seq": 1})),
+        ("telemetry", telemetry(10).model_copy(update={"seq": 2, "readings": [reading]})),
+    ]
+
+    async def main() -> MemoryMqttClient:
+        client = MemoryMqttClient()
+        queue: asyncio.Queue[Batchable] = asyncio.Queue()
+        receiver = Receiver(client, queue, Stats(), sequences=sequences)  # type: ignore[arg-type]
+        for mid, (kind, message) in enumerate(messages, start=1):
+            topic = f"derrick/v1/s1/crane-1/plc/{kind}"
+            client.inbox.put_nowait(
+                InboundMessage(topic, message.model_dump_json().encode(), 1, mid, False)
+            )
+        task = asyncio.create_task(receiver.run())
+        async with asyncio.timeout(5):
+            while receiver.stats.messages < len(messages) or not client.inbox.empty():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return client
+
+    client = asyncio.run(main())
+    assert [m.topic.rsplit("/", 1)[1] for m in client.acked] == ["condition"], "not acknowledged"
+    sequences.confirm("gw", "b", time.monotonic() + 1, 0.0)
+    assert sequences.drain_lost() == [], "the condition's number counted as lost"
+    assert sequences.pending == 0
