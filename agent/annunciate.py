@@ -28,10 +28,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
+from pydantic import ValidationError
 
 from agent.config import LocalAnnunciation
 from derrick.alarms.engine import ConditionChange
 from derrick.notify.settings import DeliveryError
+from derrick.plumbing.configfile import one_line
 from derrick.spool.store import Spool
 from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import AlarmNotice
@@ -139,7 +141,14 @@ class LocalAnnunciator:
                 await self._wake.wait()
                 continue
             key, text = next(iter(self._pending.items()))
-            notice = AlarmNotice.model_validate_json(text)
+            try:
+                notice = AlarmNotice.model_validate_json(text)
+            except ValidationError as exc:  # a note this version cannot read: never sendable
+                self.failed += 1
+                log.error("local notice unreadable, dropped", note=key, reason=one_line(exc))
+                self._pending.pop(key, None)
+                self.spool.write_notes({key: None})
+                continue
             try:
                 await self.sender.send(notice)
             except DeliveryError as exc:

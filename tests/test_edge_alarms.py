@@ -631,3 +631,15 @@ def test_a_collector_without_alarm_rules_counts_condition_messages_in_the_sequen
     sequences.confirm("gw", "b", time.monotonic() + 1, 0.0)
     assert sequences.drain_lost() == [], "the condition's number counted as lost"
     assert sequences.pending == 0
+
+
+def test_an_unreadable_local_notice_is_dropped_and_the_next_one_sent(spool):
+    with HttpReceiver() as lan:
+        spool.write_notes({"local:000000000001": '{"v": 9}'})  # e.g. from a newer agent
+        stage = LocalStage(spool, lan.url)
+        stage.poll(T0, load=120)
+        asyncio.run(stage.deliver(lambda: len(lan.requests) >= 1))
+        [request] = lan.requests
+    assert request.json["event"] == "announce"
+    assert stage.annunciator.failed == 1
+    assert spool.notes("local:") == {}
