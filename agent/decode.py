@@ -3,7 +3,9 @@
 The common case - big-endian numbers, word order big or a single word - is decoded by
 precompiled ``struct`` formats straight from the packed span (one ``pack`` per request,
 one ``unpack_from`` per tag); everything else goes through the codec. Both give the same
-values (tests/test_decode.py checks every type and order).
+values (tests/test_decode.py checks every type and order); a scaled integer is exact to
+its scale's decimals in both (:func:`derrick.plc.registers.decimal_scaling`, worked out
+once per request here: 434 * 0.1 is 43.4, not 43.400000000000006).
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from math import isfinite
 
 from agent.plan import ReadRequest
 from derrick.plc.profile import Register
-from derrick.plc.registers import CodecError, DataType, Order, decode, decode_bit, scaled
+from derrick.plc.registers import (
+    CodecError,
+    DataType,
+    Order,
+    decimal_scaling,
+    decode,
+    decode_bit,
+    scaled,
+)
 from derrick.wire.payloads import Quality, Reading, trusted_reading
 
 _FORMATS = {
@@ -26,9 +36,14 @@ _FORMATS = {
     DataType.FLOAT32: "f",
     DataType.FLOAT64: "d",
 }
-# Per request (plans are fixed, splits are few): tag, its offset, and a struct for the
-# fast path or None. Keyed by id(); the request is kept alongside so the id stays its own.
-_Steps = tuple[tuple[Register, int, struct.Struct | None], ...]
+_FLOATS = frozenset({DataType.FLOAT32, DataType.FLOAT64})
+# Per request (plans are fixed, splits are few): tag, its offset, a struct for the fast
+# path or None, and the fast path's value = (raw * mul + add) / div: scale and offset,
+# div None; for a scaled integer, decimal_scaling's integers. Keyed by id(); the request
+# is kept alongside so the id stays its own.
+_Steps = tuple[
+    tuple[Register, int, struct.Struct | None, float | int, float | int, int | None], ...
+]
 _STEPS: dict[int, tuple[ReadRequest, _Steps]] = {}
 
 
@@ -52,12 +67,13 @@ def decode_request(request: ReadRequest, data: list[int] | list[bool], ts_ns: in
     """One reading per tag of the request. A tag whose words do not decode is bad, alone."""
     packed = _pack(request, data)
     readings = []
-    for reg, offset, fmt in _steps(request):
+    for reg, offset, fmt, mul, add, div in _steps(request):
         value: bool | float | str | None
         try:
             if fmt is not None and packed is not None:
-                raw = fmt.unpack_from(packed, offset * 2)[0]
-                value = raw * reg.scale + reg.offset
+                value = fmt.unpack_from(packed, offset * 2)[0] * mul + add
+                if div is not None:
+                    value /= div
             else:
                 value = decode_value(reg, data, offset)
             # NaN/inf (a sensor fault on many PLCs) has no JSON form: it would travel as a
@@ -89,7 +105,8 @@ def _steps(request: ReadRequest) -> _Steps:
     if cached is not None and cached[0] is request:
         return cached[1]
     steps = tuple(
-        (reg, reg.address - request.address, _fast_format(reg)) for reg in request.registers
+        (reg, reg.address - request.address, _fast_format(reg), *_scaling(reg))
+        for reg in request.registers
     )
     if len(_STEPS) > 10_000:  # plans are fixed; only a program making plans in a loop gets here
         _STEPS.clear()
@@ -104,6 +121,12 @@ def _fast_format(reg: Register) -> struct.Struct | None:
     if reg.word_order is not Order.BIG and reg.count > 1:
         return None
     return struct.Struct(">" + code)
+
+
+def _scaling(reg: Register) -> tuple[float | int, float | int, int | None]:
+    """The fast path's (mul, add, div), as :func:`derrick.plc.registers.scaled` does it."""
+    exact = None if reg.type in _FLOATS else decimal_scaling(reg.scale, reg.offset)
+    return (reg.scale, reg.offset, None) if exact is None else exact
 
 
 def failed_request(

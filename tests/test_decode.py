@@ -1,12 +1,14 @@
 """Decode stage: the words of a planned read become one reading per tag."""
 
 import math
+import random
 
 import pytest
 
 from agent.decode import decode_request, decode_value
 from agent.plan import plan_reads
 from derrick.plc.profile import Register
+from derrick.plc.registers import DataType, decode, encode, scale_decimals, scaled, unscaled
 from derrick.wire.payloads import Quality
 
 
@@ -91,3 +93,112 @@ def test_non_finite_floats_are_bad_with_no_value(words):
     (request,) = plan_reads([reg])
     (reading,) = decode_request(request, words, ts_ns=1)
     assert (reading.value, reading.quality) == (None, "bad")
+
+
+# -- scaled integers are exact to their scale's decimals ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "decimals"),
+    [
+        (0.1, 0, 1),
+        (0.25, 0, 2),
+        (0.001, 0, 3),
+        (1e-05, 0, 5),
+        (1, 0.5, 1),
+        (0.1, -273.15, 2),
+        (1, 0, None),  # whole numbers: the float product is exact already
+        (100, -40, None),
+        (1 / 3, 0, None),  # more than MAX_SCALE_DECIMALS: not a resolution, left as computed
+        (1e-11, 0, None),
+    ],
+)
+def test_scale_decimals(scale, offset, decimals):
+    assert scale_decimals(scale, offset) == decimals
+
+
+def paths(register):
+    """words -> (fast path, codec path in decode_request, decode_value) of a tag at 0."""
+    (request,) = plan_reads([register])
+    # The same tag in byte and word order little, sent that way: decode_request's codec path.
+    little = register.model_copy(update={"byte_order": "little", "word_order": "little"})
+    (swapped,) = plan_reads([little])
+
+    def decoded(words):
+        (fast,) = decode_request(request, words, ts_ns=1)
+        sent = [((w & 0xFF) << 8) | (w >> 8) for w in reversed(words)]
+        (codec,) = decode_request(swapped, sent, ts_ns=1)
+        return fast.value, codec.value, decode_value(register, words, 0)
+
+    return decoded
+
+
+def both_paths(register, words):
+    return paths(register)(words)
+
+
+@pytest.mark.parametrize(
+    ("register", "words", "value"),
+    [
+        (reg("t", 0, "int16", scale=0.1), [434], 43.4),  # not 43.400000000000006
+        (reg("t", 0, "int16", scale=0.1, offset=0.5), [0xFFFB], 0.0),  # -5: not -1e-17
+        (reg("t", 0, "int16", scale=0.1, offset=0.3), [0xFFFD], 0.0),  # -3: not -0.0
+        (reg("e", 0, "uint32", scale=0.001), [0x0001, 0x2345], 74.565),
+        (reg("e", 0, "uint32", scale=0.001), [0xFFFF, 0xFFFF], 4294967.295),
+        (reg("q", 0, "int64", scale=0.01, offset=-40), [0, 0, 0, 4321], 3.21),
+        (reg("u", 0, "uint16", scale=0.25), [7], 1.75),
+        (reg("u", 0, "uint16"), [7], 7.0),  # unscaled: as before, a float
+        (reg("f", 0, "float32"), [0x4148, 0x0000], 12.5),
+    ],
+)
+def test_scaled_integers_are_exact_on_every_path(register, words, value):
+    for got in both_paths(register, words):
+        assert type(got) is float
+        assert got == value
+        assert math.copysign(1, got) == math.copysign(1, value)  # no -0.0
+        assert repr(got) == repr(value)
+
+
+def test_float_registers_with_a_scale_are_not_rounded():
+    register = reg("f", 0, "float32", scale=0.1)
+    words = encode(12.34, DataType.FLOAT32)
+    raw = decode(words, DataType.FLOAT32)  # 12.34 as float32: 12.34000015258789
+    assert set(both_paths(register, words)) == {raw * 0.1}  # 1.234000015258789, not 1.2
+
+
+INTEGER_TYPES = ["int16", "uint16", "int32", "uint32", "int64", "uint64"]
+SCALINGS = [(1, 0), (0.1, 0), (0.25, 0), (0.001, 0), (0.1, 0.5), (2, -40), (1 / 3, 0), (-0.01, 5)]
+
+
+@pytest.mark.parametrize("type_", [*INTEGER_TYPES, "float32", "float64"])
+@pytest.mark.parametrize(("scale", "offset"), SCALINGS)
+def test_fast_and_codec_paths_agree(type_, scale, offset):
+    rng = random.Random(f"{type_}{scale}{offset}")
+    register = reg("x", 0, type_, scale=scale, offset=offset)
+    decoded = paths(register)
+    edges = [[0] * register.count, [0xFFFF] * register.count, [0x8000] + [0] * (register.count - 1)]
+    for words in edges + [
+        [rng.randrange(65536) for _ in range(register.count)] for _ in range(300)
+    ]:
+        fast, codec, value = decoded(words)
+        if value.__class__ is float and not math.isfinite(value):
+            assert fast is None and codec is None  # NaN/inf: bad, no value
+            continue
+        assert type(fast) is type(codec) is type(value) is float
+        assert fast == codec == value, words
+
+
+@pytest.mark.parametrize("type_", ["int16", "uint32"])
+@pytest.mark.parametrize(("scale", "offset"), [(0.1, 0), (0.01, -40), (0.25, 0.5), (0.001, 0)])
+def test_simulator_round_trip_is_exact(type_, scale, offset):
+    """What a simulator serves (encode of unscaled) decodes to exactly the value it meant."""
+    decoded = paths(reg("x", 0, type_, scale=scale, offset=offset))
+    decimals = scale_decimals(scale, offset)
+    raws = range(-32768, 32768, 7) if type_ == "int16" else range(0, 2**32, 2**32 // 5000)
+    for raw in raws:
+        meant = round(raw * scale + offset, decimals)  # a value on the register's grid
+        words = encode(unscaled(meant, scale, offset), DataType(type_))
+        fast, codec, value = decoded(words)
+        assert (
+            fast == codec == value == meant == scaled(decode(words, DataType(type_)), scale, offset)
+        )

@@ -17,8 +17,11 @@ Terms, as PLC manuals use them:
 
 from __future__ import annotations
 
+import math
 import struct
+from decimal import Decimal
 from enum import StrEnum
+from functools import cache
 
 
 class DataType(StrEnum):
@@ -157,8 +160,59 @@ def _swap_pairs(raw: bytes) -> bytes:
     return bytes(swapped)
 
 
+MAX_SCALE_DECIMALS = 10
+"""A scale or offset with more decimals than this is not a resolution (1/3 written out):
+values scaled by it are left as computed, not rounded."""
+
+
+@cache
+def scale_decimals(scale: float, offset: float = 0.0) -> int | None:
+    """Decimals of an integer register's value scaled by ``scale`` and ``offset``.
+
+    The most decimals of the two as written (their shortest ``repr``: 0.1 -> 1, 0.25 -> 2,
+    1e-05 -> 5, 100.0 -> 0): raw * scale + offset has no more than that. None: nothing to
+    round, for whole-number scale and offset (the float product is exact), and for more
+    than :data:`MAX_SCALE_DECIMALS`.
+    """
+    if not (math.isfinite(scale) and math.isfinite(offset)):
+        return None
+    decimals = max(_decimals(scale), _decimals(offset))
+    return decimals if 0 < decimals <= MAX_SCALE_DECIMALS else None
+
+
+@cache
+def decimal_scaling(scale: float, offset: float = 0.0) -> tuple[int, int, int] | None:
+    """``(mul, add, div)``, integers with raw * scale + offset = (raw * mul + add) / div
+    exactly for the decimal scale and offset as written; None where :func:`scale_decimals`
+    is None.
+
+    Integer arithmetic and one correctly rounded division give the float nearest the exact
+    decimal value (434 * 0.1 -> 43.4, not 43.400000000000006): the same as ``round(raw *
+    scale + offset, decimals)``, for the cost of the float product.
+    """
+    decimals = scale_decimals(scale, offset)
+    if decimals is None:
+        return None
+    mul, add = (int(Decimal(repr(x)).scaleb(decimals)) for x in (scale, offset))
+    return mul, add, 10**decimals
+
+
+def _decimals(number: float) -> int:
+    exponent = Decimal(repr(number)).normalize().as_tuple().exponent
+    return max(0, -int(exponent))
+
+
 def scaled(raw: float, scale: float, offset: float) -> float:
-    """Engineering value from a raw register value: raw * scale + offset."""
+    """Engineering value from a raw register value: raw * scale + offset.
+
+    An integer ``raw`` (a count of the register's resolution) gives the value to the
+    decimals of scale and offset (:func:`decimal_scaling`); a float raw (float32/float64
+    registers) is scaled as it is: it has digits of its own beyond the scale's.
+    """
+    if raw.__class__ is int:
+        exact = decimal_scaling(scale, offset)
+        if exact is not None:
+            return (raw * exact[0] + exact[1]) / exact[2]
     return raw * scale + offset
 
 
