@@ -422,6 +422,10 @@ class AgentIdentity(StrictModel):
 class AgentConfig(StrictModel):
     agent: AgentIdentity
     broker: BrokerSettings = BrokerSettings()
+    format: Literal["json", "sparkplug"] = Field(
+        default="json",
+        description="the wire: Derrick's JSON contract, or Sparkplug B 3.0 (agent.sparkplug)",
+    )
     devices: list[Device] = Field(min_length=1)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     publish_window: int = Field(

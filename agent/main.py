@@ -22,6 +22,7 @@ from agent.outbox import Outbox
 from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
 from agent.publish import Publisher, announce_forever, status_payload
+from agent.sparkplug import SparkplugNode, publish_death
 from derrick.alarms.rules import load_rule_files
 from derrick.mqtt.client import MqttClient, MqttError
 from derrick.plumbing.cli import Program, run_until_signalled
@@ -105,16 +106,34 @@ class Agent:
         self.outbox = Outbox(config.agent.id, config.agent.site, self.spool)
         self.alarms: EdgeAlarms | None = None  # the last will says nothing of them
         self.status_topic = agent_status_topic(config.agent.id)
-        self.client = MqttClient(
-            config.broker,
-            client_id=config.agent.id,
-            will=(self.status_topic, self._status("offline")),
-        )
+        self.node: SparkplugNode | None = None
+        if config.format == "sparkplug":
+            # A clean session per connection, as Sparkplug wants: each one is numbered
+            # from its birth, so nothing of the last one may be sent again by paho.
+            self.client = MqttClient(
+                config.broker,
+                client_id=config.agent.id,
+                persistent=False,
+                will=lambda: self._node().will(),
+                resend_after_reconnect=False,
+            )
+            self.node = SparkplugNode(
+                config.agent.site, config.agent.id, config.devices, self.spool, self.client
+            )
+            self.outbox.encode_data = self.node.data
+        else:
+            self.client = MqttClient(
+                config.broker,
+                client_id=config.agent.id,
+                will=(self.status_topic, self._status("offline")),
+            )
         self.publisher = Publisher(
             self.spool,
             self.client,
             window=config.publish_window,
             ack_wait_s=config.publish_timeout_s,
+            stamp=self.node.stamp if self.node else None,
+            on_connected=self.node.births if self.node else None,
         )
         self.outbox.stored_callback = self.publisher.wake
         self.alarms = self._edge_alarms(config)
@@ -139,6 +158,10 @@ class Agent:
         self.health = AgentHealth(
             self.outbox, self.pollers, self.filters, self.publisher, self.client
         )
+
+    def _node(self) -> SparkplugNode:
+        assert self.node is not None
+        return self.node
 
     def _edge_alarms(self, config: AgentConfig) -> EdgeAlarms | None:
         """The alarm stage, when the config names rules to evaluate here."""
@@ -170,13 +193,18 @@ class Agent:
         )
 
     def _state(self, device: Device, state: DeviceState, reason: str) -> None:
-        endpoint = self.pollers[device.name].connection.endpoint
-        self.outbox.put_device_status(device.asset, device.name, state, reason, endpoint)
+        if self.node is not None:
+            self.node.device_state(device.name, state)
+        else:
+            endpoint = self.pollers[device.name].connection.endpoint
+            self.outbox.put_device_status(device.asset, device.name, state, reason, endpoint)
         if self.alarms is not None:
             self.alarms.device_state(device, state)
 
     async def run(self) -> None:
         async with self._resources as resources:
+            if self.node is not None:
+                await self.node.subscribe()
             await self.client.start()
             resources.push_async_callback(self._disconnect)
             for link in self.links.values():
@@ -202,11 +230,14 @@ class Agent:
     def _start_tasks(self, group: asyncio.TaskGroup) -> None:
         group.create_task(self.outbox.enforce_age_forever())
         group.create_task(self.publisher.run())
-        group.create_task(
-            announce_forever(self.client, self.status_topic, partial(self._status, "online"))
-        )
+        if self.node is not None:  # births and deaths are the node's
+            group.create_task(self.node.serve_commands())
+        else:
+            group.create_task(
+                announce_forever(self.client, self.status_topic, partial(self._status, "online"))
+            )
+            group.create_task(self._restate_forever())
         group.create_task(self.health.publish_forever(self.config.metrics_interval_s))
-        group.create_task(self._restate_forever())
         for device in self.config.devices:
             group.create_task(self._poll(device))
         if self.alarms is not None and self.config.alarms is not None:
@@ -266,7 +297,11 @@ class Agent:
             published=self.publisher.published,
             dropped=self.outbox.dropped_total(),
         )
-        await self.client.stop(final=(self.status_topic, self._status("offline")))
+        if self.node is not None:
+            await publish_death(self.client, self.node.death)
+            await self.client.stop()
+        else:
+            await self.client.stop(final=(self.status_topic, self._status("offline")))
 
 
 async def run(config: AgentConfig) -> None:

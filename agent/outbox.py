@@ -56,6 +56,8 @@ class Outbox:
         self.boot = uuid.uuid4().hex
         self.spool_dropped = {priority: 0 for priority in Priority}
         self.stored_callback: Callable[[], None] = lambda: None  # after every message stored
+        self.encode_data: Callable[[str, list[Reading]], tuple[str, bytes] | None] | None = None
+        """Sparkplug (:mod:`agent.sparkplug`): a device's readings -> (topic, payload)."""
         self._seq = 0
         self._dropping = False
         self._drop_reason = ""
@@ -65,6 +67,11 @@ class Outbox:
     # -- producers ----------------------------------------------------------------------
 
     def put_readings(self, asset: str, device: str, kind: str, readings: list[Reading]) -> None:
+        if self.encode_data is not None:
+            encoded = self.encode_data(device, readings)
+            if encoded is not None:
+                self.put(*encoded, Priority.TELEMETRY)
+            return
         message = Telemetry.model_construct(
             v=1,
             historical=False,

@@ -49,16 +49,24 @@ class Publisher:
         window: int = 20,
         ack_wait_s: float = 10.0,
         on_published: Callable[[Entry], None] | None = None,
+        stamp: Callable[[str, bytes, bool], bytes | None] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
+        """``stamp(topic, payload, historical)``: a stored message as it leaves (default:
+        the JSON contract's :func:`mark_historical` on replay; None drops it).
+        ``on_connected``: what goes out first on every connection (Sparkplug births)."""
         self.spool = spool
         self.client = client
         self.window = window
         self.ack_wait_s = ack_wait_s
         self.on_published = on_published or (lambda _entry: None)
+        self.stamp = stamp or _json_stamp
+        self.on_connected = on_connected or (lambda: None)
         self.published = 0
         self.replayed = 0
         self.latencies_ms: deque[float] = deque(maxlen=2048)
         self._inflight: dict[int, tuple[Entry, float]] = {}
+        self._sent_before: set[int] = set()  # sent on a connection that ended unconfirmed
         self._acked: list[int] = []
         self._retained_id: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -82,11 +90,17 @@ class Publisher:
         """Whether that message was handed to the broker and is not settled yet: it
         may have arrived, so it must not be taken back (:mod:`agent.alarms`). A backlog
         alarm message read to go first counts too: it is on its way."""
-        return entry_id in self._inflight or entry_id in self._acked or entry_id in self._early
+        return (
+            entry_id in self._inflight
+            or entry_id in self._acked
+            or entry_id in self._early
+            or entry_id in self._sent_before
+        )
 
     async def run(self) -> None:
         while True:
             await self.client.wait_connected(timeout=float("inf"))
+            self.on_connected()
             self._boundary = self._live_after = self.spool.last_id()
             self._backlog_after = 0
             self._early = {
@@ -124,6 +138,7 @@ class Publisher:
         """Remove acknowledged messages from the spool, in one transaction."""
         if self._acked:
             self.spool.remove(self._acked)
+            self._sent_before.difference_update(self._acked)
             self._acked = []
 
     def _fill(self) -> None:
@@ -162,7 +177,10 @@ class Publisher:
                 self._replaying = False
 
     def _send(self, entry: Entry, *, historical: bool) -> None:
-        payload = mark_historical(entry.payload) if historical else entry.payload
+        payload = self.stamp(entry.topic, entry.payload, historical)
+        if payload is None:  # nothing of it is left to send (the stamp logged why)
+            self._acked.append(entry.id)
+            return
         retain = entry.retain and self._retained_id.get(entry.topic, 0) < entry.id
         if retain:
             self._retained_id[entry.topic] = entry.id
@@ -180,7 +198,10 @@ class Publisher:
 
     def _on_puback(self, key: int, future: asyncio.Future[None]) -> None:
         entry, sent = self._inflight.pop(key, (None, 0.0))
-        if entry is None or future.cancelled():
+        if entry is None:
+            return
+        if future.cancelled():  # the client dropped it with its connection: send again
+            self._sent_before.add(key)
             return
         self._acked.append(key)
         self.published += 1
@@ -209,6 +230,10 @@ class Publisher:
         values = list(self.latencies_ms)
         self.latencies_ms.clear()
         return statistics.median(values), max(values)
+
+
+def _json_stamp(_topic: str, payload: bytes, historical: bool) -> bytes:
+    return mark_historical(payload) if historical else payload
 
 
 def status_payload(

@@ -206,9 +206,10 @@ class MqttClient:
         *,
         persistent: bool = True,
         manual_ack: bool = False,
-        will: tuple[str, bytes] | None = None,
+        will: tuple[str, bytes] | Callable[[], tuple[str, bytes, bool]] | None = None,
         inbox_size: int = 10_000,
         receive_maximum: int | None = None,
+        resend_after_reconnect: bool = True,
     ) -> None:
         if receive_maximum is not None and not 1 <= receive_maximum <= MAX_RECEIVE:
             raise ValueError(f"receive_maximum must be 1..{MAX_RECEIVE}")
@@ -257,7 +258,9 @@ class MqttClient:
         )
         self._client.max_inflight_messages_set(100)
         self._client.connect_timeout = settings.connect_timeout_s
-        if will:
+        self._will = will if callable(will) else None
+        self._resend = resend_after_reconnect
+        if will and not callable(will):
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.enable_logger(self._paho_logger())
         self._wire(self._client)
@@ -564,7 +567,10 @@ class MqttClient:
         else:
             self._loop.call_soon_threadsafe(func, *args)
 
-    def _on_pre_connect(self, _c: paho.Client, _ud: Any) -> None:
+    def _on_pre_connect(self, client: paho.Client, _ud: Any) -> None:
+        if self._will is not None:  # a will that changes per connection (Sparkplug NDEATH)
+            topic, payload, retain = self._will()
+            client.will_set(topic, payload, qos=1, retain=retain)
         self._call_in_loop(self._attempt_started)
 
     def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any, _p: Any) -> None:
@@ -575,10 +581,28 @@ class MqttClient:
                 text += " (check broker.username and the password)"
             self._attempt_failed(text, login)
             return
+        if not self._resend:
+            self._forget_unsent(client)
         mids = [client.subscribe(topic, qos)[1] for topic, qos in self._subscriptions.items()]
         self._subscribing(mids, True)
         self._accepted = True
         self._set_connected()
+
+    def _forget_unsent(self, client: paho.Client) -> None:
+        """Drop what paho would send again on this new connection; their futures are
+        cancelled, so the caller (whose spool still holds them) sends them itself.
+
+        For a Sparkplug edge node: each connection numbers its messages from its birth
+        on, so a message numbered in the last one must not arrive before the new birth.
+        paho keeps no public way to do this; its out-queue is cleared under its own lock
+        (paho is pinned below 3, see pyproject.toml). Runs in paho's CONNACK handling,
+        on the loop's thread, before paho resends."""
+        with client._out_message_mutex:
+            client._out_messages.clear()
+            client._inflight_messages = 0
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.cancel()
 
     def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _p: Any) -> None:
         self._call_in_loop(self._set_disconnected, str(reason))
