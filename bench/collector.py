@@ -89,7 +89,7 @@ STAGE_MESSAGES = 5000
 COLLECTOR_ID = "bench-collector"
 
 
-def message(site: str, seq: int, ts_ns: int) -> Telemetry:
+def message(site: str, seq: int, ts_ns: int, tags: int = TAGS) -> Telemetry:
     return Telemetry(
         site=site,
         asset="crane-01",
@@ -99,16 +99,17 @@ def message(site: str, seq: int, ts_ns: int) -> Telemetry:
         boot="b",
         seq=seq,
         readings=[
-            Reading(tag=f"t{i}", value=seq + i / 10, unit="t", ts_ns=ts_ns) for i in range(TAGS)
+            Reading(tag=f"t{i}", value=seq + i / 10, unit="t", ts_ns=ts_ns) for i in range(tags)
         ],
     )
 
 
-def payloads(site: str, count: int = MESSAGES) -> list[bytes]:
-    """``count`` messages 1 ms apart (VictoriaMetrics stores milliseconds), ending now."""
+def payloads(site: str, count: int = MESSAGES, tags: int = TAGS) -> list[bytes]:
+    """``count`` messages of ``tags`` readings 1 ms apart (VictoriaMetrics stores
+    milliseconds), ending now."""
     base = time.time_ns() - count * 1_000_000
     return [
-        message(site, seq, base + seq * 1_000_000).model_dump_json().encode()
+        message(site, seq, base + seq * 1_000_000, tags).model_dump_json().encode()
         for seq in range(count)
     ]
 
