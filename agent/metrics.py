@@ -73,6 +73,8 @@ class AgentHealth:
             readings_published=self.filters[name].published,
             last_cycle_ms=round(counters.last_cycle_ms, 3),
             last_cycle_requests=counters.last_cycle_requests,
+            poll_overruns=counters.poll_overruns,
+            overrunning=tuple(poller.overrunning),
         )
 
     async def publish_forever(self, interval_s: float) -> None:

@@ -17,6 +17,11 @@ with jitter, then lets one probe cycle through.
 A span the device refuses with exception 02 (illegal data address) is split in two and
 read again at once; the split is remembered for the rest of the run, so a hole in the
 map costs one extra request per cycle, not a refused span every cycle.
+
+A group whose cycle outlasts its interval cannot keep it: the due times that passed
+meanwhile are skipped (the group stays on its grid, never runs back to back to catch
+up), counted (``poll_overruns``) and logged once when the overrun starts and once when
+the group has kept its interval for ``OVERRUN_CLEAR_CYCLES`` cycles in a row again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from derrick.wire.payloads import DeviceState, Reading, now_ns
 log = structlog.get_logger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 2
+OVERRUN_CLEAR_CYCLES = 3
+"""Cycles in a row on time that end a group's overrun (a group on the edge logs once)."""
 ReadingsSink = Callable[[list[Reading]], None]  # the next stage: FilterStage.put
 StateSink = Callable[[DeviceState, str], None]
 
@@ -52,6 +59,8 @@ class PollCounters:
     readings: int = 0
     last_cycle_ms: float = 0.0
     last_cycle_requests: int = 0
+    poll_overruns: int = 0
+    """Due times of any group skipped because the cycle before ran past them (device up)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +98,12 @@ class PollGroup:
     interval_s: float
     plan: list[ReadRequest]
     due: float = 0.0
+    overrun: bool = False
+    """Cannot keep its interval: set at the first skipped due time, cleared after
+    OVERRUN_CLEAR_CYCLES cycles in a row on time."""
+    overrun_since: float = 0.0
+    overrun_skipped: int = 0  # due times skipped in the current overrun
+    on_time: int = 0  # cycles in a row on time during an overrun
 
 
 @dataclass(slots=True)
@@ -127,6 +142,11 @@ class DevicePoller:
     def requests_per_cycle(self) -> int:
         return sum(len(group.plan) for group in self.groups)
 
+    @property
+    def overrunning(self) -> list[str]:
+        """Groups that cannot keep their interval now."""
+        return [group.name for group in self.groups if group.overrun]
+
     async def run(self) -> None:
         """Poll every group on its own schedule; a late cycle skips ahead, never bunches up."""
         loop = asyncio.get_running_loop()
@@ -136,17 +156,60 @@ class DevicePoller:
         try:
             while True:
                 await asyncio.sleep(max(0.0, min(g.due for g in self.groups) - loop.time()))
-                now = loop.time()
-                due = [g for g in self.groups if g.due <= now]
+                started = loop.time()
+                due = [g for g in self.groups if g.due <= started]
                 self.sink(await self.poll_once(due))
                 now = loop.time()
                 for group in due:
-                    group.due += group.interval_s
-                    if group.due < now:
-                        group.due = now + group.interval_s - (now - group.due) % group.interval_s
+                    self.reschedule(group, started, now)
         finally:
             if not self.shares_link:
                 self.connection.close()
+
+    def reschedule(self, group: PollGroup, started: float, now: float) -> None:
+        """Set ``group.due`` after its cycle that started at ``started`` and ended ``now``.
+
+        The next due time is one interval after the last; due times already past are
+        skipped (the group keeps its phase, a late cycle never bunches up), counted, and
+        start an overrun. Only cycles of a device that is up are judged: a down device's
+        cycles wait out timeouts and its breaker, and its state says so already.
+        """
+        interval = group.interval_s
+        group.due += interval
+        skipped = 0
+        if group.due < now:
+            skipped = int((now - group.due) // interval) + 1
+            group.due += skipped * interval
+        if self.state is not DeviceState.UP:
+            return
+        if skipped:
+            self.counters.poll_overruns += skipped
+            group.on_time = 0
+            group.overrun_skipped += skipped
+            if not group.overrun:
+                group.overrun, group.overrun_since = True, started
+                log.warning(
+                    "poll overrun",
+                    device=self.device.name,
+                    group=group.name,
+                    interval_s=interval,
+                    cycle_s=round(now - started, 3),
+                    period_s=round(group.due - started, 3),
+                    skipped=skipped,
+                )
+        elif group.overrun:
+            group.on_time += 1
+            if group.on_time >= OVERRUN_CLEAR_CYCLES:
+                log.info(
+                    "poll overrun ended",
+                    device=self.device.name,
+                    group=group.name,
+                    interval_s=interval,
+                    cycle_s=round(now - started, 3),
+                    overrun_s=round(now - group.overrun_since, 3),
+                    skipped=group.overrun_skipped,
+                )
+                group.overrun, group.on_time, group.overrun_skipped = False, 0, 0
 
     async def poll_once(self, groups: list[PollGroup] | None = None) -> list[Reading]:
         """Read the spans of ``groups`` (default: all) once; never raises for a device fault."""

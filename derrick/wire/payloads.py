@@ -234,6 +234,10 @@ class DeviceCounters(_Frozen):
     readings_published: Count = 0
     last_cycle_ms: Finite = 0.0
     last_cycle_requests: Count = 0
+    poll_overruns: Count = 0
+    """Polls skipped because the cycle before ran past their due time (all groups)."""
+    overrunning: tuple[Ident, ...] = ()
+    """Poll groups that cannot keep their interval now."""
 
 
 class QueueMetrics(_Frozen):
