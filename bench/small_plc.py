@@ -7,9 +7,10 @@ int16, a uint32, three bits of a holding register and two coils), four Modbus re
 per poll, one telemetry message of 11 readings per poll. Real parts: derrick-sim (the
 generic model, values wandering so every poll differs), mosquitto, the agent as its own
 process with its SQLite spool, every tag published every poll (the profile has no
-deadband or heartbeat, as bench100), polled every 0.5 s; a tap subscribed to
-``derrick/v1/#`` records what reaches the broker. After the first readings and a
-warm-up, one window of ``BENCH_SECONDS`` is measured. Prints ``name: value unit`` lines:
+deadband or heartbeat, as bench100), polled every 0.5 s; a tap subscribed to ``#``
+records what reaches the broker (only the agent publishes there: ``derrick/v1/...``, and
+``spBv1.0/...`` in Sparkplug). After the first readings and a warm-up, one window of
+``BENCH_SECONDS`` is measured. Prints ``name: value unit`` lines:
 
 * ``agent_cpu_us_per_reading_small``: agent CPU time (utime + stime from /proc, all
   threads) per reading published in the window;
@@ -24,12 +25,13 @@ warm-up, one window of ``BENCH_SECONDS`` is measured. Prints ``name: value unit`
 * ``wire_bytes_per_reading_json``: bytes on the wire per reading: every MQTT message the
   agent published in the window (telemetry, and the device status, agent metrics and
   events it sends among them, amortised over the readings; births fall before the
-  window), each counted as the QoS 1 PUBLISH packet MQTT 3.1.1 sends (the agent's
-  protocol): fixed header 1 byte + remaining length 1-4 bytes (2 bytes in all below 128
-  bytes of topic and payload, 3 below 16 kB) + topic length 2 + topic + packet id 2 +
-  payload. Not counted: the broker's PUBACKs (4 bytes per message), TCP/IP headers,
-  TLS; ``wire_bytes_per_telemetry_message_json`` and ``wire_share_other_json`` (the
-  share of the bytes that is not telemetry) for a reader;
+  window), each counted as a QoS 1 PUBLISH packet of MQTT 3.1.1 (the agent's protocol;
+  a QoS 0 message, as Sparkplug's DBIRTH, has 2 bytes less): fixed header 1 byte +
+  remaining length 1-4 bytes (2 bytes in all below 128 bytes of topic and payload, 3
+  below 16 kB) + topic length 2 + topic + packet id 2 + payload. Not counted: the
+  broker's PUBACKs (4 bytes per message), TCP/IP headers, TLS. For a reader:
+  ``wire_bytes_per_telemetry_message_json`` and ``wire_share_other_json`` (the share of
+  the bytes that is not telemetry; Sparkplug's telemetry is its DDATA);
 * ``cpu_us_per_reading_small_{mosquitto,sim}``: mosquitto's and the simulator's CPU per
   reading in the window, so a reader can judge the machine; the machine-speed yardstick
   is bench/simulator_fleet.py's ``sim_fleet_cpu_ms_per_poll`` (a separate bench, not
@@ -37,11 +39,11 @@ warm-up, one window of ``BENCH_SECONDS`` is measured. Prints ``name: value unit`
 * ``load_average``: the machine's 1-minute load at the start and at the end.
 
 ``BENCH_FORMATS`` (``json``) lists wire formats to run the same scenario with, one agent
-run each (:func:`run_scenario`): any other than ``json`` is set as the agent config's
-``format`` key, and every figure of that run gets the suffix ``_<format>``
-(``wire_bytes_per_reading_<format>``); the readings of its telemetry are counted by its
-entry in :data:`READINGS`. An agent whose config refuses the format is skipped with a
-note on stderr (no agent takes a ``format`` key yet).
+run each (:func:`run_scenario`), each set as the agent config's ``format`` key;
+``json,sparkplug`` adds ``wire_bytes_per_reading_sparkplug``. Every figure of a run other
+than json gets the suffix ``_<format>``; its telemetry is told apart and its readings
+counted by its entry in :data:`FORMATS_READ`. A format the agent's config refuses is
+skipped with a note on stderr.
 
 Environment: ``BENCH_SECONDS`` (60), ``BENCH_WARMUP_S`` (5), ``BENCH_SMALL_DEVICES``
 (20), ``BENCH_SMALL_INTERVAL_S`` (0.5), ``BENCH_FORMATS`` (``json``, comma-separated);
@@ -57,6 +59,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,6 +70,7 @@ from bench.collector import profiled
 from derrick.plc.profile import load_profile
 from derrick.plumbing import logs
 from derrick.plumbing.configfile import ConfigError
+from derrick.wire import sparkplug
 from derrick.wire.payloads import AgentMetrics
 from derrick.wire.topics import TOPIC_ROOT, agent_metrics_topic
 from devstack.programs import Program, wait_for, write_yaml
@@ -82,15 +86,31 @@ FORMATS = [f.strip() for f in os.environ.get("BENCH_FORMATS", "json").split(",")
 AGENT_ID = "gw-small"
 
 
-def json_readings(messages: Sequence[Received]) -> int:
-    return sum(
-        len(json.loads(m.payload)["readings"]) for m in messages if m.topic.endswith("/telemetry")
-    )
+@dataclass(frozen=True)
+class WireFormat:
+    """How to read one wire format off the tap: which topics are telemetry, and how many
+    readings a telemetry payload holds."""
+
+    is_telemetry: Callable[[str], bool]
+    readings_of: Callable[[bytes], int]
+
+    def telemetry(self, messages: Sequence[Received]) -> list[Received]:
+        return [m for m in messages if self.is_telemetry(m.topic)]
+
+    def readings(self, messages: Sequence[Received]) -> int:
+        return sum(self.readings_of(m.payload) for m in self.telemetry(messages))
 
 
-READINGS: dict[str, Callable[[Sequence[Received]], int]] = {"json": json_readings}
-"""Wire format -> readings in the tapped telemetry of that format (another format adds
-its decoder here)."""
+FORMATS_READ = {
+    "json": WireFormat(
+        lambda topic: topic.startswith(f"{TOPIC_ROOT}/") and topic.endswith("/telemetry"),
+        lambda payload: len(json.loads(payload)["readings"]),
+    ),
+    "sparkplug": WireFormat(
+        lambda topic: topic.startswith(f"{sparkplug.NAMESPACE}/") and "/DDATA/" in topic,
+        lambda payload: len(sparkplug.decode_payload(payload).metrics),
+    ),
+}
 
 
 def publish_packet_bytes(topic: str, payload: bytes) -> int:
@@ -141,7 +161,7 @@ def agent_settings(fmt: str, broker_port: int, base: int, work: Path) -> dict:
         "metrics_interval_s": 5,
         "log": {"format": "json", "level": "warning"},
     }
-    if fmt != "json":  # the hook for other wire formats: no agent takes the key yet
+    if fmt != "json":
         settings["format"] = fmt
     return settings
 
@@ -158,7 +178,7 @@ def run_scenario(fmt: str, work: Path) -> dict[str, float] | None:
         except ConfigError as exc:
             sys.stderr.write(f"# format {fmt}: the agent refuses its config, skipped: {exc}\n")
             return None
-        count_readings = READINGS[fmt]
+        wire_format = FORMATS_READ[fmt]
         sim = Program(
             "sim",
             ["--profile", PROFILE, "--count", str(DEVICES), "--port", str(base),
@@ -166,14 +186,14 @@ def run_scenario(fmt: str, work: Path) -> dict[str, float] | None:
             work / "sim.log",
         ).start()  # fmt: skip
         try:
-            with Tap(broker.port, f"{TOPIC_ROOT}/#") as tap:
+            with Tap(broker.port, "#") as tap:
                 agent = Program("agent", ["--config", str(config)], work / "agent.log").start()
                 assert agent.process is not None and sim.process is not None
                 assert broker.pid is not None
                 pids = {"agent": agent.process.pid, "mosquitto": broker.pid}
                 pids["sim"] = sim.process.pid
                 wait_for(
-                    lambda: count_readings(tap.messages()) > 0,
+                    lambda: wire_format.readings(tap.messages()) > 0,
                     60,
                     "first readings",
                     program=agent,
@@ -191,7 +211,7 @@ def run_scenario(fmt: str, work: Path) -> dict[str, float] | None:
                 agent.stop()
         finally:
             sim.stop()
-    readings = count_readings(window)
+    readings = wire_format.readings(window)
     metrics = metrics_in(window)
     if len(metrics) < 2:
         raise RuntimeError(f"{len(metrics)} agent metrics messages in the window: make it longer")
@@ -200,7 +220,7 @@ def run_scenario(fmt: str, work: Path) -> dict[str, float] | None:
     cycles = counter_delta(first, last, "cycles_ok") + counter_delta(first, last, "cycles_failed")
     per_reading = requests / counter_delta(first, last, "readings_published")
     used = {name: cpu1[name] - cpu0[name] for name in pids}
-    telemetry = [m for m in window if m.topic.endswith("/telemetry")]
+    telemetry = wire_format.telemetry(window)
     wire = sum(publish_packet_bytes(m.topic, m.payload) for m in window)
     wire_telemetry = sum(publish_packet_bytes(m.topic, m.payload) for m in telemetry)
     return {
