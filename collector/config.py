@@ -172,6 +172,30 @@ class IngestSettings(StrictModel):
         return Window(day_ns(self.ts_min), day_ns(self.ts_max))
 
 
+class SparkplugHostSettings(StrictModel):
+    """Reading Sparkplug B edge nodes (collector.sparkplug), beside the JSON contract."""
+
+    enabled: bool = Field(default=True, description="subscribe to spBv1.0 births, data, deaths")
+    reorder_s: float = Field(
+        default=2.0, gt=0, le=60, description="a seq gap not filled this long asks for a rebirth"
+    )
+    rebirth_every_s: float = Field(
+        default=10.0, gt=0, le=3600, description="at most one rebirth request per node this often"
+    )
+    hold_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="data waiting for its device's birth this long is dead-lettered",
+    )
+    max_held: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="data messages held unacknowledged for a birth, at most",
+    )
+
+
 class CollectorIdentity(StrictModel):
     id: Ident = Field(description="MQTT client id; keep it stable so the session persists")
     group: Ident | None = Field(
@@ -204,6 +228,7 @@ class CollectorConfig(StrictModel):
     influx: InfluxSettings
     batch: BatchSettings = BatchSettings()
     ingest: IngestSettings = IngestSettings()
+    sparkplug: SparkplugHostSettings = SparkplugHostSettings()
     alarms: AlarmSettings = AlarmSettings()
     spool: SpoolSettings = SpoolSettings(max_mb=1024)
     dead_letter: DeadLetterSettings = DeadLetterSettings()

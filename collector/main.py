@@ -39,6 +39,7 @@ from collector.loss import LossWatch
 from collector.receive import Receiver
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
+from collector.sparkplug import SparkplugHost
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
 from derrick.alarms.rules import BROKER_RULE, GAP_RULE
@@ -48,6 +49,8 @@ from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
 from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, now_ns
+from derrick.wire.sparkplug import DATA_SUBSCRIPTION as SPARKPLUG_DATA
+from derrick.wire.sparkplug import SESSION_SUBSCRIPTIONS as SPARKPLUG_SESSION
 from derrick.wire.topics import (
     AGENT_METRICS_SUBSCRIPTION,
     AGENT_STATUS_SUBSCRIPTION,
@@ -98,6 +101,7 @@ async def report_forever(
             stats.seq_gaps, stats.seq_duplicates = sequences.gaps, sequences.duplicates
         if receiver is not None:
             receiver.report_losses()
+            receiver.expire_held(time.monotonic())
         stats.dead_letters = dead_letters.counts.get("written", 0)
         if alarms is not None:
             stats.alarms_raised = alarms.counts["announced"]
@@ -370,6 +374,30 @@ class Collector:
             losses=losses,
             loss_settle_s=config.ingest.loss_settle_s,
             loss_alarms=alarms,
+            sparkplug=self._sparkplug_host(tracked and alarm_client is None),
+        )
+
+    def _sparkplug_host(self, tracks_seq: bool) -> SparkplugHost | None:
+        """The Sparkplug B host (collector.sparkplug); its rebirth requests go out on the
+        storage session. Sequence gaps are watched where the session sees whole streams."""
+        settings = self.config.sparkplug
+        if not settings.enabled:
+            return None
+
+        def request_rebirth(topic: str, payload: bytes) -> None:
+            try:
+                self.client.publish_nowait(topic, payload, qos=0)
+            except MqttError as exc:
+                log.warning("rebirth request not sent", topic=topic, reason=str(exc))
+
+        return SparkplugHost(
+            self.spool,
+            request_rebirth,
+            tracks_seq=tracks_seq,
+            reorder_s=settings.reorder_s,
+            rebirth_every_s=settings.rebirth_every_s,
+            hold_s=settings.hold_s,
+            max_held=settings.max_held,
         )
 
     def _ingest_health(self) -> dict[str, object]:
@@ -393,6 +421,12 @@ class Collector:
             CONDITION_SUBSCRIPTION,
         ):
             await client.subscribe(shared(group, subscription), qos=1)
+        if self.config.sparkplug.enabled:
+            # Data is shared in a group; births and deaths reach every member, which
+            # each need the alias tables (what they store twice is the same points).
+            await client.subscribe(shared(group, SPARKPLUG_DATA), qos=1)
+            for subscription in SPARKPLUG_SESSION:
+                await client.subscribe(subscription, qos=1)
         if self.config.ingest.broker_drops:
             await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
         if self.alarms is not None:

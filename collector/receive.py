@@ -22,6 +22,10 @@ Each session parses a message's topic once (:func:`derrick.wire.topics.parse_top
 routes on its kind; the storage session rejects a topic outside the scheme as kind
 ``topic``.
 
+Sparkplug B (``spBv1.0/...``) is read by :class:`collector.sparkplug.SparkplugHost`
+into the same messages, then checked, stored and fed to the alarms like JSON telemetry
+(the storage session; see that module for births, held data and rebirth requests).
+
 Lost messages (:mod:`collector.loss`): the broker's drop counter (``$SYS``) and agent
 metrics reporting an empty spool while messages of theirs are missing raise the
 built-in loss alarms (or, without alarm rules, an error in the log).
@@ -46,18 +50,21 @@ from collector.lineproto import encode_agent_metrics, encode_device_status, enco
 from collector.loss import LossWatch
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
+from collector.sparkplug import Decoded, Refused, SparkplugHost, Unreadable
 from collector.stats import Stats
 from collector.store import Batchable
 from collector.validate import (
     DEFAULT_WINDOW,
     Rejected,
     Window,
+    check_readings,
     classify,
     validate_condition,
     validate_telemetry,
 )
 from derrick.alarms.engine import ConditionChange
 from derrick.mqtt.client import InboundMessage, MqttClient, MqttError
+from derrick.wire import sparkplug as sp
 from derrick.wire.payloads import (
     AgentMetrics,
     AgentStatus,
@@ -83,6 +90,7 @@ from derrick.wire.topics import (
 log = structlog.get_logger(__name__)
 
 TOPIC = "topic"  # the collector.validate kind of a topic outside the scheme
+_SPARKPLUG = sp.NAMESPACE + "/"
 INTERNAL = "internal"
 POISON = "poison"
 MAX_REASON = 300
@@ -110,6 +118,8 @@ class Receiver:
     loss_settle_s: float = 5.0
     loss_alarms: AlarmService | None = None
     """Where loss conditions go (either session's alarm service)."""
+    sparkplug: SparkplugHost | None = None
+    """Reads Sparkplug B edge nodes; None: their topics are not subscribed."""
 
     def __post_init__(self) -> None:
         self._alarm_failure = ""
@@ -189,6 +199,9 @@ class Receiver:
     # -- the storage session -----------------------------------------------------------
 
     async def _handle(self, inbound: InboundMessage) -> None:
+        if inbound.topic.startswith(_SPARKPLUG):
+            await self._sparkplug(inbound)
+            return
         try:
             topic = parse_topic(inbound.topic)
         except TopicError as exc:
@@ -221,6 +234,62 @@ class Receiver:
         if self.alarms is not None:
             self._evaluate(inbound.topic, self.alarms.observe_telemetry, result)
         await self.store_queue.put(Batchable(lines, inbound))
+
+    async def _sparkplug(self, inbound: InboundMessage) -> None:
+        """An edge node's message: read by the host, then stored like JSON telemetry;
+        one that waits for its device's birth is held, unacknowledged."""
+        try:
+            topic = sp.parse_sparkplug_topic(inbound.topic)
+        except TopicError as exc:
+            self._reject(self.client, inbound, Rejected(str(exc), TOPIC))
+            return
+        host = self.sparkplug
+        if host is None or not isinstance(topic, sp.SparkplugTopic):
+            self.client.ack(inbound)  # a host's STATE: nothing to store
+            return
+        now_s = time.monotonic()
+        outcome = host.read(topic, inbound.payload, now_s, now_ns())
+        if isinstance(outcome, Refused):
+            self._reject(self.client, inbound, Rejected(outcome.reason, outcome.kind))
+        elif isinstance(outcome, Unreadable):
+            if not host.hold(inbound, now_s, outcome.why):
+                why = f"{outcome.why}, and {host.max_held} messages already wait for births"
+                self._reject(self.client, inbound, Rejected(why, "schema"))
+        else:
+            await self._store_decoded(inbound, outcome)
+        if topic.type is sp.MessageType.DBIRTH and topic.device is not None:
+            for held in host.released(topic.group, topic.node, topic.device):
+                await self._sparkplug(held)
+        self.expire_held(now_s)
+
+    def expire_held(self, now_s: float) -> None:
+        """Dead-letter data that waited ``sparkplug.hold_s`` for a birth in vain."""
+        if self.sparkplug is not None:
+            for held, why in self.sparkplug.expired(now_s):
+                self._reject(self.client, held, Rejected(why, "schema"))
+
+    async def _store_decoded(self, inbound: InboundMessage, decoded: Decoded) -> None:
+        lines: list[str] = []
+        telemetry = decoded.telemetry
+        if telemetry is not None:
+            checked = check_readings(telemetry, self.window, self.fields)
+            if isinstance(checked, Rejected):
+                self._reject(self.client, inbound, checked)
+                return
+            lines += encode_telemetry(checked)
+            self.stats.readings += len(checked.readings)
+            if self.alarms is not None:
+                self._evaluate(inbound.topic, self.alarms.observe_telemetry, checked)
+        for status in decoded.statuses:
+            lines.append(encode_device_status(status))
+            if self.alarms is not None:
+                self._evaluate(inbound.topic, self.alarms.observe_device, status)
+        if decoded.agent is not None and self.alarms is not None:
+            self.alarms.observe_agent(decoded.agent)
+        if lines:
+            await self.store_queue.put(Batchable(lines, inbound))
+        else:
+            self.client.ack(inbound)
 
     async def _status_or_metrics(
         self, inbound: InboundMessage, topic: DeviceStatusTopic | AgentMetricsTopic

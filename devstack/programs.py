@@ -170,9 +170,11 @@ def start_pipeline(
     metrics_interval_s: float = 30,
     alarms: dict | None = None,
     site: str | None = None,
+    wire: str = "json",
 ) -> Pipeline:
     """Agent and collector (with the shipped crane rules, and ``alarms`` settings on
-    top) for a fresh site name, so runs sharing a broker and InfluxDB never mix."""
+    top) for a fresh site name, so runs sharing a broker and InfluxDB never mix.
+    ``wire``: the agent's ``format`` (json or sparkplug)."""
     site = site or f"t{uuid.uuid4().hex[:8]}"
     broker = {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 2}
     agent_cfg = write_yaml(
@@ -180,6 +182,7 @@ def start_pipeline(
         {
             "agent": {"id": f"gw-{site}", "site": site},
             "broker": broker,
+            "format": wire,
             "devices": [
                 {
                     "name": "lmi",

@@ -45,6 +45,15 @@ from derrick.wire.topics import TopicError
 
 NAMESPACE = "spBv1.0"
 SUBSCRIPTION = f"{NAMESPACE}/#"
+DATA_SUBSCRIPTION = f"{NAMESPACE}/+/DDATA/+/+"
+"""What a host reads as data (shared among the collectors of a group)."""
+SESSION_SUBSCRIPTIONS = (
+    f"{NAMESPACE}/+/NBIRTH/+",
+    f"{NAMESPACE}/+/NDEATH/+",
+    f"{NAMESPACE}/+/DBIRTH/+/+",
+    f"{NAMESPACE}/+/DDEATH/+/+",
+)
+"""Births and deaths: every host needs them all (alias tables, who is online)."""
 
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"

@@ -1,0 +1,217 @@
+"""The collector as a Sparkplug B host (collector.sparkplug): the same lines as the JSON
+path for the same readings, births and deaths as device and agent state, data held
+for a birth, rebirth requests, alias tables kept across a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import Device
+from agent.sparkplug import SparkplugNode
+from collector.lineproto import encode_telemetry
+from collector.sparkplug import Decoded, Refused, SparkplugHost, Unreadable, field_name
+from collector.validate import DEFAULT_WINDOW, check_readings, validate
+from derrick.mqtt.client import InboundMessage
+from derrick.spool.store import Spool
+from derrick.wire import sparkplug as sp
+from derrick.wire.payloads import DeviceState, Quality, Reading, Telemetry
+
+T0 = 1_764_800_000_123_000_000
+
+
+class Client:
+    """What SparkplugNode needs of the MQTT client: births are recorded, not sent."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def publish_nowait(self, topic: str, payload: bytes, **_kw: object) -> None:
+        self.sent.append((topic, payload))
+
+
+def crane(name: str = "lmi") -> Device:
+    return Device.model_validate(
+        {"name": name, "asset": "crane-01", "profile": "crane", "host": "127.0.0.1"}
+    )
+
+
+def spool(path: Path) -> Spool:
+    return Spool(path / "spool.db", 1 << 20, 3600.0)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> SparkplugNode:
+    agent_spool = spool(tmp_path / "agent")
+    node = SparkplugNode("site1", "gw-1", [crane()], agent_spool, Client())  # type: ignore[arg-type]
+    node.bdseq = 3
+    node.state["lmi"] = DeviceState.UP
+    return node
+
+
+def every_kind_of_reading(device: Device) -> list[Reading]:
+    """One reading per crane tag, of the register's own type; some bad or stale."""
+    readings = []
+    for i, reg in enumerate(device.selected_registers):
+        ts = T0 + (i % 3) * 1_000_000
+        if reg.type in {"bool", "bit"}:
+            value: object = i % 2 == 0
+        elif reg.type == "float32":
+            value = [12.300000190734863, -0.5, 1e6][i % 3]
+        elif reg.scale != 1.0:
+            value = round(i * 10.1, 1)
+        else:
+            value = i * 1000
+        quality = Quality.GOOD
+        if i == 4:
+            value, quality = None, Quality.BAD
+        if i == 7:
+            quality = Quality.STALE
+        readings.append(Reading(tag=reg.tag, value=value, unit=reg.unit, quality=quality, ts_ns=ts))  # type: ignore[arg-type]
+    return readings
+
+
+def births(node: SparkplugNode) -> list[tuple[str, bytes]]:
+    node.client.sent.clear()  # type: ignore[attr-defined]
+    node.births()
+    return list(node.client.sent)  # type: ignore[attr-defined]
+
+
+def host_for(tmp_path: Path, asked: list[str] | None = None) -> SparkplugHost:
+    requests = asked if asked is not None else []
+    return SparkplugHost(spool(tmp_path / "collector"), lambda topic, _p: requests.append(topic))
+
+
+def feed(host: SparkplugHost, topic: str, payload: bytes, now_s: float = 0.0):
+    parsed = sp.parse_sparkplug_topic(topic)
+    assert isinstance(parsed, sp.SparkplugTopic)
+    return host.read(parsed, payload, now_s, T0)
+
+
+def test_the_same_readings_are_the_same_lines_on_both_wires(tmp_path, node):
+    device = crane()
+    readings = every_kind_of_reading(device)
+    json_message = Telemetry(
+        site="site1",
+        asset="crane-01",
+        device="lmi",
+        kind="crane",
+        agent="gw-1",
+        boot="b",
+        seq=0,
+        readings=readings,
+    )
+    topic = "derrick/v1/site1/crane-01/lmi/telemetry"
+    via_json = validate(topic, json_message.model_dump_json().encode())
+    assert isinstance(via_json, Telemetry)
+
+    host = host_for(tmp_path)
+    for birth_topic, payload in births(node):
+        assert isinstance(feed(host, birth_topic, payload), Decoded)
+    data_topic, payload = node.data("lmi", readings)  # type: ignore[misc]
+    decoded = feed(host, data_topic, sp.with_seq(payload, 2))
+    assert isinstance(decoded, Decoded)
+    assert decoded.telemetry is not None
+    via_sparkplug = check_readings(decoded.telemetry, DEFAULT_WINDOW, None)
+    assert isinstance(via_sparkplug, Telemetry)
+    assert encode_telemetry(via_sparkplug) == encode_telemetry(via_json)
+
+
+def test_births_and_deaths_are_device_and_agent_state(tmp_path, node):
+    host = host_for(tmp_path)
+    (nbirth_topic, nbirth), (dbirth_topic, dbirth) = births(node)
+    born = feed(host, nbirth_topic, nbirth)
+    assert isinstance(born, Decoded)
+    assert born.agent is not None
+    assert (born.agent.agent, born.agent.state, born.agent.site) == ("gw-1", "online", "site1")
+    device_born = feed(host, dbirth_topic, dbirth)
+    assert isinstance(device_born, Decoded)
+    assert [(s.device, s.asset, s.state) for s in device_born.statuses] == [
+        ("lmi", "crane-01", DeviceState.UP)
+    ]
+    stale = sp.encode_node_death(2, T0)  # an older connection's will
+    ndeath = sp.sparkplug_topic("site1", sp.MessageType.NDEATH, "gw-1")
+    assert feed(host, ndeath, stale) == Decoded()
+    died = feed(host, ndeath, sp.encode_node_death(3, T0))
+    assert isinstance(died, Decoded)
+    assert died.agent is not None
+    assert died.agent.state == "offline"
+    assert [(s.device, s.state) for s in died.statuses] == [("lmi", DeviceState.DOWN)]
+
+
+def test_data_before_its_birth_asks_for_a_rebirth_once_and_waits(tmp_path, node):
+    asked: list[str] = []
+    host = host_for(tmp_path, asked)
+    data_topic, payload = node.data("lmi", every_kind_of_reading(crane()))  # type: ignore[misc]
+    for now in (0.0, 1.0):
+        outcome = feed(host, data_topic, sp.with_seq(payload, 5), now)
+        assert isinstance(outcome, Unreadable)
+        assert "no DBIRTH" in outcome.why
+    assert asked == ["spBv1.0/site1/NCMD/gw-1"]  # once per rebirth_every_s
+    inbound = InboundMessage(data_topic, payload, 1, 7, False, False)
+    assert host.hold(inbound, 0.0, "no birth")
+    assert host.expired(10.0) == []
+    (_, dbirth_topic_payload) = births(node)
+    assert isinstance(feed(host, *dbirth_topic_payload), Decoded)
+    assert host.released("site1", "gw-1", "lmi") == [inbound]
+    assert host.held == 0
+
+
+def test_held_data_without_a_birth_expires_with_the_reason(tmp_path):
+    host = SparkplugHost(None, lambda *_a: None, hold_s=5.0)
+    inbound = InboundMessage("spBv1.0/s/DDATA/n/d", b"", 1, 7, False, False)
+    host.hold(inbound, 0.0, "no DBIRTH of d seen yet")
+    assert host.expired(4.9) == []
+    ((message, why),) = host.expired(5.0)
+    assert message is inbound
+    assert why == "no DBIRTH of d seen yet within 5 s"
+
+
+def test_a_sequence_gap_not_filled_in_time_asks_for_a_rebirth(tmp_path, node):
+    asked: list[str] = []
+    host = SparkplugHost(None, lambda topic, _p: asked.append(topic), reorder_s=2.0)
+    for topic, payload in births(node):
+        feed(host, topic, payload)
+    data_topic, payload = node.data("lmi", every_kind_of_reading(crane()))  # type: ignore[misc]
+    feed(host, data_topic, sp.with_seq(payload, 2), 0.0)
+    feed(host, data_topic, sp.with_seq(payload, 4), 0.5)  # 3 is missing
+    assert asked == []
+    feed(host, data_topic, sp.with_seq(payload, 5), 1.0)
+    assert asked == []
+    feed(host, data_topic, sp.with_seq(payload, 6), 2.6)
+    assert asked == ["spBv1.0/site1/NCMD/gw-1"]
+
+
+def test_alias_tables_outlive_a_collector_restart(tmp_path, node):
+    host = host_for(tmp_path)
+    for topic, payload in births(node):
+        feed(host, topic, payload)
+    host.spool.close()  # type: ignore[union-attr]
+    restarted = host_for(tmp_path)
+    data_topic, payload = node.data("lmi", every_kind_of_reading(crane()))  # type: ignore[misc]
+    decoded = feed(restarted, data_topic, sp.with_seq(payload, 9))
+    assert isinstance(decoded, Decoded)
+    assert decoded.telemetry is not None
+    assert decoded.telemetry.asset == "crane-01"
+
+
+def test_a_third_party_names_become_field_keys_and_bad_ids_are_refused(tmp_path):
+    assert field_name("Inputs/Temperature") == "Inputs.Temperature"
+    assert field_name("Motor speed (rpm)") == "Motor_speed__rpm_"
+    assert field_name("ok_name-1.2") == "ok_name-1.2"
+    host = SparkplugHost(None, lambda *_a: None)
+    birth = sp.pb.Payload(timestamp=T0 // 1_000_000, seq=1)
+    birth.metrics.add(name="Inputs/Temperature", alias=1, datatype=10, double_value=20.5)
+    decoded = feed(host, "spBv1.0/plant/DBIRTH/edge1/sensor1", birth.SerializeToString())
+    assert isinstance(decoded, Decoded)
+    assert decoded.telemetry is not None
+    assert [(r.tag, r.value) for r in decoded.telemetry.readings] == [("Inputs.Temperature", 20.5)]
+    refused = feed(host, "spBv1.0/plant/DBIRTH/edge 1/sensor1", birth.SerializeToString())
+    assert isinstance(refused, Refused)
+    assert "'edge 1' is not usable" in refused.reason
+    garbage = feed(host, "spBv1.0/plant/DDATA/edge1/sensor1", b"\xff\xff")
+    assert isinstance(garbage, Refused)
+    assert garbage.kind == "schema"
