@@ -50,6 +50,8 @@ log = structlog.get_logger(__name__)
 
 TABLE_NOTE = "sparkplug:table:"
 """Spool note ``sparkplug:table:<group>/<node>/<device>`` -> the device's birth table."""
+BDSEQ_NOTE = "sparkplug:bdseq:"
+"""Spool note ``sparkplug:bdseq:<group>/<node>`` -> the bdSeq of the node's last birth."""
 
 _IDENT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NOT_IDENT = re.compile(r"[^A-Za-z0-9_.-]")
@@ -141,6 +143,12 @@ class SparkplugHost:
                 self.tables[group, node, device] = _table_from_json(text)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("Sparkplug alias table unreadable, dropped", key=key, error=str(exc))
+        for group, node, device in self.tables:
+            self._nodes.setdefault((group, node), _Node()).devices.add(device)
+        for key, text in self.spool.notes(BDSEQ_NOTE).items():
+            group, _, node = key[len(BDSEQ_NOTE) :].partition("/")
+            if text.isdigit():
+                self._nodes.setdefault((group, node), _Node()).bdseq = int(text)
         if self.tables:
             log.info("Sparkplug alias tables restored", devices=len(self.tables))
 
@@ -182,6 +190,8 @@ class SparkplugHost:
 
     def _node_birth(self, topic: sp.SparkplugTopic, node: _Node, message: sp.pb.Payload) -> Decoded:
         node.bdseq = sp.node_bdseq(message)
+        if self.spool is not None and node.bdseq is not None:
+            self.spool.write_notes({f"{BDSEQ_NOTE}{topic.group}/{topic.node}": str(node.bdseq)})
         node.online = True
         node.seq = message.seq if message.HasField("seq") else 0
         log.info("Sparkplug node born", site=topic.group, agent=topic.node, bdseq=node.bdseq)

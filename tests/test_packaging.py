@@ -68,7 +68,9 @@ def test_each_wheel_holds_its_program_and_no_test_code(wheels):
     assert top_levels(wheels["derrick"]) == {"derrick", "agent"}
     with zipfile.ZipFile(wheels["derrick"]) as archive:
         data = {n.split(".data/data/")[-1] for n in archive.namelist() if ".data/" in n}
-    assert data == {f"share/derrick/profiles/{n}.yaml" for n in ("bench100", "crane", "rig", "small11")}
+    assert data == {
+        f"share/derrick/profiles/{n}.yaml" for n in ("bench100", "crane", "rig", "small11")
+    }
     assert top_levels(wheels["derrick_collector"]) == {"collector"}
     assert top_levels(wheels["derrick_sim"]) == {"simulators"}
     with zipfile.ZipFile(wheels["derrick_collector"]) as archive:

@@ -196,6 +196,12 @@ def test_alias_tables_outlive_a_collector_restart(tmp_path, node):
     assert isinstance(decoded, Decoded)
     assert decoded.telemetry is not None
     assert decoded.telemetry.asset == "crane-01"
+    # ...and which devices an NDEATH takes down, and which bdSeq is current
+    ndeath = sp.sparkplug_topic("site1", sp.MessageType.NDEATH, "gw-1")
+    assert feed(restarted, ndeath, sp.encode_node_death(2, T0)) == Decoded()  # stale
+    died = feed(restarted, ndeath, sp.encode_node_death(3, T0))
+    assert isinstance(died, Decoded)
+    assert [(s.device, s.state) for s in died.statuses] == [("lmi", DeviceState.DOWN)]
 
 
 def test_a_third_party_names_become_field_keys_and_bad_ids_are_refused(tmp_path):
