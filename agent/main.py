@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections import Counter
@@ -29,6 +30,7 @@ from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
 from derrick.wire.payloads import DeviceState
+from derrick.wire.sparkplug import EDGE as EDGE_PROPERTY
 from derrick.wire.topics import agent_status_topic
 
 log = structlog.get_logger("agent")
@@ -118,7 +120,12 @@ class Agent:
                 resend_after_reconnect=False,
             )
             self.node = SparkplugNode(
-                config.agent.site, config.agent.id, config.devices, self.spool, self.client
+                config.agent.site,
+                config.agent.id,
+                config.devices,
+                self.spool,
+                self.client,
+                properties=self._node_properties,
             )
             self.outbox.encode_data = self.node.data
         else:
@@ -162,6 +169,14 @@ class Agent:
     def _node(self) -> SparkplugNode:
         assert self.node is not None
         return self.node
+
+    def _node_properties(self) -> dict[str, str]:
+        """What the NBIRTH says beside bdSeq: the rules evaluated here, as the JSON
+        birth's ``edge`` (so the collector hands them over)."""
+        if self.alarms is None:
+            return {}
+        edge = [cover.model_dump(mode="json") for cover in self.alarms.coverage]
+        return {EDGE_PROPERTY: json.dumps(edge, separators=(",", ":"))}
 
     def _edge_alarms(self, config: AgentConfig) -> EdgeAlarms | None:
         """The alarm stage, when the config names rules to evaluate here."""
@@ -255,7 +270,11 @@ class Agent:
         except (ConfigError, ValueError) as exc:
             log.error("alarm rules not reloaded, keeping the old ones", reason=str(exc))
             return
-        if self.client.connected:
+        if not self.client.connected:
+            return
+        if self.node is not None:
+            self.node.births()  # a rebirth: the NBIRTH says what moved
+        else:
             self.client.publish_nowait(self.status_topic, self._status("online"), retain=True)
 
     def _forget_sighup(self) -> None:

@@ -105,8 +105,12 @@ class SparkplugNode:
         devices: Sequence[Device],
         spool: Spool,
         client: MqttClient,
+        *,
+        properties: Callable[[], dict[str, str]] = dict,
     ) -> None:
+        """``properties``: the NBIRTH's node properties, asked at every birth."""
         self.site = site
+        self.properties = properties
         self.agent_id = agent_id
         self.client = client
         self.devices = {device.name: device for device in devices}
@@ -114,7 +118,8 @@ class SparkplugNode:
         self.encoders = {name: sp.DataEncoder(specs) for name, specs in self.specs.items()}
         self.last: dict[str, dict[str, Reading]] = {name: {} for name in self.devices}
         self.state: dict[str, DeviceState | None] = dict.fromkeys(self.devices)
-        self.bdseq = -1  # the first connect makes it 0
+        self.bdseq = 0
+        self._connects = 0
         self.seq = 0
         self.rebirths = 0
         self.refused_commands = 0
@@ -125,8 +130,11 @@ class SparkplugNode:
     # -- the connection ---------------------------------------------------------------
 
     def will(self) -> tuple[str, bytes, bool]:
-        """The NDEATH for the next connect (called before each attempt): bdSeq + 1."""
-        self.bdseq = (self.bdseq + 1) % 256
+        """The NDEATH for the next connect (called before each attempt): bdSeq 0 for the
+        first, one more for every later one."""
+        if self._connects:
+            self.bdseq = (self.bdseq + 1) % 256
+        self._connects += 1
         topic = sp.sparkplug_topic(self.site, sp.MessageType.NDEATH, self.agent_id)
         return topic, sp.encode_node_death(self.bdseq, now_ns()), False
 
@@ -146,7 +154,7 @@ class SparkplugNode:
         self.seq = 0
         self.client.publish_nowait(
             sp.sparkplug_topic(self.site, sp.MessageType.NBIRTH, self.agent_id),
-            sp.encode_node_birth(self.bdseq, now_ns(), seq=self.next_seq()),
+            sp.encode_node_birth(self.bdseq, now_ns(), self.next_seq(), self.properties()),
             qos=0,
         )
         for name, state in self.state.items():

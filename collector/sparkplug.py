@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
+from pydantic import TypeAdapter, ValidationError
 
 from derrick.mqtt.client import InboundMessage
 from derrick.spool.store import Spool
@@ -42,6 +43,7 @@ from derrick.wire.payloads import (
     AgentStatus,
     DeviceState,
     DeviceStatus,
+    EdgeRules,
     Reading,
     Telemetry,
 )
@@ -195,7 +197,7 @@ class SparkplugHost:
         node.online = True
         node.seq = message.seq if message.HasField("seq") else 0
         log.info("Sparkplug node born", site=topic.group, agent=topic.node, bdseq=node.bdseq)
-        return Decoded(agent=self._agent(topic, "online", message.timestamp))
+        return Decoded(agent=self._agent(topic, "online", message.timestamp, _edge(message)))
 
     def _node_death(
         self, topic: sp.SparkplugTopic, node: _Node, message: sp.pb.Payload, now_ns: int
@@ -363,7 +365,9 @@ class SparkplugHost:
             ts_ns=ms * 1_000_000,
         )
 
-    def _agent(self, topic: sp.SparkplugTopic, state: str, ms: int) -> AgentStatus:
+    def _agent(
+        self, topic: sp.SparkplugTopic, state: str, ms: int, edge: list[EdgeRules] | None = None
+    ) -> AgentStatus:
         return AgentStatus.model_construct(
             v=1,
             agent=topic.node,
@@ -371,8 +375,24 @@ class SparkplugHost:
             boot="",
             ts_ns=ms * 1_000_000,
             site=topic.group,
-            edge=[],
+            edge=edge or [],
         )
+
+
+def _edge(message: sp.pb.Payload) -> list[EdgeRules]:
+    """The rules an agent evaluates itself, from its NBIRTH (none when unreadable: the
+    collector then evaluates everything, as for an agent that says nothing)."""
+    text = sp.node_property(message, sp.EDGE)
+    if not text:
+        return []
+    try:
+        return _EDGE_LIST.validate_json(text)
+    except ValidationError as exc:
+        log.warning("NBIRTH edge rules unreadable, ignored", error=str(exc)[:300])
+        return []
+
+
+_EDGE_LIST = TypeAdapter(list[EdgeRules])
 
 
 def _parsed(topic: sp.SparkplugTopic, payload: bytes) -> sp.pb.Payload | Refused:

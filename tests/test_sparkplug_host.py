@@ -4,6 +4,7 @@ for a birth, rebirth requests, alias tables kept across a restart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from collector.validate import DEFAULT_WINDOW, check_readings, validate
 from derrick.mqtt.client import InboundMessage
 from derrick.spool.store import Spool
 from derrick.wire import sparkplug as sp
-from derrick.wire.payloads import DeviceState, Quality, Reading, Telemetry
+from derrick.wire.payloads import DeviceState, EdgeRules, Quality, Reading, Telemetry
 
 T0 = 1_764_800_000_123_000_000
 
@@ -221,3 +222,26 @@ def test_a_third_party_names_become_field_keys_and_bad_ids_are_refused(tmp_path)
     garbage = feed(host, "spBv1.0/plant/DDATA/edge1/sensor1", b"\xff\xff")
     assert isinstance(garbage, Refused)
     assert garbage.kind == "schema"
+
+
+def test_the_rules_an_agent_evaluates_itself_travel_in_its_nbirth(tmp_path):
+    edge = [EdgeRules(asset="crane-01", device="lmi", rules=["hook_overload", "wind_high"])]
+    node = SparkplugNode(
+        "site1",
+        "gw-1",
+        [crane()],
+        spool(tmp_path / "agent"),
+        Client(),  # type: ignore[arg-type]
+        properties=lambda: {sp.EDGE: json.dumps([e.model_dump(mode="json") for e in edge])},
+    )
+    host = SparkplugHost(None, lambda *_a: None)
+    nbirth_topic, nbirth = births(node)[0]
+    born = feed(host, nbirth_topic, nbirth)
+    assert isinstance(born, Decoded)
+    assert born.agent is not None
+    assert born.agent.edge == edge
+    garbled = sp.encode_node_birth(0, T0, 0, {sp.EDGE: "[{"})
+    born = feed(host, nbirth_topic, garbled)
+    assert isinstance(born, Decoded)
+    assert born.agent is not None
+    assert born.agent.edge == []  # unreadable: the collector evaluates everything

@@ -59,6 +59,9 @@ BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
 ASSET = "Properties/asset"
 KIND = "Properties/kind"
+EDGE = "Properties/edge"
+"""NBIRTH: the alarm rules the agent evaluates itself, per device (JSON, as the JSON
+wire's :class:`~derrick.wire.payloads.AgentStatus` ``edge``)."""
 UNIT_PROPERTY = "engUnit"
 QUALITY_PROPERTY = "Quality"
 THIRD_PARTY_KIND = "sparkplug"
@@ -213,16 +216,28 @@ def _property(props: pb.Payload.PropertySet, key: str, value: int | str) -> None
         prop.string_value = value
 
 
-def encode_node_birth(bdseq: int, ts_ns: int, seq: int = 0) -> bytes:
-    """NBIRTH: seq (0 after every connect), bdSeq, and the Rebirth control a host may
-    set."""
+def encode_node_birth(
+    bdseq: int, ts_ns: int, seq: int = 0, properties: dict[str, str] | None = None
+) -> bytes:
+    """NBIRTH: seq (0 after every connect), bdSeq, the Rebirth control a host may set,
+    and the node's ``properties`` as String metrics (e.g. :data:`EDGE`)."""
     payload = pb.Payload(timestamp=ts_ns // _NS_PER_MS, seq=seq)
     ms = payload.timestamp
     payload.metrics.add(name=BDSEQ, timestamp=ms, datatype=MetricType.INT64, long_value=bdseq)
     payload.metrics.add(
         name=REBIRTH, timestamp=ms, datatype=MetricType.BOOLEAN, boolean_value=False
     )
+    for name, text in (properties or {}).items():
+        payload.metrics.add(name=name, timestamp=ms, datatype=MetricType.STRING, string_value=text)
     return payload.SerializeToString()
+
+
+def node_property(message: pb.Payload, name: str) -> str | None:
+    """A String metric of an NBIRTH (a node property), if it has it."""
+    for metric in message.metrics:
+        if metric.name == name and metric.WhichOneof("value") == "string_value":
+            return str(metric.string_value)
+    return None
 
 
 def encode_node_death(bdseq: int, ts_ns: int) -> bytes:
