@@ -4,11 +4,15 @@
 admin names given on the command line) and writes a mosquitto ``acl_file`` in which
 
 * an agent may publish only its own agent topics (status, metrics, events) and the
-  telemetry and status of the devices its config lists, at its site;
+  telemetry and status of the devices its config lists, at its site; one with ``format:
+  sparkplug`` its Sparkplug node and device topics instead of status and telemetry, and
+  it reads the host commands (NCMD, DCMD) addressed to it;
 * only collectors publish alarm state, alarm events and command replies, and only they
-  read ``alarm-commands``;
+  read ``alarm-commands``; as Sparkplug hosts they read every node's births, deaths and
+  data and publish rebirth requests (NCMD);
 * only operators publish alarm commands (and read alarm state, events and replies);
-* an admin reads everything except alarm commands, and publishes nothing;
+* an admin reads everything except alarm commands (Sparkplug B included), and
+  publishes nothing;
 * anyone else, anonymous clients included, may do nothing (mosquitto's default with an
   ``acl_file``).
 
@@ -42,6 +46,7 @@ import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -49,6 +54,7 @@ from agent.config import AgentIdentity
 from collector.config import CollectorIdentity
 from derrick.plumbing import configfile
 from derrick.plumbing.configfile import ConfigError
+from derrick.wire import sparkplug as sp
 from derrick.wire.ids import Ident
 from derrick.wire.topics import (
     AGENT_METRICS_SUBSCRIPTION,
@@ -95,6 +101,11 @@ COLLECTOR_RULES: tuple[Rule, ...] = (
     ("write", ALARM_EVENTS_SUBSCRIPTION),
     ("write", alarm_replies_topic("+", "+")),
 )
+SPARKPLUG_HOST_RULES: tuple[Rule, ...] = (
+    *(("read", subscription) for subscription in sp.SESSION_SUBSCRIPTIONS),
+    ("read", sp.DATA_SUBSCRIPTION),
+    ("write", sp.sparkplug_topic("+", sp.MessageType.NCMD, "+")),
+)
 OPERATOR_RULES: tuple[Rule, ...] = (
     ("write", ALARM_COMMANDS_SUBSCRIPTION),
     ("read", ALARM_STATE_SUBSCRIPTION),
@@ -105,6 +116,7 @@ OPERATOR_RULES: tuple[Rule, ...] = (
 ADMIN_RULES: tuple[Rule, ...] = (
     ("deny", ALARM_COMMANDS_SUBSCRIPTION),
     ("read", f"{TOPIC_ROOT}/#"),
+    ("read", sp.SUBSCRIPTION),
     ("read", "$SYS/#"),
 )
 
@@ -141,6 +153,7 @@ class _DeviceKeys(_Keys):
 class AgentKeys(_Keys):
     agent: AgentIdentity
     broker: _Login = _Login()
+    format: Literal["json", "sparkplug"] = "json"
     devices: list[_DeviceKeys] = Field(min_length=1)
 
     @field_validator("devices")
@@ -150,9 +163,14 @@ class AgentKeys(_Keys):
         return devices
 
 
+class _SparkplugKeys(_Keys):
+    enabled: bool = True
+
+
 class CollectorKeys(_Keys):
     collector: CollectorIdentity
     broker: _Login = _Login()
+    sparkplug: _SparkplugKeys = _SparkplugKeys()
 
 
 def check_username(name: str) -> str:
@@ -173,6 +191,7 @@ class Agent:
     devices: tuple[tuple[str, str], ...]  # (asset, device), sorted
     source: str  # the config file, as given
     assumed: bool  # username not in the config: the default was taken
+    wire: str = "json"  # the agent's format: json or sparkplug
 
     @property
     def label(self) -> str:
@@ -186,6 +205,7 @@ class Collector:
     group: str | None
     source: str
     assumed: bool
+    sparkplug: bool = True  # reads Sparkplug B (sparkplug.enabled)
 
     @property
     def label(self) -> str:
@@ -223,6 +243,7 @@ def read_agent(path: Path | str) -> Agent:
         devices=tuple(sorted({(dev.asset, dev.name) for dev in keys.devices})),
         source=str(path),
         assumed=keys.broker.username is None,
+        wire=keys.format,
     )
 
 
@@ -235,6 +256,7 @@ def read_collector(path: Path | str) -> Collector:
         group=keys.collector.group,
         source=str(path),
         assumed=keys.broker.username is None,
+        sparkplug=keys.sparkplug.enabled,
     )
 
 
@@ -340,13 +362,36 @@ def warnings(accounts: Accounts) -> list[str]:
 
 def agent_rules(agent: Agent) -> list[Rule]:
     """Its own agent topics, then telemetry, status and alarm conditions (edge alarms)
-    of each configured device."""
+    of each configured device; a Sparkplug agent's node and device topics instead of
+    its status and telemetry (:func:`sparkplug_agent_rules`)."""
+    if agent.wire == "sparkplug":
+        return sparkplug_agent_rules(agent)
     own = [agent_status_topic, agent_metrics_topic, agent_events_topic]
     rules = [("write", topic(agent.agent_id)) for topic in own]
     for asset, device in agent.devices:
         rules.append(("write", telemetry_topic(agent.site, asset, device)))
         rules.append(("write", device_status_topic(agent.site, asset, device)))
         rules.append(("write", condition_topic(agent.site, asset, device)))
+    return rules
+
+
+def sparkplug_agent_rules(agent: Agent) -> list[Rule]:
+    """Metrics and events (JSON, as ever), its NBIRTH and NDEATH, each device's DBIRTH,
+    DDATA, DDEATH and alarm conditions; it reads the commands to it (only Rebirth is
+    honoured, see agent.sparkplug)."""
+    site, node = agent.site, agent.agent_id
+    rules: list[Rule] = [
+        ("write", agent_metrics_topic(node)),
+        ("write", agent_events_topic(node)),
+        ("write", sp.sparkplug_topic(site, sp.MessageType.NBIRTH, node)),
+        ("write", sp.sparkplug_topic(site, sp.MessageType.NDEATH, node)),
+        ("read", sp.sparkplug_topic(site, sp.MessageType.NCMD, node)),
+    ]
+    for asset, device in agent.devices:
+        for kind in (sp.MessageType.DBIRTH, sp.MessageType.DDATA, sp.MessageType.DDEATH):
+            rules.append(("write", sp.sparkplug_topic(site, kind, node, device)))
+        rules.append(("read", sp.sparkplug_topic(site, sp.MessageType.DCMD, node, device)))
+        rules.append(("write", condition_topic(site, asset, device)))
     return rules
 
 
@@ -420,7 +465,10 @@ def _collector_sections(collectors: tuple[Collector, ...]) -> list[str]:
             alarms = f", and {c.collector_id}-alarms for alarms in group {c.group}"
             sessions = f"client id {c.collector_id}{alarms if c.group else ''}"
             comments.append(f"collector {c.collector_id} ({c.source}), {sessions}")
-        sections.append(_section(comments, username, COLLECTOR_RULES))
+        rules = COLLECTOR_RULES
+        if any(member.sparkplug for member in members):
+            rules += SPARKPLUG_HOST_RULES
+        sections.append(_section(comments, username, rules))
     return sections
 
 

@@ -33,6 +33,7 @@ from collector.main import main as collector_main
 from derrick.mqtt.client import InboundMessage, MqttClient, MqttError, MqttTimeout
 from derrick.mqtt.settings import BrokerSettings
 from derrick.plumbing.configfile import ConfigError
+from derrick.wire import sparkplug as sp
 from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, AlarmNotice
 from derrick.wire.topics import (
     ALARM_COMMANDS_SUBSCRIPTION,
@@ -73,6 +74,7 @@ PASSWORDS = {
     "agent-gw-1": "gw1-Pw-71c0de",
     "agent-gw-2": "gw2-Pw-3b9a44",
     "agent-gw-3": "gw3-Pw-e0f215",  # gw-3's config names no user: the default
+    "agent-gw-4": "gw4-Pw-5a9c21",  # a Sparkplug B edge node
     "collector": "col-Pw-5d2e8b",
     "ana": "ana-Pw-a61f07",
     "admin": "adm-Pw-0c4d93",
@@ -92,6 +94,7 @@ def agent_config(
     username: str | None = None,
     broker: dict | None = None,
     plc_port: int = 5020,
+    wire: str = "json",
 ) -> Path:
     """An agent config with crane devices (name, asset) polling 127.0.0.1:plc_port."""
     login = {"username": username} if username else {}
@@ -100,6 +103,7 @@ def agent_config(
         {
             "agent": {"id": agent_id, "site": site},
             "broker": {**(broker or {}), **login},
+            "format": wire,
             "devices": [
                 {
                     "name": name,
@@ -199,7 +203,7 @@ def fleet_configs(tmp_path: Path) -> dict[str, Path]:
 
 
 def fleet_acl(configs: dict[str, Path], **names: Sequence[str]) -> str:
-    agents = [configs[name] for name in ("gw-1", "gw-2", "gw-3") if name in configs]
+    agents = [configs[name] for name in ("gw-1", "gw-2", "gw-3", "gw-4") if name in configs]
     return generate_acl(
         agents,
         [configs["collector"]],
@@ -251,6 +255,61 @@ def test_each_topic_is_published_and_read_by_its_roles_only(fleet_configs, topic
     assert set(rules) == {AGENT_1, AGENT_2, AGENT_3, "collector", "ana", "admin"}
     assert {user for user, own in rules.items() if may(own, "write", topic)} == writers
     assert {user for user, own in rules.items() if may(own, "read", topic)} == readers
+
+
+AGENT_4 = "agent-gw-4"
+
+
+def spb(kind: str, node: str, device: str | None = None, site: str = "site-a") -> str:
+    return sp.sparkplug_topic(site, sp.MessageType(kind), node, device)
+
+
+SPARKPLUG_PROBES = [
+    # (topic, who may publish it, who may read it), with gw-4 a Sparkplug B edge node
+    (spb("NBIRTH", "gw-4"), {AGENT_4}, READERS),
+    (spb("NDEATH", "gw-4"), {AGENT_4}, READERS),
+    (spb("DBIRTH", "gw-4", "lmi"), {AGENT_4}, READERS),
+    (spb("DDATA", "gw-4", "lmi"), {AGENT_4}, READERS),
+    (spb("DDEATH", "gw-4", "lmi"), {AGENT_4}, READERS),
+    (spb("DDATA", "gw-4", "hpu"), set(), READERS),  # not its device
+    (spb("DDATA", "gw-4", "lmi", site="site-b"), set(), READERS),  # not its site
+    (spb("NBIRTH", "gw-1"), set(), READERS),  # a JSON agent speaks no Sparkplug
+    (spb("NCMD", "gw-4"), {"collector"}, {AGENT_4, "admin"}),  # rebirth requests
+    (spb("DCMD", "gw-4", "lmi"), set(), {AGENT_4, "admin"}),  # nobody writes to a PLC
+    (condition_topic("site-a", "crane-04", "lmi"), {AGENT_4}, READERS),
+    (agent_metrics_topic("gw-4"), {AGENT_4}, READERS),
+    (telemetry_topic("site-a", "crane-04", "lmi"), set(), READERS),  # not its wire
+    (agent_status_topic("gw-4"), set(), READERS),  # its birth and will are NBIRTH, NDEATH
+]
+
+
+@pytest.mark.parametrize(
+    ("topic", "writers", "readers"), SPARKPLUG_PROBES, ids=[p[0] for p in SPARKPLUG_PROBES]
+)
+def test_a_sparkplug_agent_publishes_its_own_node_and_devices_only(
+    fleet_configs, topic, writers, readers
+):
+    fleet_configs["gw-4"] = agent_config(
+        fleet_configs["gw-1"].parent / "gw-4.yaml",
+        "gw-4",
+        "site-a",
+        [("lmi", "crane-04")],
+        username=AGENT_4,
+        wire="sparkplug",
+    )
+    rules = parse_acl(fleet_acl(fleet_configs))
+    assert {user for user, own in rules.items() if may(own, "write", topic)} == writers
+    assert {user for user, own in rules.items() if may(own, "read", topic)} == readers
+
+
+def test_a_collector_without_sparkplug_gets_no_sparkplug_rights(tmp_path, fleet_configs):
+    config = collector_config(tmp_path / "c.yaml", "col-9", username="collector")
+    plain = parse_acl(generate_acl([fleet_configs["gw-1"]], [config]))["collector"]
+    assert may(plain, "read", spb("DDATA", "gw-1", "lmi"))
+    text = config.read_text() + "sparkplug: {enabled: false}\n"
+    config.write_text(text)
+    without = parse_acl(generate_acl([fleet_configs["gw-1"]], [config]))["collector"]
+    assert not any(topic.startswith("spBv1.0/") for _access, topic in without)
 
 
 def test_an_agent_section_names_each_of_its_topics_without_wildcards(fleet_configs):
@@ -636,6 +695,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, influx1: Influx1) -> Iterato
             base / "gw-2.yaml", "gw-2", "site-a", [("lmi", "crane-02")], username="agent-gw-2"
         ),
         "gw-3": agent_config(base / "gw-3.yaml", "gw-3", "site-b", [("lmi", "crane-01")]),
+        "gw-4": agent_config(
+            base / "gw-4.yaml",
+            "gw-4",
+            "site-a",
+            [("lmi", "crane-04")],
+            username="agent-gw-4",
+            broker=login("agent-gw-4"),
+            plc_port=plc_port,
+            wire="sparkplug",
+        ),
         "collector": collector_config(
             base / "collector.yaml",
             "col-1",
@@ -1100,3 +1169,46 @@ def test_passwd_cli_names_the_missing_passwords(tmp_path, fleet_configs, capsys)
         "user agent-gw-1: no password: give --password-env agent-gw-1=VAR or --password-dir",
     ]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_a_sparkplug_agent_under_the_generated_acl_is_stored_and_cannot_be_forged(fleet, tmp_path):
+    """simulator -> agent gw-4 (Sparkplug B) -> mosquitto (TLS, the generated ACL) ->
+    collector (group: births to every session, data shared) -> InfluxDB. Another
+    gateway's login forging gw-4's data, and an operator writing to its PLC (DCMD),
+    reach nobody."""
+    sim = start_simulator(tmp_path, "--no-demo-overload", port=fleet.plc_port)
+    collector = Program(
+        "collector", ["--config", str(fleet.configs["collector"])], tmp_path / "col.log"
+    )
+    agent = Program("agent", ["--config", str(fleet.configs["gw-4"])], tmp_path / "agent.log")
+    programs = [sim.program, collector.start(), agent.start()]
+
+    def loads(condition: str = "") -> list:
+        query = f"SELECT hook_load FROM telemetry WHERE asset='crane-04' {condition}"
+        series = fleet.influx.query(query, db=fleet.db)["results"][0].get("series")
+        return series[0]["values"] if series else []
+
+    forged = sp.pb.Payload(timestamp=int(time.time() * 1000), seq=99)
+    forged.metrics.add(name="hook_load", datatype=9, float_value=9999.0)
+
+    async def forge() -> None:
+        async with (
+            connected(fleet, AGENT_2, "forger") as forger,
+            connected(fleet, "ana", "e2e-ana-dcmd") as ana,
+        ):
+            for topic in (spb("DDATA", "gw-4", "lmi"), spb("DBIRTH", "gw-4", "lmi")):
+                await publish_refused(forger, topic, forged.SerializeToString())
+            await publish_refused(ana, spb("DCMD", "gw-4", "lmi"), forged.SerializeToString())
+
+    try:
+        wait_for(lambda: len(loads()) >= 5, 40, "gw-4's readings in InfluxDB", program=collector)
+        asyncio.run(forge())
+        time.sleep(2)  # what got through would be stored by now
+        forged_rows = loads("AND hook_load > 9000")
+    finally:
+        codes = {p.name: (p.stop(), p.log_tail()) for p in reversed(programs)}
+    assert forged_rows == []
+    assert "host command refused" not in (tmp_path / "agent.log").read_text()
+    for name, (code, tail) in codes.items():
+        assert code == 0, f"{name} exit {code}:\n{tail}"
