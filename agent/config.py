@@ -419,6 +419,16 @@ class AgentIdentity(StrictModel):
     site: Ident
 
 
+class SparkplugEdgeSettings(StrictModel):
+    """The agent as a Sparkplug B edge node (``format: sparkplug``; agent.sparkplug)."""
+
+    primary_host: Ident | None = Field(
+        default=None,
+        description="host application id: publish only while its STATE says online, hold "
+        "messages in the spool while it is offline (store and forward)",
+    )
+
+
 class AgentConfig(StrictModel):
     agent: AgentIdentity
     broker: BrokerSettings = BrokerSettings()
@@ -426,6 +436,7 @@ class AgentConfig(StrictModel):
         default="json",
         description="the wire: Derrick's JSON contract, or Sparkplug B 3.0 (agent.sparkplug)",
     )
+    sparkplug: SparkplugEdgeSettings = SparkplugEdgeSettings()
     devices: list[Device] = Field(min_length=1)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     publish_window: int = Field(

@@ -126,6 +126,7 @@ class Agent:
                 self.spool,
                 self.client,
                 properties=self._node_properties,
+                primary_host=config.sparkplug.primary_host,
             )
             self.outbox.encode_data = self.node.data
         else:
@@ -141,6 +142,7 @@ class Agent:
             ack_wait_s=config.publish_timeout_s,
             stamp=self.node.stamp if self.node else None,
             on_connected=self.node.births if self.node else None,
+            gate=self.node.gate if self.node else None,
         )
         self.outbox.stored_callback = self.publisher.wake
         self.alarms = self._edge_alarms(config)
@@ -247,6 +249,7 @@ class Agent:
         group.create_task(self.publisher.run())
         if self.node is not None:  # births and deaths are the node's
             group.create_task(self.node.serve_commands())
+            group.create_task(self.node.follow_connection())
         else:
             group.create_task(
                 announce_forever(self.client, self.status_topic, partial(self._status, "online"))
@@ -273,7 +276,8 @@ class Agent:
         if not self.client.connected:
             return
         if self.node is not None:
-            self.node.births()  # a rebirth: the NBIRTH says what moved
+            if self.node.live:
+                self.node.births()  # a rebirth: the NBIRTH says what moved
         else:
             self.client.publish_nowait(self.status_topic, self._status("online"), retain=True)
 

@@ -40,6 +40,33 @@ REFILL_EVERY_S = 1.0
 EARLY_MAX = 10_000  # backlog alarm messages sent first; beyond it they keep their place
 
 
+class Gate:
+    """Whether the publisher may send now (open unless someone closed it)."""
+
+    def __init__(self, *, is_open: bool = True) -> None:
+        self._open = asyncio.Event()
+        self._closed = asyncio.Event()
+        (self._open if is_open else self._closed).set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    def open(self) -> None:
+        self._closed.clear()
+        self._open.set()
+
+    def close(self) -> None:
+        self._open.clear()
+        self._closed.set()
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
 class Publisher:
     def __init__(
         self,
@@ -51,10 +78,13 @@ class Publisher:
         on_published: Callable[[Entry], None] | None = None,
         stamp: Callable[[str, bytes, bool], bytes | None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         """``stamp(topic, payload, historical)``: a stored message as it leaves (default:
         the JSON contract's :func:`mark_historical` on replay; None drops it).
-        ``on_connected``: what goes out first on every connection (Sparkplug births)."""
+        ``on_connected``: what goes out first on every connection (Sparkplug births).
+        ``gate``: closed, nothing is sent, as while disconnected (a Sparkplug primary
+        host that is offline); each opening is a new start, births first."""
         self.spool = spool
         self.client = client
         self.window = window
@@ -62,6 +92,7 @@ class Publisher:
         self.on_published = on_published or (lambda _entry: None)
         self.stamp = stamp or _json_stamp
         self.on_connected = on_connected or (lambda: None)
+        self.gate = gate or Gate()
         self.published = 0
         self.replayed = 0
         self.latencies_ms: deque[float] = deque(maxlen=2048)
@@ -100,6 +131,8 @@ class Publisher:
     async def run(self) -> None:
         while True:
             await self.client.wait_connected(timeout=float("inf"))
+            if not await self._gate_opens():
+                continue
             self.on_connected()
             self._boundary = self._live_after = self.spool.last_id()
             self._backlog_after = 0
@@ -116,23 +149,36 @@ class Publisher:
                 log.info("replaying stored messages", backlog=backlog, window=self.window)
             await self._serve_connection()
 
+    async def _gate_opens(self) -> bool:
+        """Wait for the gate while connected; False when the connection ended first."""
+        if self.gate.is_open:
+            return True
+        opened = asyncio.ensure_future(self.gate.wait_open())
+        disconnected = asyncio.ensure_future(self.client.wait_disconnected())
+        await asyncio.wait({opened, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        disconnected.cancel()
+        return self.gate.is_open and self.client.connected
+
     async def _serve_connection(self) -> None:
         disconnected = asyncio.ensure_future(self.client.wait_disconnected())
+        closed = asyncio.ensure_future(self.gate.wait_closed())
         try:
-            while not disconnected.done():
+            while not disconnected.done() and not closed.done():
                 self.settle()
                 self._fill()
                 self._check_stalled()
                 self._wake.clear()
                 woken = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait(
-                    {woken, disconnected},
+                    {woken, disconnected, closed},
                     timeout=REFILL_EVERY_S,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 woken.cancel()
         finally:
             disconnected.cancel()
+            closed.cancel()
 
     def settle(self) -> None:
         """Remove acknowledged messages from the spool, in one transaction."""

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from agent.config import Device
+from agent.publish import Gate
 from derrick.mqtt.client import InboundMessage, MqttClient, MqttError
 from derrick.plc.profile import Register
 from derrick.plc.registers import DataType
@@ -107,10 +108,15 @@ class SparkplugNode:
         client: MqttClient,
         *,
         properties: Callable[[], dict[str, str]] = dict,
+        primary_host: str | None = None,
     ) -> None:
-        """``properties``: the NBIRTH's node properties, asked at every birth."""
+        """``properties``: the NBIRTH's node properties, asked at every birth.
+        ``primary_host``: the host application whose STATE decides when to publish."""
         self.site = site
         self.properties = properties
+        self.primary_host = primary_host
+        self.gate = Gate(is_open=primary_host is None)
+        self._host_stamp = -1  # the newest STATE timestamp of the primary host
         self.agent_id = agent_id
         self.client = client
         self.devices = {device.name: device for device in devices}
@@ -142,6 +148,11 @@ class SparkplugNode:
         """The NDEATH published on a clean stop (the same as the will)."""
         topic = sp.sparkplug_topic(self.site, sp.MessageType.NDEATH, self.agent_id)
         return topic, sp.encode_node_death(self.bdseq, now_ns())
+
+    @property
+    def live(self) -> bool:
+        """Connected, and the primary host (if any) online: births may go out now."""
+        return self.client.connected and self.gate.is_open
 
     def next_seq(self) -> int:
         seq = self.seq
@@ -189,7 +200,7 @@ class SparkplugNode:
         """A device came up (DBIRTH) or stopped answering (DDEATH); told at once when
         connected, else by the births of the next connection."""
         before, self.state[device] = self.state[device], state
-        if not self.client.connected or before is state:
+        if not self.live or before is state:
             return
         if state is DeviceState.UP:
             self._device_birth(device)
@@ -235,7 +246,10 @@ class SparkplugNode:
     # -- host commands ------------------------------------------------------------------
 
     async def subscribe(self) -> None:
-        """NCMD and DCMD for this node (again after every reconnect, by the client)."""
+        """NCMD and DCMD for this node, and the primary host's STATE (again after every
+        reconnect, by the client)."""
+        if self.primary_host is not None:
+            await self.client.subscribe(sp.host_state_topic(self.primary_host), qos=1)
         await self.client.subscribe(
             sp.sparkplug_topic(self.site, sp.MessageType.NCMD, self.agent_id), qos=0
         )
@@ -249,11 +263,48 @@ class SparkplugNode:
             inbound = await self.client.inbox.get()
             self.command(inbound)
 
+    async def follow_connection(self) -> None:
+        """With a primary host: after a drop, nothing goes out until its STATE says
+        online again on the new connection (the retained STATE comes with the
+        subscription)."""
+        while True:
+            await self.client.wait_connected(timeout=float("inf"))
+            await self.client.wait_disconnected()
+            if self.primary_host is not None:
+                self.gate.close()
+
+    def host_state(self, host: str, payload: bytes) -> None:
+        """A host application's STATE: the primary host's opens or closes the gate;
+        an older one than already seen (a stale retained message) changes nothing."""
+        if host != self.primary_host:
+            return
+        try:
+            online, stamp = sp.parse_host_state(payload)
+        except sp.SparkplugError as exc:
+            self._refuse("STATE", sp.host_state_topic(host), str(exc))
+            return
+        if stamp < self._host_stamp:
+            return
+        self._host_stamp = stamp
+        if online and not self.gate.is_open:
+            log.info("primary host online: publishing", host=host)
+            self.gate.open()
+        elif not online and self.gate.is_open:
+            log.warning("primary host offline: holding messages in the spool", host=host)
+            self.gate.close()
+
     def command(self, inbound: InboundMessage) -> None:
         try:
             topic = sp.parse_sparkplug_topic(inbound.topic)
+        except TopicError as exc:
+            self._refuse("unreadable", inbound.topic, str(exc))
+            return
+        if isinstance(topic, sp.HostStateTopic):
+            self.host_state(topic.host, inbound.payload)
+            return
+        try:
             message = sp.decode_payload(inbound.payload)
-        except (TopicError, sp.SparkplugError) as exc:
+        except sp.SparkplugError as exc:
             self._refuse("unreadable", inbound.topic, str(exc))
             return
         if (
@@ -263,7 +314,7 @@ class SparkplugNode:
         ):
             self.rebirths += 1
             log.info("rebirth requested by a host", rebirths=self.rebirths)
-            if self.client.connected:
+            if self.live:
                 self.births()
             return
         names = ", ".join(metric.name or f"alias {metric.alias}" for metric in message.metrics)

@@ -150,10 +150,20 @@ class _DeviceKeys(_Keys):
     asset: Ident
 
 
+class _SparkplugKeys(_Keys):
+    enabled: bool = True
+    host_id: Ident | None = None
+
+
+class _EdgeKeys(_Keys):
+    primary_host: Ident | None = None
+
+
 class AgentKeys(_Keys):
     agent: AgentIdentity
     broker: _Login = _Login()
     format: Literal["json", "sparkplug"] = "json"
+    sparkplug: _EdgeKeys = _EdgeKeys()
     devices: list[_DeviceKeys] = Field(min_length=1)
 
     @field_validator("devices")
@@ -161,10 +171,6 @@ class AgentKeys(_Keys):
     def _unique(cls, devices: list[_DeviceKeys]) -> list[_DeviceKeys]:
         configfile.require_unique([dev.name for dev in devices], "device names")
         return devices
-
-
-class _SparkplugKeys(_Keys):
-    enabled: bool = True
 
 
 class CollectorKeys(_Keys):
@@ -192,6 +198,7 @@ class Agent:
     source: str  # the config file, as given
     assumed: bool  # username not in the config: the default was taken
     wire: str = "json"  # the agent's format: json or sparkplug
+    primary_host: str | None = None  # Sparkplug: the host whose STATE it follows
 
     @property
     def label(self) -> str:
@@ -206,6 +213,7 @@ class Collector:
     source: str
     assumed: bool
     sparkplug: bool = True  # reads Sparkplug B (sparkplug.enabled)
+    host_id: str | None = None  # Sparkplug: publishes this primary host's STATE
 
     @property
     def label(self) -> str:
@@ -244,6 +252,7 @@ def read_agent(path: Path | str) -> Agent:
         source=str(path),
         assumed=keys.broker.username is None,
         wire=keys.format,
+        primary_host=keys.sparkplug.primary_host,
     )
 
 
@@ -257,6 +266,7 @@ def read_collector(path: Path | str) -> Collector:
         source=str(path),
         assumed=keys.broker.username is None,
         sparkplug=keys.sparkplug.enabled,
+        host_id=keys.sparkplug.host_id if keys.sparkplug.enabled else None,
     )
 
 
@@ -387,6 +397,8 @@ def sparkplug_agent_rules(agent: Agent) -> list[Rule]:
         ("write", sp.sparkplug_topic(site, sp.MessageType.NDEATH, node)),
         ("read", sp.sparkplug_topic(site, sp.MessageType.NCMD, node)),
     ]
+    if agent.primary_host is not None:
+        rules.append(("read", sp.host_state_topic(agent.primary_host)))
     for asset, device in agent.devices:
         for kind in (sp.MessageType.DBIRTH, sp.MessageType.DDATA, sp.MessageType.DDEATH):
             rules.append(("write", sp.sparkplug_topic(site, kind, node, device)))
@@ -468,6 +480,8 @@ def _collector_sections(collectors: tuple[Collector, ...]) -> list[str]:
         rules = COLLECTOR_RULES
         if any(member.sparkplug for member in members):
             rules += SPARKPLUG_HOST_RULES
+        hosts = sorted({member.host_id for member in members if member.host_id})
+        rules += tuple(("write", sp.host_state_topic(host)) for host in hosts)
         sections.append(_section(comments, username, rules))
     return sections
 

@@ -176,6 +176,11 @@ class SparkplugHostSettings(StrictModel):
     """Reading Sparkplug B edge nodes (collector.sparkplug), beside the JSON contract."""
 
     enabled: bool = Field(default=True, description="subscribe to spBv1.0 births, data, deaths")
+    host_id: Ident | None = Field(
+        default=None,
+        description="publish a retained STATE as this primary host application (edge nodes "
+        "configured with it publish only while it is online)",
+    )
     reorder_s: float = Field(
         default=2.0, gt=0, le=60, description="a seq gap not filled this long asks for a rebirth"
     )

@@ -39,7 +39,7 @@ from collector.loss import LossWatch
 from collector.receive import Receiver
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
-from collector.sparkplug import SparkplugHost
+from collector.sparkplug import HostState, SparkplugHost
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
 from derrick.alarms.rules import BROKER_RULE, GAP_RULE
@@ -213,9 +213,11 @@ def broker_note(config: CollectorConfig) -> str:
     )
 
 
-def inbound_client(config: CollectorConfig, client_id: str) -> MqttClient:
+def inbound_client(
+    config: CollectorConfig, client_id: str, host: HostState | None = None
+) -> MqttClient:
     """A persistent, manually acknowledged session; MQTT 5 with ``ingest.receive_maximum``
-    unless ``ingest.mqtt_version`` is 3.1.1."""
+    unless ``ingest.mqtt_version`` is 3.1.1. ``host``: its Sparkplug STATE is the will."""
     v5 = config.ingest.mqtt_version == "5"
     return MqttClient(
         config.broker,
@@ -223,6 +225,7 @@ def inbound_client(config: CollectorConfig, client_id: str) -> MqttClient:
         manual_ack=True,
         inbox_size=config.queue_size,
         receive_maximum=config.ingest.receive_maximum if v5 else None,
+        will=host.will if host is not None else None,
     )
 
 
@@ -272,7 +275,9 @@ class Collector:
         self.config = config
         self.stats = Stats()
         self.store_queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
-        self.client = inbound_client(config, config.collector.id)
+        host_id = config.sparkplug.host_id if config.sparkplug.enabled else None
+        self.host_state = HostState(host_id) if host_id else None
+        self.client = inbound_client(config, config.collector.id, self.host_state)
         # In a group, alarms read the whole stream in a session of their own (see receive).
         self.alarm_client = (
             inbound_client(config, f"{config.collector.id}-alarms")
@@ -438,6 +443,8 @@ class Collector:
     async def _start_sessions(self, stack: contextlib.AsyncExitStack) -> None:
         await self.client.start()
         stack.push_async_callback(self.client.stop)
+        if self.host_state is not None:
+            stack.push_async_callback(self.host_state.say_offline, self.client)
         if self.alarm_client is not None:
             await self.alarm_client.start()
             stack.push_async_callback(self.alarm_client.stop)
@@ -483,6 +490,8 @@ class Collector:
         if config.ingest.broker_drops:
             group.create_task(expect_drop_counter(self.receiver, DROP_COUNTER_WITHIN_S))
         group.create_task(self.store.replay_forever())
+        if self.host_state is not None:
+            group.create_task(self.host_state.announce_forever(self.client))
         if alarms is not None:
             self._start_alarm_tasks(group, alarms)
         group.create_task(

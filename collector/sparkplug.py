@@ -28,6 +28,7 @@ be identifiers as they are: they become tags.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from derrick.mqtt.client import InboundMessage
+from derrick.mqtt.client import InboundMessage, MqttClient, MqttError
 from derrick.spool.store import Spool
 from derrick.wire import sparkplug as sp
 from derrick.wire.payloads import (
@@ -46,6 +47,7 @@ from derrick.wire.payloads import (
     EdgeRules,
     Reading,
     Telemetry,
+    now_ns,
 )
 
 log = structlog.get_logger(__name__)
@@ -377,6 +379,36 @@ class SparkplugHost:
             site=topic.group,
             edge=edge or [],
         )
+
+
+class HostState:
+    """This collector as a Sparkplug *primary host*: its retained ``STATE`` says online
+    after every connect and, as its last will (or on a clean stop), offline, with the
+    same timestamp (spec 3.0), so edge nodes that wait for it know when to publish."""
+
+    def __init__(self, host_id: str) -> None:
+        self.topic = sp.host_state_topic(host_id)
+        self._stamp_ns = now_ns()
+
+    def will(self) -> tuple[str, bytes, bool]:
+        """Called before each connect: the offline STATE of that connection."""
+        self._stamp_ns = now_ns()
+        return self.topic, sp.host_state_payload(False, self._stamp_ns), True
+
+    async def announce_forever(self, client: MqttClient) -> None:
+        while True:
+            await client.wait_connected(timeout=float("inf"))
+            client.publish_nowait(
+                self.topic, sp.host_state_payload(True, self._stamp_ns), retain=True
+            )
+            await client.wait_disconnected()
+
+    async def say_offline(self, client: MqttClient) -> None:
+        """On a clean stop, before the session ends (the will is only for a crash)."""
+        if client.connected:
+            payload = sp.host_state_payload(False, self._stamp_ns)
+            with contextlib.suppress(MqttError):
+                await client.publish(self.topic, payload, retain=True, timeout=2.0)
 
 
 def _edge(message: sp.pb.Payload) -> list[EdgeRules]:

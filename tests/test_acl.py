@@ -302,6 +302,23 @@ def test_a_sparkplug_agent_publishes_its_own_node_and_devices_only(
     assert {user for user, own in rules.items() if may(own, "read", topic)} == readers
 
 
+def test_the_primary_host_state_is_written_by_its_collector_read_by_its_agents(
+    tmp_path, fleet_configs
+):
+    agent = agent_config(
+        tmp_path / "gw-4.yaml", "gw-4", "site-a", [("lmi", "crane-04")], wire="sparkplug"
+    )
+    agent.write_text(agent.read_text() + "sparkplug: {primary_host: main-host}\n")
+    collector = collector_config(tmp_path / "c.yaml", "col-9", username="collector")
+    collector.write_text(collector.read_text() + "sparkplug: {host_id: main-host}\n")
+    rules = parse_acl(generate_acl([agent, fleet_configs["gw-1"]], [collector]))
+    state = sp.host_state_topic("main-host")
+    assert {user for user, own in rules.items() if may(own, "write", state)} == {"collector"}
+    readers = {user for user, own in rules.items() if may(own, "read", state)}
+    assert readers == {"agent-gw-4"}  # not gw-1 (JSON), nor a host that is not it
+    assert not any(may(own, "write", sp.host_state_topic("other")) for own in rules.values())
+
+
 def test_a_collector_without_sparkplug_gets_no_sparkplug_rights(tmp_path, fleet_configs):
     config = collector_config(tmp_path / "c.yaml", "col-9", username="collector")
     plain = parse_acl(generate_acl([fleet_configs["gw-1"]], [config]))["collector"]

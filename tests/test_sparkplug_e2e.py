@@ -6,10 +6,12 @@ rebirth; a killed agent's NDEATH marks its device down."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
-from devstack.programs import Program, start_pipeline, start_simulator, wait_for
+from devstack.programs import Program, start_pipeline, start_simulator, wait_for, write_yaml
+from devstack.tap import Tap
 
 pytestmark = pytest.mark.integration
 
@@ -110,5 +112,93 @@ def test_sparkplug_stores_what_json_stores_and_survives_a_collector_restart(
         codes.update({f"json {name}": code for name, code in json_codes.items()})
         by_spb.agent.kill()
         sim.program.stop()
+    for name, (code, tail) in codes.items():
+        assert code == 0, f"{name}: {code}\n{tail}"
+
+
+def test_an_agent_with_a_primary_host_publishes_only_while_it_is_online(
+    tmp_path, mosquitto, influx1, influx_db
+):
+    """Store and forward by the host's STATE: before the collector (the primary host)
+    is up, and while it is cleanly stopped, the agent sends nothing and keeps its
+    readings; each time the host comes online it is born again and replays them, so
+    InfluxDB has no hole."""
+    sim = start_simulator(tmp_path, "--no-demo-overload")
+    site = f"t{uuid.uuid4().hex[:8]}"
+    broker = {"host": "127.0.0.1", "port": mosquitto.port, "reconnect_max_s": 1}
+    agent_cfg = write_yaml(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {"id": f"gw-{site}", "site": site},
+            "broker": broker,
+            "format": "sparkplug",
+            "sparkplug": {"primary_host": f"host-{site}"},
+            "devices": [
+                {
+                    "name": "lmi",
+                    "asset": "crane-01",
+                    "profile": "crane",
+                    "host": "127.0.0.1",
+                    "port": sim.port,
+                    "interval_s": 0.2,
+                }
+            ],
+            "spool": {"path": str(tmp_path / "agent-spool.db")},
+            "log": {"format": "json"},
+        },
+    )
+    collector_cfg = write_yaml(
+        tmp_path / "collector.yaml",
+        {
+            "collector": {"id": f"col-{site}"},
+            "broker": broker,
+            "influx": influx(influx1, influx_db),
+            "batch": {"max_lines": 500, "max_delay_s": 0.1},
+            "sparkplug": {"host_id": f"host-{site}"},
+            "log": {"format": "json"},
+        },
+    )
+    agent = Program("agent", ["--config", str(agent_cfg)], tmp_path / "agent.log")
+    collector = Program("collector", ["--config", str(collector_cfg)], tmp_path / "col.log")
+    with Tap(mosquitto.port, f"spBv1.0/{site}/#") as tap:
+        try:
+            agent.start()
+            started = time.time_ns()
+            time.sleep(3)
+            assert tap.messages() == [], "published before the primary host was online"
+            collector.start()
+            wait_for(
+                lambda: any(
+                    row["time"] < started + 10**9 for row in telemetry(influx1, influx_db, site)
+                ),
+                40,
+                "readings polled before the host came online",
+                program=collector,
+            )
+            assert collector.stop() == 0  # STATE offline, retained
+            stopped = time.time_ns()
+            time.sleep(1)  # what was in flight
+            quiet_from = len(tap.messages())
+            time.sleep(3)
+            assert [m.topic for m in tap.messages()[quiet_from:]] == []
+            collector.start()
+            resumed = time.time_ns()
+
+            def covered() -> list[dict]:
+                rows = telemetry(influx1, influx_db, site)
+                return rows if rows and rows[-1]["time"] > resumed + 10**9 else []
+
+            rows = wait_for(covered, 40, "readings after the host came back", program=collector)
+        finally:
+            codes = stop_all(agent, collector)
+            sim.program.stop()
+        births = [m for m in tap.messages() if "/NBIRTH/" in m.topic]
+    assert len(births) >= 2
+    stamps = [row["time"] for row in rows if row["hook_load"] is not None]
+    during = [t for t in stamps if stopped <= t <= resumed]
+    assert len(during) >= 0.5 * (resumed - stopped) / 0.2e9, "readings held while away were lost"
+    log = (tmp_path / "agent.log").read_text()
+    assert log.count('"primary host offline: holding messages in the spool"') == 1
+    assert log.count('"primary host online: publishing"') == 2
     for name, (code, tail) in codes.items():
         assert code == 0, f"{name}: {code}\n{tail}"
