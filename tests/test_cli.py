@@ -219,6 +219,7 @@ def test_a_program_without_a_config_file_declares_its_own_options(monkeypatch, c
         ("agent.main", "derrick-agent", ["--config", "--check", "--log-format"]),
         ("collector.main", "derrick-collector", ["--config", "--check", "acl --help"]),
         ("simulators.main", "derrick-sim", ["--overload", "--log-level", "exit status"]),
+        ("derrick.wire.spdecode", "derrick-sparkplug", ["--topic", "--hex", "mosquitto_sub"]),
     ],
 )
 def test_the_real_programs_help(capsys, module, name, options):

@@ -490,7 +490,7 @@ class DeviceTable:
             spec = MetricSpec(
                 metric.name,
                 metric.alias if metric.HasField("alias") else -1,
-                _metric_type(metric.datatype),
+                metric_type_of(metric.datatype),
                 str(unit),
             )
             by_name[spec.name] = spec
@@ -523,7 +523,8 @@ class DeviceTable:
         return readings, unknown
 
 
-def _metric_type(number: int) -> MetricType:
+def metric_type_of(number: int) -> MetricType:
+    """The spec's type of a ``datatype`` number (UNKNOWN for one Derrick does not read)."""
     try:
         return MetricType(number)
     except ValueError:
