@@ -380,6 +380,7 @@ class Collector:
             loss_settle_s=config.ingest.loss_settle_s,
             loss_alarms=alarms,
             sparkplug=self._sparkplug_host(tracked and alarm_client is None),
+            alarm_sparkplug=self._sparkplug_host(True) if alarm_client is not None else None,
         )
 
     def _sparkplug_host(self, tracks_seq: bool) -> SparkplugHost | None:
@@ -437,6 +438,8 @@ class Collector:
         if self.alarms is not None:
             feed = self.alarm_client or client
             extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:4]
+            if self.alarm_client is not None and self.config.sparkplug.enabled:
+                extra += (SPARKPLUG_DATA, *SPARKPLUG_SESSION)  # the whole stream, unshared
             for subscription in extra:
                 await feed.subscribe(subscription, qos=1)
 

@@ -120,6 +120,8 @@ class Receiver:
     """Where loss conditions go (either session's alarm service)."""
     sparkplug: SparkplugHost | None = None
     """Reads Sparkplug B edge nodes; None: their topics are not subscribed."""
+    alarm_sparkplug: SparkplugHost | None = None
+    """The alarm session's own reader of them (a group: it sees every node's stream)."""
 
     def __post_init__(self) -> None:
         self._alarm_failure = ""
@@ -139,7 +141,10 @@ class Receiver:
         """
 
         async def handle(inbound: InboundMessage) -> None:
-            await self._feed_one(client, inbound, alarms)
+            if inbound.topic.startswith(_SPARKPLUG):
+                self._sparkplug_alarms(client, inbound, alarms)
+            else:
+                await self._feed_one(client, inbound, alarms)
 
         await self._guarded(client, handle, counted=False)
 
@@ -378,6 +383,35 @@ class Receiver:
                 self._condition(client, inbound, topic, alarms, partial(alarms.owns, "agents"))
             case _:
                 self._reject(client, inbound, _not_read(inbound, topic))
+
+    def _sparkplug_alarms(
+        self, client: MqttClient, inbound: InboundMessage, alarms: AlarmService
+    ) -> None:
+        """An edge node's message in the alarm session of a group: births, deaths and data
+        of the assets this collector owns go to the alarms, then it is acknowledged (the
+        storage session stores, rejects or holds its own copy)."""
+        host = self.alarm_sparkplug
+        try:
+            topic = sp.parse_sparkplug_topic(inbound.topic)
+        except TopicError:
+            topic = None
+        if host is not None and isinstance(topic, sp.SparkplugTopic):
+            outcome = host.read(topic, inbound.payload, time.monotonic(), now_ns())
+            if isinstance(outcome, Decoded):
+                self._feed_decoded(inbound.topic, outcome, alarms)
+        client.ack(inbound)
+
+    def _feed_decoded(self, topic: str, decoded: Decoded, alarms: AlarmService) -> None:
+        telemetry = decoded.telemetry
+        if telemetry is not None and alarms.owns(telemetry.site, telemetry.asset):
+            checked = check_readings(telemetry, self.window, None)
+            if not isinstance(checked, Rejected):
+                self._evaluate(topic, alarms.observe_telemetry, checked)
+        for status in decoded.statuses:
+            if alarms.owns(status.site, status.asset):
+                self._evaluate(topic, alarms.observe_device, status)
+        if decoded.agent is not None:
+            alarms.observe_agent(decoded.agent)
 
     def _condition(
         self,

@@ -34,7 +34,12 @@ from derrick.mqtt.client import InboundMessage, MqttClient, MqttError, MqttTimeo
 from derrick.mqtt.settings import BrokerSettings
 from derrick.plumbing.configfile import ConfigError
 from derrick.wire import sparkplug as sp
-from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, AlarmNotice
+from derrick.wire.payloads import (
+    AlarmCommand,
+    AlarmCommandResult,
+    AlarmNotice,
+    AlarmStateMessage,
+)
 from derrick.wire.topics import (
     ALARM_COMMANDS_SUBSCRIPTION,
     agent_events_topic,
@@ -1190,11 +1195,11 @@ def test_passwd_cli_names_the_missing_passwords(tmp_path, fleet_configs, capsys)
 
 @pytest.mark.integration
 def test_a_sparkplug_agent_under_the_generated_acl_is_stored_and_cannot_be_forged(fleet, tmp_path):
-    """simulator -> agent gw-4 (Sparkplug B) -> mosquitto (TLS, the generated ACL) ->
-    collector (group: births to every session, data shared) -> InfluxDB. Another
-    gateway's login forging gw-4's data, and an operator writing to its PLC (DCMD),
-    reach nobody."""
-    sim = start_simulator(tmp_path, "--no-demo-overload", port=fleet.plc_port)
+    """simulator (overloaded) -> agent gw-4 (Sparkplug B) -> mosquitto (TLS, the
+    generated ACL) -> collector (group: data shared for storage, the whole stream in the
+    alarm session) -> InfluxDB and the crews. Another gateway's login forging gw-4's
+    data, and an operator writing to its PLC (DCMD), reach nobody."""
+    sim = start_simulator(tmp_path, "--overload", "--no-demo-overload", port=fleet.plc_port)
     collector = Program(
         "collector", ["--config", str(fleet.configs["collector"])], tmp_path / "col.log"
     )
@@ -1209,23 +1214,29 @@ def test_a_sparkplug_agent_under_the_generated_acl_is_stored_and_cannot_be_forge
     forged = sp.pb.Payload(timestamp=int(time.time() * 1000), seq=99)
     forged.metrics.add(name="hook_load", datatype=9, float_value=9999.0)
 
-    async def forge() -> None:
+    async def forge() -> AlarmStateMessage:
+        state = alarm_state_topic("site-a", "crane-04", "lmi", "crane_overload")
         async with (
             connected(fleet, AGENT_2, "forger") as forger,
-            connected(fleet, "ana", "e2e-ana-dcmd") as ana,
+            connected(fleet, "ana", "e2e-ana-dcmd", [state]) as ana,
         ):
+            # retained: announced when the agent's first readings came, before we listened
+            message = await asyncio.wait_for(ana.inbox.get(), 30)
+            notice = AlarmStateMessage.model_validate_json(message.payload)
             for topic in (spb("DDATA", "gw-4", "lmi"), spb("DBIRTH", "gw-4", "lmi")):
                 await publish_refused(forger, topic, forged.SerializeToString())
             await publish_refused(ana, spb("DCMD", "gw-4", "lmi"), forged.SerializeToString())
+            return notice
 
     try:
         wait_for(lambda: len(loads()) >= 5, 40, "gw-4's readings in InfluxDB", program=collector)
-        asyncio.run(forge())
+        notice = asyncio.run(forge())
         time.sleep(2)  # what got through would be stored by now
         forged_rows = loads("AND hook_load > 9000")
     finally:
         codes = {p.name: (p.stop(), p.log_tail()) for p in reversed(programs)}
     assert forged_rows == []
+    assert (notice.priority, notice.asset, notice.active) == ("critical", "crane-04", True)
     assert "host command refused" not in (tmp_path / "agent.log").read_text()
     for name, (code, tail) in codes.items():
         assert code == 0, f"{name} exit {code}:\n{tail}"
