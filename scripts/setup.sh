@@ -4,13 +4,18 @@
 # when something actually has to be installed.
 #
 #   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll, socat
-#      (socat makes the pty pairs of the serial Modbus RTU tests)
+#      (socat makes the pty pairs of the serial Modbus RTU tests), nodejs and npm
+#      (when `node` / `npm` are missing)
 #      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
 #      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
 #      tests and `make run` start their own copies on free loopback ports.
 #   2. .venv with the three distributions editable (derrick: kernel and agent;
 #      collector/ and simulators/ each have a pyproject.toml of their own) and the dev
 #      tools, redone when a pyproject.toml is newer than the stamp .venv/.installed.
+#   3. tests/interop's Node packages (Eclipse Tahu's Sparkplug B client and payload
+#      codec, for tests/test_sparkplug_interop.py):
+#      `npm ci` from the committed package-lock.json, redone when the lock file is
+#      newer than npm's record of the last install (node_modules/.package-lock.json).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +29,7 @@ have() {
 
 packages=()
 for pair in mosquitto:mosquitto influxd:influxdb victoria-metrics:victoria-metrics \
-    mbpoll:mbpoll socat:socat make:make; do
+    mbpoll:mbpoll socat:socat make:make node:nodejs npm:npm; do
     have "${pair%%:*}" || packages+=("${pair#*:}")
 done
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -46,7 +51,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
-    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat)"
+    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat, node, npm)"
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -65,4 +70,13 @@ if [ "$stale" -eq 1 ]; then
     touch .venv/.installed
 else
     say ".venv up to date (every pyproject.toml older than .venv/.installed)"
+fi
+
+interop=tests/interop
+if [ ! -e "$interop/node_modules/.package-lock.json" ] ||
+    [ "$interop/package-lock.json" -nt "$interop/node_modules/.package-lock.json" ]; then
+    say "npm ci in $interop (Eclipse Tahu's Sparkplug packages, from package-lock.json)"
+    npm ci --prefix "$interop" --no-audit --no-fund
+else
+    say "$interop/node_modules up to date (older package-lock.json)"
 fi
