@@ -127,6 +127,7 @@ class Agent:
                 self.client,
                 properties=self._node_properties,
                 primary_host=config.sparkplug.primary_host,
+                compact=config.sparkplug.compact,
             )
             self.outbox.encode_data = self.node.data
         else:

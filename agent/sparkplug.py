@@ -76,22 +76,26 @@ def metric_type(reg: Register) -> sp.MetricType:
 
 def assign_aliases(devices: Sequence[Device], spool: Spool) -> dict[str, list[sp.MetricSpec]]:
     """Each device's metrics, with aliases kept from earlier runs and new ones for new
-    tags (one more than any given), written back to the spool's notes."""
+    tags (one more than any given), written back to the spool's notes. The device's
+    ``Properties/asset`` and ``Properties/kind`` birth metrics get theirs the same way
+    (the last two specs of each list)."""
     given = {key[len(ALIAS_NOTE) :]: int(value) for key, value in spool.notes(ALIAS_NOTE).items()}
     next_alias = max(given.values(), default=0) + 1
     new: dict[str, str | None] = {}
     specs: dict[str, list[sp.MetricSpec]] = {}
     for device in devices:
+        metrics = [(reg.tag, metric_type(reg), reg.unit) for reg in device.selected_registers] + [
+            (sp.ASSET, sp.MetricType.STRING, ""),
+            (sp.KIND, sp.MetricType.STRING, ""),
+        ]
         specs[device.name] = []
-        for reg in device.selected_registers:
-            key = f"{device.name}/{reg.tag}"
+        for name, kind, unit in metrics:
+            key = f"{device.name}/{name}"
             if key not in given:
                 given[key] = next_alias
                 new[ALIAS_NOTE + key] = str(next_alias)
                 next_alias += 1
-            specs[device.name].append(
-                sp.MetricSpec(reg.tag, given[key], metric_type(reg), reg.unit)
-            )
+            specs[device.name].append(sp.MetricSpec(name, given[key], kind, unit))
     spool.write_notes(new)
     return specs
 
@@ -109,9 +113,12 @@ class SparkplugNode:
         *,
         properties: Callable[[], dict[str, str]] = dict,
         primary_host: str | None = None,
+        compact: bool = False,
     ) -> None:
         """``properties``: the NBIRTH's node properties, asked at every birth.
-        ``primary_host``: the host application whose STATE decides when to publish."""
+        ``primary_host``: the host application whose STATE decides when to publish.
+        ``compact``: data metrics without the timestamps equal to their message's (see
+        :class:`~derrick.wire.sparkplug.DataEncoder`)."""
         self.site = site
         self.properties = properties
         self.primary_host = primary_host
@@ -120,8 +127,15 @@ class SparkplugNode:
         self.agent_id = agent_id
         self.client = client
         self.devices = {device.name: device for device in devices}
-        self.specs = assign_aliases(devices, spool)
-        self.encoders = {name: sp.DataEncoder(specs) for name, specs in self.specs.items()}
+        aliased = assign_aliases(devices, spool)
+        self.specs = {name: specs[:-2] for name, specs in aliased.items()}
+        self._property_aliases = {
+            name: (specs[-2].alias, specs[-1].alias) for name, specs in aliased.items()
+        }
+        self.compact = compact
+        self.encoders = {
+            name: sp.DataEncoder(specs, compact=compact) for name, specs in self.specs.items()
+        }
         self.last: dict[str, dict[str, Reading]] = {name: {} for name in self.devices}
         self.state: dict[str, DeviceState | None] = dict.fromkeys(self.devices)
         self.bdseq = 0
@@ -180,6 +194,7 @@ class SparkplugNode:
             now_ns(),
             asset=device.asset,
             kind=device.equipment_kind,
+            property_aliases=self._property_aliases[name],
         )
         topic = sp.sparkplug_topic(self.site, sp.MessageType.DBIRTH, self.agent_id, name)
         self.client.publish_nowait(topic, sp.with_seq(payload, self.next_seq()), qos=0)
@@ -220,7 +235,8 @@ class SparkplugNode:
             payload = self._replayable(topic, payload)
             if payload is None:
                 return None
-        return sp.with_seq(payload, self.next_seq())
+        sent = None if self.compact else now_ns()  # compact: the message's time is the poll's
+        return sp.with_seq(payload, self.next_seq(), sent)
 
     def _replayable(self, topic: str, payload: bytes) -> bytes | None:
         try:

@@ -174,6 +174,7 @@ def measure(work: Path, rules: Path | None) -> tuple[float, float, float, int]:
         agent_id = "gw-bench"
         settings = {
             "agent": {"id": agent_id, "site": "bench"},
+            "format": os.environ.get("BENCH_FORMAT", "json"),
             "broker": {"host": "127.0.0.1", "port": broker.port},
             "devices": [
                 {

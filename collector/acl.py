@@ -162,7 +162,7 @@ class _EdgeKeys(_Keys):
 class AgentKeys(_Keys):
     agent: AgentIdentity
     broker: _Login = _Login()
-    format: Literal["json", "sparkplug"] = "json"
+    format: Literal["json", "sparkplug"] = "sparkplug"  # the agent's own default
     sparkplug: _EdgeKeys = _EdgeKeys()
     devices: list[_DeviceKeys] = Field(min_length=1)
 
@@ -197,7 +197,7 @@ class Agent:
     devices: tuple[tuple[str, str], ...]  # (asset, device), sorted
     source: str  # the config file, as given
     assumed: bool  # username not in the config: the default was taken
-    wire: str = "json"  # the agent's format: json or sparkplug
+    wire: str = "sparkplug"  # the agent's format: sparkplug (its default) or json
     primary_host: str | None = None  # Sparkplug: the host whose STATE it follows
 
     @property

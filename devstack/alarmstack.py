@@ -188,6 +188,7 @@ class AlarmStack:
         name = f"gw-{self.site}" + ("-edge" if edge else "")
         config = {
             "agent": {"id": name, "site": self.site},
+            "format": "json",
             "broker": self.broker,
             "devices": devices,
             "spool": {"path": str(self.base_dir / f"{name}-spool.db")},

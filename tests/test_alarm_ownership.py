@@ -162,6 +162,7 @@ def agent_config(folder: Path, site: str, assets: list[str], broker: dict, port:
         folder / "agent.yaml",
         {
             "agent": {"id": f"gw-{site}", "site": site},
+            "format": "json",
             "broker": broker,
             "devices": devices,
             "spool": {"path": str(folder / "agent-spool.db")},

@@ -313,6 +313,7 @@ def _configs(
         base / "agent.yaml",
         {
             "agent": {"id": f"gw-{site}", "site": site},
+            "format": "json",
             "broker": broker,
             "devices": devices,
             "metrics_interval_s": 5,

@@ -16,6 +16,8 @@ BOUNDARIES = {
     "paho": {"derrick/mqtt/client.py"},
     "pymodbus": {"agent/modbus.py", "simulators/modbus_server.py"},
     "influxdb_client": {"collector/influx.py"},
+    # protobuf: the Sparkplug codec and the module generated from the spec's proto
+    "google": {"derrick/wire/sparkplug.py", "derrick/wire/sparkplug_b_pb2.py"},
 }
 
 
@@ -196,7 +198,7 @@ def test_the_readme_architecture_table_matches_the_tree():
     rows = architecture_rows()
     for directory, row in rows.items():
         assert (REPO / directory).is_dir(), f"README names {directory}, not in the tree"
-        for named in re.findall(r"`([a-z_/]+\.py)`", row):
+        for named in re.findall(r"`([a-z_/0-9]+\.py)`", row):
             path = named if "/" in named else directory + named
             assert (REPO / path).is_file(), f"README names {path}, not in the tree"
     packages = {f"derrick/{p.name}/" for p in (REPO / "derrick").iterdir() if p.is_dir()}
@@ -204,7 +206,7 @@ def test_the_readme_architecture_table_matches_the_tree():
     packages |= {"agent/", "collector/", "collector/alarms/", "simulators/", "devstack/"}
     assert packages <= set(rows), f"missing from README: {sorted(packages - set(rows))}"
     for directory in sorted(packages - {"simulators/", "devstack/"}):
-        named = set(re.findall(r"`([a-z_]+)(?:\.py)?`", rows[directory]))
-        named |= {Path(p).stem for p in re.findall(r"`[a-z_/]+/([a-z_]+\.py)`", rows[directory])}
+        named = set(re.findall(r"`([a-z_0-9]+)(?:\.py)?`", rows[directory]))
+        named |= {Path(p).stem for p in re.findall(r"`[a-z_/]+/([a-z_0-9]+\.py)`", rows[directory])}
         modules = {p.stem for p in (REPO / directory).glob("*.py") if p.stem != "__init__"}
         assert modules <= named, f"{directory}: README row misses {sorted(modules - named)}"

@@ -420,6 +420,7 @@ def agent_yaml(path: Path, broker: dict, **device: object) -> Path:
         path,
         {
             "agent": {"id": "gw-1", "site": SITE},
+            "format": "json",
             "broker": broker,
             "devices": [
                 {

@@ -118,6 +118,7 @@ def test_silent_and_slow_plcs_do_not_delay_the_others(tmp_path, mosquitto):
         tmp_path / "agent.yaml",
         {
             "agent": {"id": f"gw-{site}", "site": site},
+            "format": "json",
             "broker": {"host": "127.0.0.1", "port": mosquitto.port},
             "devices": devices,
             "spool": {"path": str(tmp_path / "spool.db")},

@@ -89,9 +89,25 @@ def test_every_type_encoded_by_hand_reads_back_through_protobuf() -> None:
     for spec in SPECS:
         metric = by_alias[spec.alias]
         assert not metric.name  # data messages use aliases only
-        assert not metric.HasField("timestamp")  # the message's own
+        assert metric.timestamp == T0 // MS  # every data metric has its own (the spec)
         assert not metric.HasField("properties")  # good: no Quality property
         assert sp.metric_value(metric, spec.type) == VALUES[spec.name], spec.name
+
+
+def test_compact_data_leaves_out_the_timestamps_equal_to_the_messages():
+    readings = [reading("hook_load", 1.5), reading("wind", 3, ts=T0 + 4 * MS)]
+    full = sp.DataEncoder(SPECS).encode(readings)
+    compact = sp.DataEncoder(SPECS, compact=True).encode(readings)
+    assert full is not None
+    assert compact is not None
+    first, second = parsed(compact).metrics
+    assert not first.HasField("timestamp")
+    assert second.timestamp == T0 // MS + 4
+    assert len(full) - len(compact) == 7  # one metric timestamp of 2026: 7 bytes
+    table = sp.DeviceTable.from_birth(
+        parsed(sp.encode_device_birth(SPECS, {}, T0, asset="a", kind="k")), "d"
+    )
+    assert table.readings(parsed(compact))[0] == table.readings(parsed(full))[0]
 
 
 def test_the_host_reads_what_the_agent_wrote_reading_for_reading() -> None:
@@ -124,6 +140,12 @@ def test_a_birth_names_every_metric_with_alias_type_unit_and_last_value() -> Non
     assert boom.is_null
     assert sp.metric_properties(boom)["Quality"] == 0  # never read yet
     assert (asset.name, asset.string_value, kind.string_value) == ("Properties/asset", "a", "crane")
+    assert asset.timestamp == kind.timestamp == T0 // MS  # every birth metric has one
+    assert not asset.HasField("alias")
+    aliased = parsed(
+        sp.encode_device_birth(SPECS[:1], last, T0, asset="a", kind="c", property_aliases=(7, 8))
+    )
+    assert [m.alias for m in aliased.metrics] == [1, 7, 8]
 
 
 def test_quality_is_sent_when_not_good_and_once_more_when_good_again() -> None:
@@ -163,6 +185,9 @@ def test_seq_is_appended_at_send_time_and_replays_are_flagged_historical() -> No
     assert payload is not None
     for seq in (0, 127, 128, 255):
         assert parsed(sp.with_seq(payload, seq)).seq == seq
+    sent = parsed(sp.with_seq(payload, 3, sent_ns=T0 + 60_000 * MS))
+    assert (sent.timestamp, sent.seq) == (T0 // MS + 60_000, 3)  # when it was published
+    assert sent.metrics[0].timestamp == T0 // MS  # when it was read
     replay = parsed(sp.with_seq(sp.as_historical(payload), 9))
     assert replay.seq == 9
     assert [m.is_historical for m in replay.metrics] == [True, True]

@@ -35,6 +35,7 @@ def write_agent_config(tmp_path: Path, broker_port: int, plc_port: int) -> tuple
         tmp_path / "agent.yaml",
         {
             "agent": {"id": f"gw-{site}", "site": site},
+            "format": "json",
             "broker": {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 1},
             "devices": [
                 {

@@ -254,10 +254,12 @@ def encode_device_birth(
     *,
     asset: str,
     kind: str,
+    property_aliases: tuple[int, int] | None = None,
 ) -> bytes:
     """DBIRTH without seq (see :func:`with_seq`): every metric with name, alias, type,
-    unit and its last reading (null and bad until there is one), then the device's
-    asset and kind."""
+    unit, timestamp and its last reading (null and bad until there is one), then the
+    device's asset and kind (with ``property_aliases``, when the node uses aliases: the
+    spec wants every birth metric to have one then)."""
     payload = pb.Payload(timestamp=ts_ns // _NS_PER_MS)
     for spec in specs:
         reading = values.get(spec.name)
@@ -268,8 +270,12 @@ def encode_device_birth(
         if spec.unit:
             _property(metric.properties, UNIT_PROPERTY, spec.unit)
         _property(metric.properties, QUALITY_PROPERTY, QUALITY_CODES[quality])
-    for name, text in ((ASSET, asset), (KIND, kind)):
-        payload.metrics.add(name=name, datatype=MetricType.STRING, string_value=text)
+    for index, (name, text) in enumerate(((ASSET, asset), (KIND, kind))):
+        metric = payload.metrics.add(
+            name=name, timestamp=payload.timestamp, datatype=MetricType.STRING, string_value=text
+        )
+        if property_aliases is not None:
+            metric.alias = property_aliases[index]
     return payload.SerializeToString()
 
 
@@ -278,13 +284,17 @@ def encode_device_death(ts_ns: int) -> bytes:
     return pb.Payload(timestamp=ts_ns // _NS_PER_MS).SerializeToString()
 
 
-def with_seq(payload: bytes, seq: int) -> bytes:
-    """``payload`` with its sequence number (0-255) appended.
+def with_seq(payload: bytes, seq: int, sent_ns: int | None = None) -> bytes:
+    """``payload`` with its sequence number (0-255) appended, and with ``sent_ns`` the
+    time it is sent as the message's timestamp.
 
-    Protobuf reads the fields of a message in any order, so a message stored without
-    ``seq`` gets it at send time, when the connection's count is known, for the cost of
-    two bytes and no re-encoding."""
-    return payload + b"\x18" + _varint(seq)
+    Protobuf reads the fields of a message in any order, and of a field given twice the
+    last one counts, so a message stored without ``seq`` gets it at send time, when the
+    connection's count is known, and a stored message's timestamp (the spec's "time at
+    which the message was published") is replaced the same way: a few bytes appended,
+    no re-encoding."""
+    sent = b"" if sent_ns is None else b"\x08" + _varint(sent_ns // _NS_PER_MS)
+    return payload + sent + b"\x18" + _varint(seq)
 
 
 def as_historical(payload: bytes) -> bytes:
@@ -357,13 +367,18 @@ class _Slot:
 class DataEncoder:
     """The DDATA payloads of one device, written byte by byte (see the module docstring).
 
-    A metric is its alias and value; its timestamp only when it differs from the
-    message's (the first reading's, in milliseconds); ``Quality`` only when not good, or
-    good again after it was not (so hosts that keep the last quality see it return).
-    A value the metric's type cannot hold is sent as null, bad.
+    A metric is its alias, timestamp (ms) and value; ``Quality`` only when not good, or
+    good again after it was not (so hosts that keep the last quality see it return). A
+    value the metric's type cannot hold is sent as null, bad. The message's timestamp
+    is its first reading's (the sender replaces it, see :func:`with_seq`).
+
+    ``compact``: a metric's timestamp only when it differs from the message's, about 7
+    bytes less per reading. The spec wants every data metric to carry one, so this is
+    for hosts that read a missing one as the message's, as Derrick's collector does.
     """
 
     specs: Sequence[MetricSpec]
+    compact: bool = False
     _slots: dict[str, _Slot] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -386,9 +401,10 @@ class DataEncoder:
             if message_ms < 0:
                 message_ms = last_ms = ms
                 parts.append(b"\x08" + _varint(ms))
+                stamp = b"" if self.compact else b"\x18" + _varint(ms)
             elif ms != last_ms:  # readings of one request share their time
                 last_ms = ms
-                stamp = b"" if ms == message_ms else b"\x18" + _varint(ms)
+                stamp = b"" if self.compact and ms == message_ms else b"\x18" + _varint(ms)
             quality = reading.quality
             value = reading.value
             if value is None:
