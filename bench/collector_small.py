@@ -23,8 +23,14 @@ message.
   CPU per reading in the same runs (publishers: this process);
 * ``load_average``: the machine's 1-minute load at the start and at the end.
 
+With ``sparkplug`` in ``BENCH_WIRES`` (the default), the same runs again with the same
+readings as Sparkplug B DDATA (spBv1.0/<site>/DDATA/bench/lmi, Double metrics by alias
+with their timestamps, as Derrick's agent writes them; NBIRTH and DBIRTH published
+first): the figures end in ``_sparkplug``.
+
 Environment: ``BENCH_MESSAGES`` (20000 messages per size, as bench/collector.py),
-``BENCH_SIZES`` (``20,100``: readings per message, one run each, in that order);
+``BENCH_SIZES`` (``20,100``: readings per message, one run each, in that order),
+``BENCH_WIRES`` (``json,sparkplug``);
 ``BENCH_PROFILE=DIR`` records each collector run with py-spy (collapsed stacks in
 ``DIR/small<size>.txt``).
 """
@@ -50,13 +56,18 @@ from bench.collector import (
     settings_of,
     warm_up,
 )
+from derrick.mqtt.client import MqttClient
+from derrick.mqtt.settings import BrokerSettings
 from derrick.plumbing import logs
+from derrick.wire import sparkplug as sp
+from derrick.wire.payloads import Quality, trusted_reading
 from derrick.wire.topics import telemetry_topic
 from devstack.programs import Program, wait_for
 from devstack.services import Influx1, Mosquitto
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "20000"))
 SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "20,100").split(",")]
+WIRES = os.environ.get("BENCH_WIRES", "json,sparkplug").split(",")
 DB = "bench_collector_small"
 
 
@@ -69,10 +80,49 @@ def fields_complete(influx: Influx1, site: str, tags: int) -> bool:
     return all(counts.get(f"count_t{i}") == MESSAGES for i in range(tags))
 
 
-def run_size(work: Path, broker: Mosquitto, influx: Influx1, tags: int) -> dict[str, float]:
+def sparkplug_messages(site: str, tags: int) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """The births and ``MESSAGES`` DDATA of the readings bench/collector.py's builder
+    makes (same values, 1 ms apart, ending now), written as Derrick's agent writes them."""
+    specs = [sp.MetricSpec(f"t{i}", i + 1, sp.MetricType.DOUBLE, "t") for i in range(tags)]
+    encoder = sp.DataEncoder(specs)
+    now = time.time_ns()
+    births = [
+        (sp.sparkplug_topic(site, sp.MessageType.NBIRTH, "bench"), sp.encode_node_birth(0, now)),
+        (
+            sp.sparkplug_topic(site, sp.MessageType.DBIRTH, "bench", "lmi"),
+            sp.with_seq(sp.encode_device_birth(specs, {}, now, asset="crane-01", kind="crane"), 1),
+        ),
+    ]
+    base = now - MESSAGES * 1_000_000
+    data = []
+    for seq in range(MESSAGES):
+        ts = base + seq * 1_000_000
+        readings = [
+            trusted_reading(f"t{i}", seq + i / 10, "t", Quality.GOOD, ts) for i in range(tags)
+        ]
+        payload = encoder.encode(readings)
+        assert payload is not None
+        data.append(sp.with_seq(payload, (seq + 2) % 256, now))
+    return births, data
+
+
+async def publish_births(broker: BrokerSettings, births: list[tuple[str, bytes]]) -> None:
+    client = MqttClient(broker, client_id="bench-births", persistent=False)
+    await client.start()
+    try:
+        await client.wait_connected(timeout=10)
+        for topic, payload in births:
+            await client.publish(topic, payload, timeout=10)
+    finally:
+        await client.stop()
+
+
+def run_size(
+    work: Path, broker: Mosquitto, influx: Influx1, tags: int, wire: str = "json"
+) -> dict[str, float]:
     """One collector, MESSAGES messages of ``tags`` readings: CPU seconds per process and
     the wall seconds (``seconds``), from the first publish until all are stored."""
-    site = f"small{tags}"
+    site = f"small{tags}" if wire == "json" else f"small{tags}{wire}"
     settings = {"api": "v1", "url": influx.url, "database": DB, "create_database": True}
 
     def count(s: str) -> int:
@@ -81,8 +131,13 @@ def run_size(work: Path, broker: Mosquitto, influx: Influx1, tags: int) -> dict[
     assert broker.pid is not None and influx.pid is not None
     with collector(work / site, broker, settings) as program:
         warm_up(broker, site, program, count)
-        messages = payloads(site, MESSAGES, tags)
-        topic = telemetry_topic(site, "crane-01", "lmi")
+        if wire == "sparkplug":
+            births, messages = sparkplug_messages(site, tags)
+            asyncio.run(publish_births(settings_of(broker), births))
+            topic = sp.sparkplug_topic(site, sp.MessageType.DDATA, "bench", "lmi")
+        else:
+            messages = payloads(site, MESSAGES, tags)
+            topic = telemetry_topic(site, "crane-01", "lmi")
         assert program.process is not None
         meter = CpuMeter(
             {"collector": program.process.pid, "mosquitto": broker.pid, "database": influx.pid}
@@ -111,24 +166,28 @@ def _wait_stored(site: str, program: Program, count) -> None:
 def main() -> None:
     logs.configure("console", "warning")
     load_start = os.getloadavg()[0]
-    results: dict[int, dict[str, float]] = {}
+    results: dict[tuple[int, str], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="derrick-bench-collector-small-") as tmp:
         work = Path(tmp)
         with Mosquitto(work) as broker, Influx1(work) as influx:
-            for tags in SIZES:
-                results[tags] = run_size(work, broker, influx, tags)
+            for wire in WIRES:
+                for tags in SIZES:
+                    results[tags, wire] = run_size(work, broker, influx, tags, wire)
     load_end = os.getloadavg()[0]
-    for tags, used in results.items():
+    for (tags, wire), used in results.items():
         readings = MESSAGES * tags
-        print(f"collector_cpu_us_per_reading_{tags}: {used['collector'] / readings * 1e6:.2f} us")
-    for tags, used in results.items():
+        suffix = "" if wire == "json" else f"_{wire}"
+        us = used["collector"] / readings * 1e6
+        print(f"collector_cpu_us_per_reading_{tags}{suffix}: {us:.2f} us")
+    for (tags, wire), used in results.items():
+        suffix = "" if wire == "json" else f"_{wire}"
         per_message = used["collector"] / MESSAGES * 1e6
-        print(f"collector_cpu_us_per_message_{tags}: {per_message:.1f} us")
+        print(f"collector_cpu_us_per_message_{tags}{suffix}: {per_message:.1f} us")
         rate = MESSAGES * tags / used["seconds"]
-        print(f"collector_readings_per_s_{tags}: {rate:.0f} readings/s")
+        print(f"collector_readings_per_s_{tags}{suffix}: {rate:.0f} readings/s")
         for name in ("mosquitto", "database", "publishers"):
             us = used[name] / (MESSAGES * tags) * 1e6
-            print(f"cpu_us_per_reading_{tags}_{name}: {us:.2f} us")
+            print(f"cpu_us_per_reading_{tags}{suffix}_{name}: {us:.2f} us")
     print(f"load_average: {load_start:.2f} at start, {load_end:.2f} at end (1 min)")
 
 

@@ -40,10 +40,11 @@ records what reaches the broker (only the agent publishes there: ``derrick/v1/..
 
 ``BENCH_FORMATS`` (``json``) lists wire formats to run the same scenario with, one agent
 run each (:func:`run_scenario`), each set as the agent config's ``format`` key;
-``json,sparkplug`` adds ``wire_bytes_per_reading_sparkplug``. Every figure of a run other
-than json gets the suffix ``_<format>``; its telemetry is told apart and its readings
-counted by its entry in :data:`FORMATS_READ`. A format the agent's config refuses is
-skipped with a note on stderr.
+``json,sparkplug`` adds ``wire_bytes_per_reading_sparkplug``; ``sparkplug-compact`` is
+Sparkplug with ``sparkplug.compact: true`` (no metric timestamp equal to its message's).
+Every figure of a run other than json gets the suffix ``_<format>``; its telemetry is
+told apart and its readings counted by its entry in :data:`FORMATS_READ`. A format the
+agent's config refuses is skipped with a note on stderr.
 
 Environment: ``BENCH_SECONDS`` (60), ``BENCH_WARMUP_S`` (5), ``BENCH_SMALL_DEVICES``
 (20), ``BENCH_SMALL_INTERVAL_S`` (0.5), ``BENCH_FORMATS`` (``json``, comma-separated);
@@ -111,6 +112,7 @@ FORMATS_READ = {
         lambda payload: len(sparkplug.decode_payload(payload).metrics),
     ),
 }
+FORMATS_READ["sparkplug-compact"] = FORMATS_READ["sparkplug"]
 
 
 def publish_packet_bytes(topic: str, payload: bytes) -> int:
@@ -161,8 +163,9 @@ def agent_settings(fmt: str, broker_port: int, base: int, work: Path) -> dict:
         "metrics_interval_s": 5,
         "log": {"format": "json", "level": "warning"},
     }
-    if fmt != "json":
-        settings["format"] = fmt
+    settings["format"] = fmt.removesuffix("-compact")  # always said: the default moved
+    if fmt.endswith("-compact"):
+        settings["sparkplug"] = {"compact": True}
     return settings
 
 
