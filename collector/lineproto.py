@@ -53,6 +53,7 @@ from derrick.wire.payloads import (
     DeviceStatus,
     Quality,
     Telemetry,
+    TelemetryRows,
 )
 from derrick.wire.topics import agent_metrics_topic, device_status_topic, telemetry_topic
 
@@ -121,27 +122,35 @@ def _numbers_as_floats(fields: Mapping[str, object]) -> dict[str, object]:
     }
 
 
-def encode_telemetry(message: Telemetry) -> list[str]:
+def encode_telemetry(message: Telemetry | TelemetryRows) -> list[str]:
     """One line per distinct timestamp of the message: what :func:`encode_point` writes
-    for its readings (integers as floats), built without a dict per line."""
+    for its readings (integers as floats), built without a dict per line.
+
+    The collector's hot path passes :class:`~derrick.wire.payloads.TelemetryRows`
+    (readings as tuples); a :class:`Telemetry` is read into them first."""
+    if message.__class__ is not TelemetryRows:
+        message = TelemetryRows.of(message)  # type: ignore[arg-type]
     series = _telemetry_series(message.site, message.asset, message.device, message.kind)
     fields_at: dict[int, list[str]] = {}
-    for reading in message.readings:
-        fields = fields_at.get(reading.ts_ns)
-        if fields is None:
-            fields = fields_at[reading.ts_ns] = []
-        value = reading.value
-        if value.__class__ is float and reading.quality is _GOOD and value - value == 0:
-            fields.append(f"{reading.tag}={value!r}")  # the common case, inline: finite float
+    fields: list[str] = []
+    at = None
+    good = _GOOD
+    for tag, value, _unit, quality, ts in message.rows:  # type: ignore[union-attr]
+        if ts != at:  # readings of one poll share their time: one lookup per message
+            at = ts
+            fields = fields_at.get(ts)  # type: ignore[assignment]
+            if fields is None:
+                fields = fields_at[ts] = []
+        if value.__class__ is float and quality is good and value - value == 0:
+            fields.append(f"{tag}={value!r}")  # the common case, inline: finite float
             continue
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        encoded = _field_value(value)
-        quality = reading.quality if encoded is not None else Quality.BAD
+        written = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        encoded = _field_value(written)
         if encoded is not None:
-            fields.append(f"{reading.tag}={encoded}")
-        if quality != _GOOD:
-            fields.append(f'{reading.tag}_q="{quality.value}"')
+            fields.append(f"{tag}={encoded}")
+        mark = quality if encoded is not None else Quality.BAD
+        if mark != good:
+            fields.append(f'{tag}_q="{mark.value}"')
     return [f"{series}{','.join(fields)} {ts}" for ts, fields in fields_at.items() if fields]
 
 

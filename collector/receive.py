@@ -57,8 +57,9 @@ from collector.validate import (
     DEFAULT_WINDOW,
     Rejected,
     Window,
-    check_readings,
+    check_rows,
     classify,
+    read_telemetry,
     validate_condition,
     validate_telemetry,
 )
@@ -228,16 +229,16 @@ class Receiver:
                 self._reject(self.client, inbound, _not_read(inbound, topic))
 
     async def _telemetry(self, inbound: InboundMessage, topic: TelemetryTopic) -> None:
-        result = validate_telemetry(topic, inbound.payload, self.window, self.fields)
+        result = read_telemetry(topic, inbound.payload, self.window, self.fields)
         if isinstance(result, Rejected):
             self._reject(self.client, inbound, result)
             return
         lines = encode_telemetry(result)
-        self.stats.readings += len(result.readings)
+        self.stats.readings += len(result.rows)
         if self.storage_tracks and self.sequences is not None:
             self.sequences.observe(result.agent, result.boot, result.seq, time.monotonic())
         if self.alarms is not None:
-            self._evaluate(inbound.topic, self.alarms.observe_telemetry, result)
+            self._evaluate(inbound.topic, self.alarms.observe_telemetry, result.telemetry())
         await self.store_queue.put(Batchable(lines, inbound))
 
     async def _sparkplug(self, inbound: InboundMessage) -> None:
@@ -275,16 +276,16 @@ class Receiver:
 
     async def _store_decoded(self, inbound: InboundMessage, decoded: Decoded) -> None:
         lines: list[str] = []
-        telemetry = decoded.telemetry
-        if telemetry is not None:
-            checked = check_readings(telemetry, self.window, self.fields)
+        rows = decoded.rows
+        if rows is not None:
+            checked = check_rows(rows, self.window, self.fields)
             if isinstance(checked, Rejected):
                 self._reject(self.client, inbound, checked)
                 return
             lines += encode_telemetry(checked)
-            self.stats.readings += len(checked.readings)
+            self.stats.readings += len(checked.rows)
             if self.alarms is not None:
-                self._evaluate(inbound.topic, self.alarms.observe_telemetry, checked)
+                self._evaluate(inbound.topic, self.alarms.observe_telemetry, checked.telemetry())
         for status in decoded.statuses:
             lines.append(encode_device_status(status))
             if self.alarms is not None:
@@ -402,11 +403,11 @@ class Receiver:
         client.ack(inbound)
 
     def _feed_decoded(self, topic: str, decoded: Decoded, alarms: AlarmService) -> None:
-        telemetry = decoded.telemetry
-        if telemetry is not None and alarms.owns(telemetry.site, telemetry.asset):
-            checked = check_readings(telemetry, self.window, None)
+        rows = decoded.rows
+        if rows is not None and alarms.owns(rows.site, rows.asset):
+            checked = check_rows(rows, self.window, None)
             if not isinstance(checked, Rejected):
-                self._evaluate(topic, alarms.observe_telemetry, checked)
+                self._evaluate(topic, alarms.observe_telemetry, checked.telemetry())
         for status in decoded.statuses:
             if alarms.owns(status.site, status.asset):
                 self._evaluate(topic, alarms.observe_device, status)

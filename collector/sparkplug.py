@@ -45,8 +45,9 @@ from derrick.wire.payloads import (
     DeviceState,
     DeviceStatus,
     EdgeRules,
-    Reading,
+    ReadingRow,
     Telemetry,
+    TelemetryRows,
     now_ns,
 )
 
@@ -71,11 +72,16 @@ def field_name(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """What one Sparkplug message says, as the JSON contract would have said it."""
+    """What one Sparkplug message says, as the JSON contract would have said it
+    (the readings as rows, for the hot path; :attr:`telemetry` as the model)."""
 
-    telemetry: Telemetry | None = None
+    rows: TelemetryRows | None = None
     statuses: tuple[DeviceStatus, ...] = ()
     agent: AgentStatus | None = None
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        return self.rows.telemetry() if self.rows is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +248,9 @@ class SparkplugHost:
         if self.tables.get(key) != table:
             self._keep(key, table)
         node.devices.add(topic.device)
-        readings, _unknown = table.readings(message)
+        rows, _unknown, historical = table.rows(message)
         status = self._status(topic, DeviceState.UP, "DBIRTH", message.timestamp)
-        return Decoded(self._telemetry(topic, table, readings, message), (status,))
+        return Decoded(self._telemetry(topic, table, rows, historical, message), (status,))
 
     def _device_data(
         self, topic: sp.SparkplugTopic, message: sp.pb.Payload, now_s: float
@@ -254,11 +260,11 @@ class SparkplugHost:
         if table is None:
             self._ask_rebirth(topic, now_s, "data of a device without a birth")
             return Unreadable(f"no DBIRTH of {topic.device} seen yet")
-        readings, unknown = table.readings(message)
+        rows, unknown, historical = table.rows(message)
         if unknown:
             self._ask_rebirth(topic, now_s, f"unknown metrics {unknown[:5]}")
             return Unreadable(f"aliases or names its DBIRTH does not have: {unknown[:10]}")
-        return Decoded(self._telemetry(topic, table, readings, message))
+        return Decoded(self._telemetry(topic, table, rows, historical, message))
 
     # -- sequence and rebirth ---------------------------------------------------------
 
@@ -330,15 +336,15 @@ class SparkplugHost:
         self,
         topic: sp.SparkplugTopic,
         table: sp.DeviceTable,
-        readings: list[Reading],
+        rows: list[ReadingRow],
+        historical: bool,
         message: sp.pb.Payload,
-    ) -> Telemetry | None:
-        if not readings:
+    ) -> TelemetryRows | None:
+        if not rows:
             return None
+        assert topic.device is not None
         node = self._nodes.get((topic.group, topic.node))
-        return Telemetry.model_construct(
-            v=1,
-            historical=any(metric.is_historical for metric in message.metrics),
+        return TelemetryRows(
             site=topic.group,
             asset=table.asset,
             device=topic.device,
@@ -346,7 +352,8 @@ class SparkplugHost:
             agent=topic.node,
             boot=f"sparkplug-bdseq-{node.bdseq if node else None}",
             seq=message.seq,
-            readings=readings,
+            historical=historical,
+            rows=rows,
         )
 
     def _status(

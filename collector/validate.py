@@ -42,7 +42,14 @@ from pydantic import ValidationError
 
 from collector.fieldtypes import BOOLEAN, FLOAT, STRING, FieldTypes, value_type
 from derrick.wire.ids import SCHEMA_VERSION
-from derrick.wire.payloads import ConditionMessage, Quality, Reading, Telemetry
+from derrick.wire.payloads import (
+    ConditionMessage,
+    Quality,
+    Reading,
+    Telemetry,
+    TelemetryRows,
+    parse_telemetry_rows,
+)
 from derrick.wire.topics import (
     TOPIC_ROOT,
     ConditionTopic,
@@ -142,6 +149,48 @@ def validate_telemetry(
     return check_readings(message, window, fields)
 
 
+def read_telemetry(
+    where: TelemetryTopic,
+    payload: bytes,
+    window: Window = DEFAULT_WINDOW,
+    fields: FieldTypes | None = None,
+) -> TelemetryRows | Rejected:
+    """:func:`validate_telemetry` on the collector's hot path: the same verdict, the
+    same reasons, the readings as rows (:class:`~derrick.wire.payloads.TelemetryRows`).
+
+    A payload of the common shape is read by
+    :func:`~derrick.wire.payloads.parse_telemetry_rows` and checked by
+    :func:`check_rows`; anything else goes through the model (:func:`validate_telemetry`),
+    which finds the reason."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return _oversized(payload)
+    rows = parse_telemetry_rows(payload)
+    if rows is None:
+        message = validate_telemetry(where, payload, window, fields)
+        return message if isinstance(message, Rejected) else TelemetryRows.of(message)
+    if rows.site != where.site or rows.asset != where.asset or rows.device != where.device:
+        return _mismatch(where, rows)
+    return check_rows(rows, window, fields)
+
+
+def _oversized(payload: bytes) -> Rejected:
+    return Rejected(
+        f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
+        "oversized",
+    )
+
+
+def _mismatch(
+    where: TelemetryTopic | ConditionTopic, message: Telemetry | ConditionMessage | TelemetryRows
+) -> Rejected:
+    site, asset, device = where.site, where.asset, where.device
+    return Rejected(
+        f"topic names {site}/{asset}/{device}, payload "
+        f"{message.site}/{message.asset}/{message.device}",
+        "mismatch",
+    )
+
+
 _Message = TypeVar("_Message", Telemetry, ConditionMessage)
 
 
@@ -151,21 +200,13 @@ def _device_message(
     """A device's message by its model: size, schema, and the topic's site, asset and
     device against the payload's."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        return Rejected(
-            f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
-            "oversized",
-        )
+        return _oversized(payload)
     try:
         message = model.model_validate_json(payload)
     except ValidationError as exc:
         return classify(payload, exc)
-    site, asset, device = where.site, where.asset, where.device
-    if message.site != site or message.asset != asset or message.device != device:
-        return Rejected(
-            f"topic names {site}/{asset}/{device}, payload "
-            f"{message.site}/{message.asset}/{message.device}",
-            "mismatch",
-        )
+    if message.site != where.site or message.asset != where.asset or message.device != where.device:
+        return _mismatch(where, message)
     return message
 
 
@@ -211,6 +252,36 @@ def check_readings(
     if len({reading.tag for reading in readings}) != len(readings):
         return _check_slowly(message, window, fields)
     return message
+
+
+def check_rows(
+    message: TelemetryRows, window: Window, fields: FieldTypes | None
+) -> TelemetryRows | Rejected:
+    """:func:`check_readings` for rows: the same verdict and reasons, and the same
+    fields learned. The common rows cost a few comparisons each; anything else is
+    judged by :func:`_check_slowly` on the model."""
+    rows = message.rows
+    low, high = window.min_ns, window.max_ns
+    held = fields.types if fields is not None else None
+    good = _GOOD
+    type_of = _TYPE_OF
+    tags = set()
+    for tag, value, _unit, quality, ts in rows:
+        kind = type_of[value.__class__]
+        if (
+            ts < low
+            or ts >= high
+            or kind is None
+            or quality is not good
+            or (held is not None and held.get(tag) is not kind)
+        ):
+            break
+        tags.add(tag)
+    else:
+        if len(tags) == len(rows):
+            return message
+    checked = _check_slowly(message.telemetry(), window, fields)
+    return checked if isinstance(checked, Rejected) else message
 
 
 def _check_slowly(
