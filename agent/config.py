@@ -444,6 +444,11 @@ class AgentConfig(StrictModel):
     )
     sparkplug: SparkplugEdgeSettings = SparkplugEdgeSettings()
     devices: list[Device] = Field(min_length=1)
+    align_polls: bool = Field(
+        default=True,
+        description="poll on the wall clock's grid of each interval, a fleet together; "
+        "false: each device's first poll at random within its first interval",
+    )
     publish_timeout_s: float = Field(default=10.0, gt=0)
     publish_window: int = Field(
         default=20, ge=1, le=100, description="messages awaiting PUBACK at once"

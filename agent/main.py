@@ -105,7 +105,7 @@ class Agent:
 
     def _build(self, config: AgentConfig) -> None:
         """The stages and the Modbus links, around the open spool."""
-        self.outbox = Outbox(config.agent.id, config.agent.site, self.spool)
+        self.outbox = Outbox(config.agent.id, config.agent.site, self.spool, group_per_tick=True)
         self.alarms: EdgeAlarms | None = None  # the last will says nothing of them
         self.status_topic = agent_status_topic(config.agent.id)
         self.node: SparkplugNode | None = None
@@ -164,6 +164,7 @@ class Agent:
                 first_stage,
                 partial(self._state, device),
                 shares_link=users[device.link_key] > 1,
+                aligned=config.align_polls,
             )
         self.health = AgentHealth(
             self.outbox, self.pollers, self.filters, self.publisher, self.client
@@ -211,6 +212,7 @@ class Agent:
         )
 
     def _state(self, device: Device, state: DeviceState, reason: str) -> None:
+        self.outbox.flush()  # the polls before the change go first
         if self.node is not None:
             self.node.device_state(device.name, state)
         else:
@@ -225,6 +227,7 @@ class Agent:
                 await self.node.subscribe()
             await self.client.start()
             resources.push_async_callback(self._disconnect)
+            resources.callback(self.outbox.flush)  # the last polls, before the spool closes
             for link in self.links.values():
                 resources.callback(link.close)
             if self.alarms is not None:
@@ -247,6 +250,7 @@ class Agent:
 
     def _start_tasks(self, group: asyncio.TaskGroup) -> None:
         group.create_task(self.outbox.enforce_age_forever())
+        group.create_task(self.outbox.commit_forever())
         group.create_task(self.publisher.run())
         if self.node is not None:  # births and deaths are the node's
             group.create_task(self.node.serve_commands())

@@ -1,11 +1,21 @@
 """Queue stage: messages from the filter stage (readings) and the pollers (device
 status) into the durable spool, for the publish stage (:mod:`agent.publish`).
 
-Every message is committed to the on-disk spool (SQLite, :mod:`derrick.spool.store`) the moment
-it is made, in one short transaction, before its sequence number counts as given: a
-``kill -9`` can lose a poll that was in progress, never a message that had a number.
-Then the publisher is woken. Sequence numbers are given here, in spool order, so the
-collector sees every drop as a gap.
+Every message is committed to the on-disk spool (SQLite, :mod:`derrick.spool.store`)
+before its sequence number counts as given: a ``kill -9`` can lose a poll that was in
+progress, never a message that had a number. Then the publisher is woken. Sequence
+numbers are given here, in spool order, so the collector sees every drop as a gap.
+
+Group commit (``group_per_tick``, as the agent runs it). A transaction costs about as
+much as the message in it (65 us on the 2-core dev machine for one telemetry message),
+so telemetry is not committed one message at a time: the polls that end within one
+``COMMIT_LINGER_S`` of each other (aligned polls of a fleet end together,
+:mod:`agent.poll`) are encoded, numbered and committed in one transaction by
+:meth:`Outbox.commit_forever`, and the publisher is woken once for all of them. A
+telemetry message waits at most that long before it is durable; until then it has no
+number, so a ``kill -9`` in that window loses polls in progress, as before. Every other
+message (device status, alarm conditions, events) is committed at once, after whatever
+telemetry is waiting, so the spool keeps the order things happened in.
 
 The spool is bounded by bytes and age. At its bound it drops the oldest telemetry
 first; status and alarm-class messages go last. Every drop is counted, logged when
@@ -46,13 +56,23 @@ from derrick.wire.topics import (
 log = structlog.get_logger(__name__)
 
 ANNOUNCE_EVERY_S = 60.0
+COMMIT_LINGER_S = 0.01
+"""How long the first telemetry message of a group waits for others before the group is
+committed (``group_per_tick``)."""
 
 
 class Outbox:
-    def __init__(self, agent_id: str, site: str, spool: Spool) -> None:
+    def __init__(
+        self, agent_id: str, site: str, spool: Spool, *, group_per_tick: bool = False
+    ) -> None:
+        """``group_per_tick``: telemetry is committed in groups by :meth:`commit_forever`
+        (which must then run); else each message at once, in :meth:`put_readings`."""
         self.agent_id = agent_id
         self.site = site
         self.spool = spool
+        self.group_per_tick = group_per_tick
+        self._pending: list[tuple[str, str, str, list[Reading]]] = []
+        self._pending_event = asyncio.Event()
         self.boot = uuid.uuid4().hex
         self.spool_dropped = {priority: 0 for priority in Priority}
         self.stored_callback: Callable[[], None] = lambda: None  # after every message stored
@@ -67,11 +87,46 @@ class Outbox:
     # -- producers ----------------------------------------------------------------------
 
     def put_readings(self, asset: str, device: str, kind: str, readings: list[Reading]) -> None:
+        """One poll's readings of a device: committed now, or with its group."""
+        if self.group_per_tick:
+            self._pending.append((asset, device, kind, readings))
+            self._pending_event.set()
+            return
+        item = self._telemetry(asset, device, kind, readings)
+        if item is not None:
+            self._commit([item])
+
+    async def commit_forever(self) -> None:
+        """Commit the waiting telemetry in groups (``group_per_tick``)."""
+        while True:
+            await self._pending_event.wait()
+            await asyncio.sleep(COMMIT_LINGER_S)
+            self._pending_event.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Number and commit the telemetry waiting for its group, in one transaction."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        items = [self._telemetry(*poll) for poll in pending]
+        self._commit([item for item in items if item is not None])
+
+    def _commit(self, items: list[tuple[str, bytes, Priority, bool, int]]) -> None:
+        if items:
+            self._account(self.spool.append(items))
+            self.stored_callback()
+
+    def _telemetry(
+        self, asset: str, device: str, kind: str, readings: list[Reading]
+    ) -> tuple[str, bytes, Priority, bool, int] | None:
+        """One telemetry message as a spool item (its number given here); None when the
+        wire has nothing to say of these readings."""
         if self.encode_data is not None:
             encoded = self.encode_data(device, readings)
-            if encoded is not None:
-                self.put(*encoded, Priority.TELEMETRY)
-            return
+            if encoded is None:
+                return None
+            return (*encoded, Priority.TELEMETRY, False, now_ns())
         message = Telemetry.model_construct(
             v=1,
             historical=False,
@@ -86,7 +141,7 @@ class Outbox:
         )
         self._seq += 1
         topic = telemetry_topic(self.site, asset, device)
-        self.put(topic, message.model_dump_json().encode(), Priority.TELEMETRY)
+        return (topic, message.model_dump_json().encode(), Priority.TELEMETRY, False, now_ns())
 
     def put_device_status(
         self, asset: str, device: str, state: DeviceState, reason: str, endpoint: str
@@ -118,6 +173,7 @@ class Outbox:
         """Commit one alarm condition change (:mod:`agent.alarms`), with the alarm
         stage's notes about it and the queued messages it replaces, in one transaction.
         Returns the message's spool id."""
+        self.flush()
         message = ConditionMessage(
             site=self.site,
             asset=change.asset,
@@ -152,9 +208,10 @@ class Outbox:
         return entry_id
 
     def put(self, topic: str, payload: bytes, priority: Priority, *, retain: bool = False) -> None:
-        """Commit one message to the spool now; SpoolError if the disk refuses."""
-        self._account(self.spool.append([(topic, payload, priority, retain, now_ns())]))
-        self.stored_callback()
+        """Commit one message to the spool now, after the telemetry waiting for its
+        group; SpoolError if the disk refuses."""
+        self.flush()
+        self._commit([(topic, payload, priority, retain, now_ns())])
 
     async def enforce_age_forever(self, every_s: float = 5.0) -> None:
         """Drop what outlived the spool's age bound, even while nothing new arrives; the

@@ -1,8 +1,10 @@
 """Queue stage: sequence numbers, and drops at the spool's bound counted and published."""
 
+import asyncio
+
 from structlog.testing import capture_logs
 
-from agent.outbox import Outbox
+from agent.outbox import COMMIT_LINGER_S, Outbox
 from derrick.spool.store import Priority, Spool
 from derrick.wire.payloads import AgentEvent, DeviceState, Reading, Telemetry
 
@@ -51,3 +53,50 @@ def test_drops_at_the_bound_are_counted_logged_once_and_published(tmp_path):
     assert len(warnings) == 1
     seqs = [Telemetry.model_validate_json(e.payload).seq for e in entries if "telemetry" in e.topic]
     assert seqs == sorted(seqs) and seqs[-1] == 199  # the newest kept, the oldest dropped
+
+
+def test_grouped_telemetry_is_numbered_and_committed_together_in_order(tmp_path):
+    """group_per_tick (the agent's way): the polls that end together are committed in one
+    transaction and wake the publisher once; nothing is in the spool before, so nothing
+    had a number; a status change commits the waiting polls first, keeping the order."""
+
+    async def scenario(spool):
+        outbox = Outbox("gw", "site", spool, group_per_tick=True)
+        woken = []
+        outbox.stored_callback = lambda: woken.append(len(stored(spool)))
+        committing = asyncio.create_task(outbox.commit_forever())
+        try:
+            for device in ("lmi", "slew", "winch"):
+                outbox.put_readings("crane-01", device, "crane", readings())
+            before = len(stored(spool))
+            await asyncio.sleep(COMMIT_LINGER_S * 5)
+            grouped = list(woken)
+            outbox.put_readings("crane-01", "lmi", "crane", readings())
+            outbox.put_device_status("crane-01", "lmi", DeviceState.DOWN, "timeout", "x:502")
+            return before, grouped, woken
+        finally:
+            committing.cancel()
+
+    with Spool(tmp_path / "s.db", max_bytes=10**7, max_age_s=3600) as spool:
+        before, grouped, woken = asyncio.run(scenario(spool))
+        entries = stored(spool)
+    assert before == 0
+    assert grouped == [3], "three polls, one transaction, one wake-up"
+    assert woken == [3, 4, 5], "the waiting poll goes first, then the status"
+    telemetry = [Telemetry.model_validate_json(e.payload) for e in entries[:4]]
+    assert [(t.device, t.seq) for t in telemetry] == [
+        ("lmi", 0), ("slew", 1), ("winch", 2), ("lmi", 3)
+    ]  # fmt: skip
+    assert entries[4].topic.endswith("/lmi/status")
+
+
+def test_a_flush_commits_what_waits_and_nothing_twice(tmp_path):
+    with Spool(tmp_path / "s.db", max_bytes=10**7, max_age_s=3600) as spool:
+        outbox = Outbox("gw", "site", spool, group_per_tick=True)
+        outbox.put_readings("crane-01", "lmi", "crane", readings())
+        outbox.put_readings("crane-01", "lmi", "crane", readings())
+        assert stored(spool) == []
+        outbox.flush()
+        outbox.flush()
+        entries = stored(spool)
+    assert [Telemetry.model_validate_json(e.payload).seq for e in entries] == [0, 1]

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from agent.config import Device
 from agent.main import open_link
 from agent.modbus import ModbusConnection
-from agent.poll import DevicePoller
+from agent.poll import DevicePoller, next_on_grid
 from derrick.plc.profile import Profile, load_profile
 from derrick.wire.payloads import AgentMetrics, Quality, Telemetry
 from derrick.wire.topics import TOPIC_ROOT
@@ -224,3 +224,48 @@ async def _rtu_bits_scenario():
             connection.close()
     assert {r.tag: r.value for r in readings} == held
     assert poller.requests_per_cycle == 1  # the word and its bits in one read
+
+
+def test_next_on_grid_is_the_next_whole_multiple_of_the_interval_on_the_wall_clock():
+    loop_now = time.monotonic()
+    for interval in (0.1, 0.5, 1.0, 7.0):
+        due = next_on_grid(loop_now, interval)
+        wall_due = due + (time.time() - time.monotonic())
+        assert 0 < due - loop_now <= interval + 0.01
+        phase = wall_due % interval
+        assert min(phase, interval - phase) < 0.01, (interval, phase)
+
+
+def test_aligned_devices_poll_together_on_the_grid():
+    """align_polls: two PLCs on their own sockets are read in the same instants, on the
+    wall clock's 0.2 s grid (each poll starts within a few ms of it)."""
+    aligned = asyncio.run(_aligned_scenario(aligned=True))
+    for times in aligned.values():
+        assert len(times) >= 4
+        phases = [(t / 1e9) % 0.2 for t in times]
+        assert all(min(p, 0.2 - p) < 0.05 for p in phases), phases
+    first = [times[0] for times in aligned.values()]
+    assert abs(first[0] - first[1]) < 50e6, "both devices polled in the same instant"
+
+
+async def _aligned_scenario(*, aligned: bool) -> dict[str, list[int]]:
+    times: dict[str, list[int]] = {"a": [], "b": []}
+    async with (
+        modbus_server.serving(crane_plc(), "127.0.0.1", 0) as port_a,
+        modbus_server.serving(crane_plc(), "127.0.0.1", 0) as port_b,
+    ):
+        pollers = []
+        for name, port in (("a", port_a), ("b", port_b)):
+            device = Device(
+                name=name, asset="c1", profile="crane", host="127.0.0.1", port=port,
+                interval_s=0.2, tags=["hook_load"],
+            )  # fmt: skip
+            connection = ModbusConnection.tcp("127.0.0.1", port, 1.0)
+            sink = lambda readings, name=name: times[name].append(readings[0].ts_ns)  # noqa: E731
+            pollers.append(DevicePoller(device, connection, sink, aligned=aligned))
+        tasks = [asyncio.create_task(poller.run()) for poller in pollers]
+        await asyncio.sleep(1.1)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return times

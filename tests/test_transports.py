@@ -560,3 +560,118 @@ def mbpoll_rtu(exe: str, tty: Path, unit: int, kind: str, address: int, count: i
     )
     assert done.returncode == 0, done.stderr
     return [float(v) for v in re.findall(r"^\[\d+\]:\s+(\S+)$", done.stdout, re.MULTILINE)]
+
+
+# --- Modbus TCP replies that are not what was asked (agent.modbus.MbapProtocol) ---------
+
+
+def mbap_reply(tid: int, unit: int, pdu: bytes, protocol_id: int = 0) -> bytes:
+    return struct.pack(">HHHB", tid, protocol_id, len(pdu) + 1, unit) + pdu
+
+
+def scripted_mbap(answer):
+    """A Modbus TCP peer on loopback: ``answer(tid, unit, function, address, count)`` gives
+    the bytes to send back (b"" for nothing, None to hang up). Returns (port, stop)."""
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                request = await reader.readexactly(12)
+                tid, _, _, unit, function, address, count = struct.unpack(">HHHBBHH", request)
+                reply = answer(tid, unit, function, address, count)
+                if reply is None:
+                    break
+                writer.write(reply)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def read_from(answer, table, count, unit=1, timeout_s=0.5, then=None):
+    server = await asyncio.start_server(scripted_mbap(answer), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connection = ModbusConnection.tcp("127.0.0.1", port, timeout_s)
+    try:
+        await connection.connect()
+        try:
+            result = await connection.read(table, 0, count, unit)
+        except Exception as exc:  # the test looks at what was raised
+            result = exc
+        await asyncio.sleep(0.05)
+        after = connection.connected
+        if then is not None:
+            await connection.connect()
+            return result, after, await connection.read(*then)
+        return result, after, None
+    finally:
+        connection.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_mbap_reply_of_another_unit_is_skipped_and_the_right_one_taken():
+    def answer(tid, unit, function, address, count):
+        other = mbap_reply(tid, unit + 1, bytes([function, 2, 0, 9]))
+        return other + mbap_reply(tid, unit, bytes([function, 2, 0, 7]))
+
+    result, connected, _ = asyncio.run(read_from(answer, Table.HOLDING, 1))
+    assert result == [7] and connected
+
+
+def test_mbap_exception_reply_is_data_and_bits_come_lsb_first():
+    def answer(tid, unit, function, address, count):
+        if function == 3:
+            return mbap_reply(tid, unit, bytes([0x83, 2]))
+        return mbap_reply(tid, unit, bytes([function, 2, 0b00000101, 0b1]))
+
+    refused, connected, coils = asyncio.run(
+        read_from(answer, Table.HOLDING, 2, then=(Table.COIL, 0, 9, 1))
+    )
+    assert refused == ExceptionReply(2) and connected
+    assert coils == [True, False, True, False, False, False, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("pdu", "message"),
+    [
+        (bytes([3, 4, 0, 1]), "asked 2 values of holding (4 bytes), the reply has 2 bytes"),
+        (bytes([3, 2, 0, 1]), "asked 2 values of holding (4 bytes), the reply has 2 bytes"),
+        (bytes([4, 4, 0, 1, 0, 2]), "asked function 3, the reply is for function 4"),
+        (bytes([3]), "a reply of function 3 without data"),
+    ],
+)
+def test_mbap_reply_that_does_not_fit_the_request_is_a_bad_reply(pdu, message):
+    result, connected, _ = asyncio.run(
+        read_from(lambda tid, unit, *_: mbap_reply(tid, unit, pdu), Table.HOLDING, 2)
+    )
+    assert isinstance(result, BadReply) and message in str(result), result
+    assert connected, "one bad reply is one bad reply: the link stays"
+
+
+def test_mbap_garbage_closes_the_link_and_the_next_connect_reads_again():
+    """A peer that is not Modbus TCP at first (an HTTP server on the port, say): the
+    request fails as a bad reply and the link is closed; connected again, it reads."""
+    calls = []
+
+    def answer(tid, unit, function, address, count):
+        calls.append(tid)
+        if len(calls) == 1:
+            return b"HTTP/1.1 400 Bad Request\r\n\r\n"
+        return mbap_reply(tid, unit, bytes([function, 2, 0, 42]))
+
+    result, connected, again = asyncio.run(
+        read_from(answer, Table.HOLDING, 1, then=(Table.HOLDING, 0, 1, 1))
+    )
+    assert isinstance(result, BadReply) and "not a Modbus TCP reply" in str(result)
+    assert not connected
+    assert again == [42]
+
+
+def test_mbap_peer_hanging_up_mid_request_is_a_lost_connection():
+    result, connected, _ = asyncio.run(read_from(lambda *_: None, Table.HOLDING, 1))
+    assert isinstance(result, DeviceUnreachable) and "connection lost" in str(result)
+    assert not connected
