@@ -1,8 +1,10 @@
 """Decode stage: the words of one read request into readings.
 
-The common case - big-endian numbers, word order big or a single word - is decoded by
-precompiled ``struct`` formats straight from the packed span (one ``pack`` per request,
-one ``unpack_from`` per tag); everything else goes through the codec. Both give the same
+The common cases - big-endian numbers in either word order (ABCD, and CDAB: the low word
+first, as many PLCs send 32-bit values), a bit of a register, a coil - are decoded
+straight from the packed span by precompiled ``struct`` formats (one ``pack`` per
+request, one ``unpack`` per tag) or a shift; everything else (swapped bytes, strings)
+goes through the codec. Both give the same
 values (tests/test_decode.py checks every type and order); a scaled integer is exact to
 its scale's decimals in both (:func:`derrick.plc.registers.decimal_scaling`, worked out
 once per request here: 434 * 0.1 is 43.4, not 43.400000000000006).
@@ -37,12 +39,16 @@ _FORMATS = {
     DataType.FLOAT64: "d",
 }
 _FLOATS = frozenset({DataType.FLOAT32, DataType.FLOAT64})
-# Per request (plans are fixed, splits are few): tag, its offset, a struct for the fast
-# path or None, and the fast path's value = (raw * mul + add) / div: scale and offset,
-# div None; for a scaled integer, decimal_scaling's integers. Keyed by id(); the request
-# is kept alongside so the id stays its own.
+# How a tag is read (a step's mode): struct in word order big, struct on the words
+# reversed (word order little), one bit of a register, a coil or discrete input, codec.
+_IN_ORDER, _WORDS_REVERSED, _REGISTER_BIT, _BIT, _CODEC = range(5)
+# Per request (plans are fixed, splits are few): tag, its offset, its mode, a struct for
+# the struct modes (the bit number for _REGISTER_BIT), and the value = (raw * mul + add)
+# / div: scale and offset, div None; for a scaled integer, decimal_scaling's integers.
+# Keyed by id(); the request is kept alongside so the id stays its own.
 _Steps = tuple[
-    tuple[Register, int, struct.Struct | None, float | int, float | int, int | None], ...
+    tuple[Register, int, int, struct.Struct | int | None, float | int, float | int, int | None],
+    ...,
 ]
 _STEPS: dict[int, tuple[ReadRequest, _Steps]] = {}
 
@@ -67,15 +73,25 @@ def decode_request(request: ReadRequest, data: list[int] | list[bool], ts_ns: in
     """One reading per tag of the request. A tag whose words do not decode is bad, alone."""
     packed = _pack(request, data)
     readings = []
-    for reg, offset, fmt, mul, add, div in _steps(request):
+    for reg, offset, mode, fmt, mul, add, div in _steps(request):
         value: bool | float | str | None
         try:
-            if fmt is not None and packed is not None:
-                value = fmt.unpack_from(packed, offset * 2)[0] * mul + add
+            if mode == _BIT:
+                value = bool(data[offset])
+            elif packed is None or mode == _CODEC:
+                value = decode_value(reg, data, offset)
+            elif mode == _REGISTER_BIT:
+                value = bool(data[offset] >> fmt & 1)  # type: ignore[operator]
+            else:
+                start = offset * 2
+                if mode == _IN_ORDER:
+                    raw = fmt.unpack_from(packed, start)[0]  # type: ignore[union-attr]
+                else:
+                    words = [packed[i : i + 2] for i in range(start, start + reg.count * 2, 2)]
+                    raw = fmt.unpack(b"".join(reversed(words)))[0]  # type: ignore[union-attr]
+                value = raw * mul + add
                 if div is not None:
                     value /= div
-            else:
-                value = decode_value(reg, data, offset)
             # NaN/inf (a sensor fault on many PLCs) has no JSON form: it would travel as a
             # null that claims to be good.
             quality = (
@@ -105,7 +121,7 @@ def _steps(request: ReadRequest) -> _Steps:
     if cached is not None and cached[0] is request:
         return cached[1]
     steps = tuple(
-        (reg, reg.address - request.address, _fast_format(reg), *_scaling(reg))
+        (reg, reg.address - request.address, *_fast_path(reg), *_scaling(reg))
         for reg in request.registers
     )
     if len(_STEPS) > 10_000:  # plans are fixed; only a program making plans in a loop gets here
@@ -114,13 +130,21 @@ def _steps(request: ReadRequest) -> _Steps:
     return steps
 
 
-def _fast_format(reg: Register) -> struct.Struct | None:
+def _fast_path(reg: Register) -> tuple[int, struct.Struct | int | None]:
+    """(mode, struct or bit number) of one tag; the codec for anything unusual."""
+    if reg.type is DataType.BOOL:
+        return _BIT, None
+    if reg.type is DataType.BIT:
+        in_range = reg.bit is not None and 0 <= reg.bit <= 15
+        return (
+            (_REGISTER_BIT, reg.bit) if in_range and reg.byte_order is Order.BIG else (_CODEC, None)
+        )
     code = _FORMATS.get(reg.type)
     if code is None or reg.byte_order is not Order.BIG:
-        return None
-    if reg.word_order is not Order.BIG and reg.count > 1:
-        return None
-    return struct.Struct(">" + code)
+        return _CODEC, None
+    if reg.word_order is Order.BIG or reg.count == 1:
+        return _IN_ORDER, struct.Struct(">" + code)
+    return _WORDS_REVERSED, struct.Struct(">" + code)
 
 
 def _scaling(reg: Register) -> tuple[float | int, float | int, int | None]:
