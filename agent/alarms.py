@@ -299,7 +299,7 @@ class EdgeAlarms:
         held.suppressed = change.suppressed
         held.more_extreme(change.value)
         state = ConditionState.ACTIVE if change.active else ConditionState.SUPPRESSED
-        entry_id = self.spool.last_id() + 1
+        entry_id = self.outbox.next_entry_id()  # the id put_condition below gives it
         held.entries.append(entry_id)
         self._by_entry[entry_id] = alarm
         notes: dict[str, str | None] = {}

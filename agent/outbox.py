@@ -173,7 +173,7 @@ class Outbox:
         """Commit one alarm condition change (:mod:`agent.alarms`), with the alarm
         stage's notes about it and the queued messages it replaces, in one transaction.
         Returns the message's spool id."""
-        self.flush()
+        entry_id = self.next_entry_id()
         message = ConditionMessage(
             site=self.site,
             asset=change.asset,
@@ -195,7 +195,6 @@ class Outbox:
             ts_ns=change.ts_ns,
         )
         self._seq += 1
-        entry_id = self.spool.last_id() + 1  # AUTOINCREMENT: one more than ever given
         item = (
             condition_topic(self.site, change.asset, change.device),
             message.model_dump_json().encode(),
@@ -206,6 +205,12 @@ class Outbox:
         self._account(self.spool.append([item], retract=retract or (), notes=notes))
         self.stored_callback()
         return entry_id
+
+    def next_entry_id(self) -> int:
+        """The spool id of the next message committed at once (what waits for its group
+        is committed first, so it cannot take that id)."""
+        self.flush()
+        return self.spool.last_id() + 1  # AUTOINCREMENT: one more than ever given
 
     def put(self, topic: str, payload: bytes, priority: Priority, *, retain: bool = False) -> None:
         """Commit one message to the spool now, after the telemetry waiting for its

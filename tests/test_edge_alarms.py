@@ -91,10 +91,10 @@ def readings(ts: int, **values: float) -> list[Reading]:
 class Stage:
     """The alarm stage of an agent over a real spool; ``sending`` plays the publisher."""
 
-    def __init__(self, spool: Spool, rules: RuleSet = RULES) -> None:
+    def __init__(self, spool: Spool, rules: RuleSet = RULES, *, grouped: bool = False) -> None:
         self.spool = spool
         self.sending: set[int] = set()
-        self.outbox = Outbox("gw", "s1", spool)
+        self.outbox = Outbox("gw", "s1", spool, group_per_tick=grouped)
         self.alarms = EdgeAlarms(
             "s1", "gw", rules, [DEVICE], self.outbox, spool, self.sending.__contains__
         )
@@ -154,6 +154,21 @@ def test_an_episode_nobody_heard_of_replaces_its_queued_activation(spool):
     assert (episode.peak, episode.value, episode.limit) == (140, 90, 100.0)
     assert spool.notes(NOTE_PREFIX) == {}, "nothing held any more"
     assert stage.alarms.episodes == 1
+
+
+def test_an_episode_retracts_its_activation_with_telemetry_waiting_for_its_group(spool):
+    """The agent's outbox commits telemetry in groups: a poll's readings may still wait
+    when its condition change is committed. The change goes after them, and the stage
+    holds the id it really got, so the episode takes back the activation, not a poll."""
+    stage = Stage(spool, grouped=True)
+    for n, load in enumerate((120, 140, 90)):
+        stage.outbox.put_readings("crane-1", "plc", "crane", readings(T0 + n * S, load=load))
+        stage.poll(T0 + n * S, load=load, temp=20)
+    stage.outbox.flush()
+    [episode] = stage.queued()
+    assert episode.state is ConditionState.EPISODE and episode.peak == 140
+    telemetry = [e for e in spool.read(limit=100) if e.priority is Priority.TELEMETRY]
+    assert len(telemetry) == 3, "every poll kept"
 
 
 def test_a_low_alarms_peak_is_its_lowest_value(spool):
