@@ -429,9 +429,10 @@ class SparkplugEdgeSettings(StrictModel):
     )
     compact: bool = Field(
         default=False,
-        description="data metrics without the timestamps equal to their message's (about 7 "
-        "bytes less per reading; not what the spec says: for hosts that read a missing "
-        "metric timestamp as the message's, as Derrick's collector does)",
+        description="data metrics without timestamps, a poll's readings stamped with the "
+        "poll's time, the message's (about 7 bytes less per reading; not what the spec "
+        "says: for hosts that read a missing metric timestamp as the message's, as "
+        "Derrick's collector does)",
     )
 
 

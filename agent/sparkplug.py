@@ -117,7 +117,7 @@ class SparkplugNode:
     ) -> None:
         """``properties``: the NBIRTH's node properties, asked at every birth.
         ``primary_host``: the host application whose STATE decides when to publish.
-        ``compact``: data metrics without the timestamps equal to their message's (see
+        ``compact``: data metrics without timestamps, the poll's time the message's (see
         :class:`~derrick.wire.sparkplug.DataEncoder`)."""
         self.site = site
         self.properties = properties

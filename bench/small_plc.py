@@ -16,7 +16,10 @@ records what reaches the broker (only the agent publishes there: ``derrick/v1/..
   threads) per reading published in the window;
 * ``agent_cpu_us_per_request``: the same CPU per Modbus request in the window (requests
   from the agent's own metrics: requests per reading published between its first and
-  last metrics message in the window, times the readings in the window);
+  last metrics message in the window, times the readings in the window): all of the
+  agent's CPU (publishing, spool, decoding included) over the requests, so 11/4 of the
+  figure per reading here; what the request path alone costs is
+  bench/modbus_client.py's ``modbus_cpu_us_per_request_derrick``;
 * ``agent_cpu_system_share_small``: the share of that CPU spent in the kernel (stime):
   socket sends and receives, epoll wake-ups, SQLite writes;
 * ``agent_requests_per_poll_small``: requests per poll cycle (the same metrics: requests

@@ -224,6 +224,7 @@ def encode_agent_metrics(metrics: AgentMetrics) -> str:
         "publish_latency_ms_max": metrics.publish_latency_ms_max,
         "devices_up": sum(state is DeviceState.UP for state in states),
         "devices_down": sum(state is DeviceState.DOWN for state in states),
+        "poll_overruns": sum(device.poll_overruns for device in metrics.devices.values()),
         "uptime_s": metrics.uptime_s,
         "broker_connected": metrics.broker_connected,
     }

@@ -154,8 +154,8 @@ def test_agent_metrics_line_counts_devices_and_skips_missing_latency():
         uptime_s=12.5,
         broker_connected=False,
         devices={
-            "a": DeviceCounters(state="up"),
-            "b": DeviceCounters(state="down"),
+            "a": DeviceCounters(state="up", poll_overruns=2),
+            "b": DeviceCounters(state="down", poll_overruns=3),
             "c": DeviceCounters(),
         },
         queue=QueueMetrics(depth=3, bytes=300, oldest_age_s=None, dropped_telemetry=2),
@@ -166,6 +166,7 @@ def test_agent_metrics_line_counts_devices_and_skips_missing_latency():
     assert line.endswith(" 9")
     fields = dict(f.split("=") for f in line.split(" ")[1].split(","))
     assert fields["devices_up"] == "1.0" and fields["devices_down"] == "1.0"
+    assert fields["poll_overruns"] == "5.0"  # all devices' skipped polls since start
     assert fields["queue_depth"] == "3.0" and fields["queue_oldest_age_s"] == "0.0"
     assert fields["broker_connected"] == "false"
     assert "publish_latency_ms_p50" not in fields
@@ -245,7 +246,7 @@ FIELD_TYPES = {
         "dropped_telemetry": "float", "messages_published": "float",
         "publish_latency_ms_p50": "float", "publish_latency_ms_max": "float",
         "devices_up": "float", "devices_down": "float", "uptime_s": "float",
-        "broker_connected": "boolean",
+        "broker_connected": "boolean", "poll_overruns": "float",
     },
     "collector": dict.fromkeys(
         ["messages", "acked", "readings", "readings_per_s", "lines_written", "lines_refused",

@@ -94,20 +94,25 @@ def test_every_type_encoded_by_hand_reads_back_through_protobuf() -> None:
         assert sp.metric_value(metric, spec.type) == VALUES[spec.name], spec.name
 
 
-def test_compact_data_leaves_out_the_timestamps_equal_to_the_messages():
+def test_compact_data_stamps_the_whole_poll_with_the_messages_time():
+    """compact: no metric timestamp; a reading read 4 ms into the poll takes the poll's
+    time (the message's), as the host reads it."""
     readings = [reading("hook_load", 1.5), reading("wind", 3, ts=T0 + 4 * MS)]
     full = sp.DataEncoder(SPECS).encode(readings)
     compact = sp.DataEncoder(SPECS, compact=True).encode(readings)
     assert full is not None
     assert compact is not None
-    first, second = parsed(compact).metrics
-    assert not first.HasField("timestamp")
-    assert second.timestamp == T0 // MS + 4
-    assert len(full) - len(compact) == 7  # one metric timestamp of 2026: 7 bytes
+    assert parsed(compact).timestamp == T0 // MS
+    assert not any(metric.HasField("timestamp") for metric in parsed(compact).metrics)
+    assert len(full) - len(compact) == 14  # two metric timestamps of 2026: 7 bytes each
     table = sp.DeviceTable.from_birth(
         parsed(sp.encode_device_birth(SPECS, {}, T0, asset="a", kind="k")), "d"
     )
-    assert table.readings(parsed(compact))[0] == table.readings(parsed(full))[0]
+    from_full = table.readings(parsed(full))[0]
+    from_compact = table.readings(parsed(compact))[0]
+    assert from_compact[0] == from_full[0]
+    assert [r.ts_ns for r in from_compact] == [T0 // MS * MS] * 2
+    assert [(r.tag, r.value) for r in from_compact] == [(r.tag, r.value) for r in from_full]
 
 
 def test_the_host_reads_what_the_agent_wrote_reading_for_reading() -> None:

@@ -372,9 +372,12 @@ class DataEncoder:
     value the metric's type cannot hold is sent as null, bad. The message's timestamp
     is its first reading's (the sender replaces it, see :func:`with_seq`).
 
-    ``compact``: a metric's timestamp only when it differs from the message's, about 7
-    bytes less per reading. The spec wants every data metric to carry one, so this is
-    for hosts that read a missing one as the message's, as Derrick's collector does.
+    ``compact``: no metric timestamps; every reading of the message takes the message's,
+    which is the poll's (its first reading's time: the others were read within the
+    poll, a few ms later on a LAN). About 7 bytes less per reading, or 4 of every 7 of a
+    float reading's bytes with the others. The spec wants every data metric to carry a
+    timestamp, so this is for hosts that read a missing one as the message's, as
+    Derrick's collector does.
     """
 
     specs: Sequence[MetricSpec]
@@ -402,9 +405,9 @@ class DataEncoder:
                 message_ms = last_ms = ms
                 parts.append(b"\x08" + _varint(ms))
                 stamp = b"" if self.compact else b"\x18" + _varint(ms)
-            elif ms != last_ms:  # readings of one request share their time
+            elif ms != last_ms and not self.compact:  # a request's readings share a time
                 last_ms = ms
-                stamp = b"" if self.compact and ms == message_ms else b"\x18" + _varint(ms)
+                stamp = b"\x18" + _varint(ms)
             quality = reading.quality
             value = reading.value
             if value is None:
