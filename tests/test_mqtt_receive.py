@@ -312,15 +312,59 @@ def test_without_manual_ack_a_qos1_message_is_acknowledged_and_qos0_is_not():
 
 
 def test_with_manual_ack_nothing_is_acknowledged_until_ack():
-    def scenario(wired: Wired) -> None:
+    async def scenario(wired: Wired) -> None:
         wired.feed(publish(mid=5) + publish(mid=6))
         first, second = wired.read()
         assert wired.sent() == b""
         assert wired.client.unacked == 2
         wired.client.ack(second)
-        assert wired.sent() == bytes([PUBACK, 2, 0, 6])
         assert wired.client.unacked == 1
+        await asyncio.sleep(0)  # acknowledgements go out on the loop's next turn
+        assert wired.sent() == bytes([PUBACK, 2, 0, 6])
         assert first.mid == 5
+
+    run(scenario)
+
+
+def test_the_acknowledgements_of_a_turn_go_out_in_one_write_in_call_order():
+    mids = [3, 1, 258, 65535, 2]
+
+    async def scenario(wired: Wired) -> None:
+        wired.feed(b"".join(publish(mid=mid) for mid in mids))
+        messages = wired.read()
+        for message in reversed(messages):
+            wired.client.ack(message)
+        assert wired.client.unacked == 0
+        assert not wired.client._client._out_packet  # nothing queued yet
+        await asyncio.sleep(0)
+        assert len(wired.client._client._out_packet) == 1  # one packet, one send()
+        expected = b"".join(struct.pack("!BBH", PUBACK, 2, mid) for mid in reversed(mids))
+        assert wired.sent() == expected
+
+    run(scenario)
+
+
+def test_stop_sends_the_gathered_acknowledgements_before_the_disconnect():
+    async def scenario(wired: Wired) -> None:
+        wired.feed(publish(mid=1) + publish(mid=2))
+        for message in wired.read():
+            wired.client.ack(message)
+        await wired.client.stop()
+        sent = wired.sent()
+        assert sent[:8] == bytes([PUBACK, 2, 0, 1, PUBACK, 2, 0, 2])
+        assert sent[8] == 0xE0  # DISCONNECT
+
+    run(scenario)
+
+
+def test_qos0_and_other_threads_acknowledge_through_paho():
+    async def scenario(wired: Wired) -> None:
+        wired.feed(publish(qos=0) + publish(mid=4))
+        zero, one = wired.read()
+        wired.client.ack(zero)  # nothing to send
+        await asyncio.to_thread(wired.client.ack, one)  # queued by paho at once
+        assert wired.client._acks == []
+        assert wired.sent() == bytes([PUBACK, 2, 0, 4])
 
     run(scenario)
 
