@@ -180,6 +180,59 @@ def test_tls_login_from_password_file_and_env_publishes_qos1_to_a_subscriber(
     assert not [e for e in logs if e["event"] == FAILED]
 
 
+def test_a_burst_over_tls_arrives_whole_in_order_and_acknowledged(
+    broker, pki, password_file, monkeypatch, logs
+):
+    """The client reads through a buffer under paho (derrick.mqtt.client._Paho): over TLS
+    a recv() returns at most one TLS record, so packets straddle records and reads; one
+    message is larger than a record and than the buffer's read (RECV_SIZE)."""
+    monkeypatch.setenv("TEST_COLLECTOR_PW", COLLECTOR_PASSWORD)
+    tls = BrokerTls(ca_file=pki.ca.cert)
+    agent = tls_settings(broker.tls_port, tls, username="agent", password_file=password_file)
+    collector = tls_settings(
+        broker.tls_port, tls, username="collector", password_env="TEST_COLLECTOR_PW"
+    )
+    topic = telemetry_topic(SITE, "crane-01", "lmi")
+    sizes = [(i * 37) % 3000 for i in range(600)]
+    sizes[300] = 100_000
+    payloads = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+
+    async def scenario() -> None:
+        sub = MqttClient(collector, "burst-sub", manual_ack=True, receive_maximum=1000)
+        await sub.subscribe(topic)
+        await sub.start()
+        try:
+            async with running(agent, "burst-pub") as pub:
+                await sub.wait_subscribed()
+                await pub.wait_connected()
+                sent = [pub.publish_nowait(topic, payload) for payload in payloads]
+                await asyncio.wait_for(asyncio.gather(*sent), 30)
+                got = [await asyncio.wait_for(sub.inbox.get(), 10) for _ in payloads]
+                assert [m.payload for m in got] == payloads
+                assert sub.unacked == len(payloads)
+                for message in got:
+                    sub.ack(message)
+                assert sub.unacked == 0
+                # Let the broker read the PUBACKs before the DISCONNECT: closing right
+                # after them loses some now and then, with or without the buffer (seen
+                # with the client before it too; they come back as redeliveries).
+                await asyncio.sleep(0.5)
+        finally:
+            await sub.stop()
+        # Acknowledged: the persistent session has nothing to deliver again.
+        again = MqttClient(collector, "burst-sub", manual_ack=True, receive_maximum=1000)
+        await again.subscribe(topic)
+        await again.start()
+        try:
+            await again.wait_subscribed()
+            await asyncio.sleep(0.5)
+            assert again.inbox.empty()
+        finally:
+            await again.stop()
+
+    asyncio.run(scenario())
+
+
 def test_acl_denied_publish_is_acknowledged_but_not_delivered(
     broker, pki, password_file, monkeypatch, logs
 ):
