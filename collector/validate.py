@@ -49,6 +49,7 @@ from derrick.wire.payloads import (
     ConditionMessage,
     Quality,
     Reading,
+    ReadingRow,
     Telemetry,
     TelemetryRows,
     parse_telemetry_rows,
@@ -235,35 +236,29 @@ def check_readings(
     """What the schema cannot say alone: time window, good means a value, one field once
     per instant, and each field's type. Learns new fields only from an accepted message.
 
-    The collector's hot path: the common reading (good, in the window, a field of known
-    type) costs a few comparisons and one dict lookup; everything else takes
+    The common reading (good, in the window, a field of known type) costs a few
+    comparisons and one dict lookup (:func:`_common`); everything else takes
     :func:`_check_slowly`, which also finds the reason."""
-    readings = message.readings
-    low, high = window.min_ns, window.max_ns
-    held = fields.types if fields is not None else None
-    for reading in readings:
-        ts = reading.ts_ns
-        kind = _TYPE_OF[reading.value.__class__]
-        if (
-            ts < low
-            or ts >= high
-            or kind is None
-            or reading.quality is not _GOOD
-            or (held is not None and held.get(reading.tag) is not kind)
-        ):
-            return _check_slowly(message, window, fields)
-    if len({reading.tag for reading in readings}) != len(readings):
-        return _check_slowly(message, window, fields)
-    return message
+    if _common(TelemetryRows.of(message).rows, window, fields):
+        return message
+    return _check_slowly(message, window, fields)
 
 
 def check_rows(
     message: TelemetryRows, window: Window, fields: FieldTypes | None
 ) -> TelemetryRows | Rejected:
-    """:func:`check_readings` for rows: the same verdict and reasons, and the same
-    fields learned. The common rows cost a few comparisons each; anything else is
-    judged by :func:`_check_slowly` on the model."""
-    rows = message.rows
+    """:func:`check_readings` for rows, on the collector's hot path: the same verdict and
+    reasons, and the same fields learned; anything uncommon is judged by
+    :func:`_check_slowly` on the model."""
+    if _common(message.rows, window, fields):
+        return message
+    checked = _check_slowly(message.telemetry(), window, fields)
+    return checked if isinstance(checked, Rejected) else message
+
+
+def _common(rows: list[ReadingRow], window: Window, fields: FieldTypes | None) -> bool:
+    """Every row good, in the window, a field of known type, each tag once: nothing
+    :func:`_check_slowly` would refuse or learn."""
     low, high = window.min_ns, window.max_ns
     held = fields.types if fields is not None else None
     good = _GOOD
@@ -278,13 +273,9 @@ def check_rows(
             or quality is not good
             or (held is not None and held.get(tag) is not kind)
         ):
-            break
+            return False
         tags.add(tag)
-    else:
-        if len(tags) == len(rows):
-            return message
-    checked = _check_slowly(message.telemetry(), window, fields)
-    return checked if isinstance(checked, Rejected) else message
+    return len(tags) == len(rows)
 
 
 def _check_slowly(
