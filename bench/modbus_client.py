@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from agent.modbus import ModbusConnection
 from agent.plan import plan_reads
 from derrick.plc.profile import Table, load_profile
-from devstack.programs import Program, wait_for
+from devstack.programs import start_simulator
 from devstack.services import free_port_block
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
@@ -161,15 +160,11 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     base = free_port_block(DEVICES)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        sim = Program(
-            "sim",
-            ["--profile", "small11", "--count", str(DEVICES), "--port", str(base),
-             "--log-format", "json", "--log-level", "warning"],
-            work / "sim.log",
-        ).start()  # fmt: skip
+        sim = start_simulator(
+            Path(tmp), "--profile", "small11", "--count", str(DEVICES), "--log-level", "warning",
+            port=base,
+        )  # fmt: skip
         try:
-            wait_for(lambda: port_open(base + DEVICES - 1), 30, "simulator ports", program=sim)
             figures: dict[str, list[float]] = {}
             counts: dict[str, int] = {}
             for _ in range(ROUNDS):
@@ -184,7 +179,7 @@ def main() -> None:
                         cpu / requests * 1e6
                     )
         finally:
-            sim.stop()
+            sim.program.stop()
     print(f"# {DEVICES} devices x {len(PLAN)} requests every {INTERVAL_S} s, {SECONDS:.0f} s "
           f"window; tight: {TIGHT} requests; {ROUNDS} rounds, alternated")  # fmt: skip
     for name, values in figures.items():
@@ -193,12 +188,6 @@ def main() -> None:
     for client, requests in counts.items():
         print(f"modbus_requests_{client}: {requests} requests")
     print(f"load_average: {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (1 min)")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 if __name__ == "__main__":
