@@ -122,6 +122,18 @@ def tls_settings(port: int, tls: BrokerTls, **kwargs: object) -> BrokerSettings:
     )
 
 
+def tls_logins(broker, pki, password_file, monkeypatch) -> tuple[BrokerSettings, BrokerSettings]:
+    """(agent, collector) over TLS: the agent's password from a file, the collector's
+    from the environment."""
+    monkeypatch.setenv("TEST_COLLECTOR_PW", COLLECTOR_PASSWORD)
+    tls = BrokerTls(ca_file=pki.ca.cert)
+    agent = tls_settings(broker.tls_port, tls, username="agent", password_file=password_file)
+    collector = tls_settings(
+        broker.tls_port, tls, username="collector", password_env="TEST_COLLECTOR_PW"
+    )
+    return agent, collector
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: BrokerSettings, client_id: str, *, subscribe: str | None = None
@@ -154,12 +166,7 @@ def failures_logged(events: list[dict], client_id: str) -> list[dict]:
 def test_tls_login_from_password_file_and_env_publishes_qos1_to_a_subscriber(
     broker, pki, password_file, monkeypatch, logs
 ):
-    monkeypatch.setenv("TEST_COLLECTOR_PW", COLLECTOR_PASSWORD)
-    tls = BrokerTls(ca_file=pki.ca.cert)
-    agent = tls_settings(broker.tls_port, tls, username="agent", password_file=password_file)
-    collector = tls_settings(
-        broker.tls_port, tls, username="collector", password_env="TEST_COLLECTOR_PW"
-    )
+    agent, collector = tls_logins(broker, pki, password_file, monkeypatch)
     topic = telemetry_topic(SITE, "crane-01", "lmi")
 
     async def scenario() -> None:
@@ -186,12 +193,7 @@ def test_a_burst_over_tls_arrives_whole_in_order_and_acknowledged(
     """The client reads through a buffer under paho (derrick.mqtt.client._Paho): over TLS
     a recv() returns at most one TLS record, so packets straddle records and reads; one
     message is larger than a record and than the buffer's read (RECV_SIZE)."""
-    monkeypatch.setenv("TEST_COLLECTOR_PW", COLLECTOR_PASSWORD)
-    tls = BrokerTls(ca_file=pki.ca.cert)
-    agent = tls_settings(broker.tls_port, tls, username="agent", password_file=password_file)
-    collector = tls_settings(
-        broker.tls_port, tls, username="collector", password_env="TEST_COLLECTOR_PW"
-    )
+    agent, collector = tls_logins(broker, pki, password_file, monkeypatch)
     topic = telemetry_topic(SITE, "crane-01", "lmi")
     sizes = [(i * 37) % 3000 for i in range(600)]
     sizes[300] = 100_000
@@ -237,12 +239,7 @@ def test_acl_denied_publish_is_acknowledged_but_not_delivered(
     broker, pki, password_file, monkeypatch, logs
 ):
     """mosquitto, MQTT 3.1.1: PUBACK for a denied QoS 1 publish, then it drops it."""
-    monkeypatch.setenv("TEST_COLLECTOR_PW", COLLECTOR_PASSWORD)
-    tls = BrokerTls(ca_file=pki.ca.cert)
-    agent = tls_settings(broker.tls_port, tls, username="agent", password_file=password_file)
-    collector = tls_settings(
-        broker.tls_port, tls, username="collector", password_env="TEST_COLLECTOR_PW"
-    )
+    agent, collector = tls_logins(broker, pki, password_file, monkeypatch)
     denied = telemetry_topic("site-b", "crane-01", "lmi")  # the collector may read it
     allowed = telemetry_topic(SITE, "crane-01", "lmi")
 
