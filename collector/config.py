@@ -227,6 +227,48 @@ class DeadLetterSettings(StrictModel):
         return configfile.beside_config(value, info)
 
 
+class EtcdSettings(_Secret):
+    """Collectors that fail over (docs/failover.md): membership, asset owners, alarm
+    records and notices in etcd. Without this section a collector runs alone on its
+    SQLite files."""
+
+    endpoints: list[str] = Field(
+        min_length=1, description="etcd client endpoints, host:port, every member of the cluster"
+    )
+    prefix: str = Field(
+        default="/derrick",
+        pattern=r"^/[A-Za-z0-9_./-]*[^/]$",
+        description="key prefix; collectors sharing one prefix share their alarms",
+    )
+    ttl_s: int = Field(
+        default=10,
+        ge=2,
+        le=300,
+        description="lease TTL: a dead collector's assets move to the others this long "
+        "after its last keepalive (plus refresh_s)",
+    )
+    refresh_s: float = Field(
+        default=0.5, gt=0, le=5, description="how often members and owners are read again"
+    )
+    timeout_s: float = Field(default=2.0, gt=0, le=30, description="per request and endpoint")
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _timing(self) -> Self:
+        if self.refresh_s * 3 > self.ttl_s:
+            raise ValueError(f"refresh_s ({self.refresh_s}) must be at most ttl_s / 3")
+        for endpoint in self.endpoints:
+            host, _, port = endpoint.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"endpoint {endpoint!r} is not host:port")
+        return self
+
+    def password(self) -> SecretStr | None:
+        return self._secret(self.password_env, self.password_file)
+
+
 class CollectorConfig(StrictModel):
     collector: CollectorIdentity
     broker: BrokerSettings = BrokerSettings()
@@ -237,6 +279,9 @@ class CollectorConfig(StrictModel):
     alarms: AlarmSettings = AlarmSettings()
     spool: SpoolSettings = SpoolSettings(max_mb=1024)
     dead_letter: DeadLetterSettings = DeadLetterSettings()
+    etcd: EtcdSettings | None = Field(
+        default=None, description="fail-over through etcd; none: this collector alone"
+    )
     queue_size: int = Field(
         default=20_000,
         ge=1,
@@ -292,6 +337,16 @@ class CollectorConfig(StrictModel):
     @model_validator(mode="after")
     def _member_of_alarms(self) -> Self:
         members = self.alarms.members
+        if self.etcd is not None and self.collector.group is None:
+            raise ValueError(
+                "etcd needs collector.group: collectors that fail over share the "
+                "telemetry through one shared subscription"
+            )
+        if members and self.etcd is not None:
+            raise ValueError(
+                "give alarms.members or etcd, not both: with etcd the live collectors "
+                "share the assets among themselves"
+            )
         if members and self.collector.id not in members:
             raise ValueError(
                 f"alarms.members {members} must include this collector's id {self.collector.id!r}"

@@ -19,6 +19,7 @@ from collector.alarms.builtin import (
     MqttEventsSender,
     MqttStateSender,
 )
+from collector.alarms.ha import CoordinationError, Coordinator
 from collector.alarms.httpapi import AlarmApi, HttpApiError
 from collector.alarms.notify import (
     EVENTS_CHANNEL,
@@ -31,6 +32,7 @@ from collector.alarms.service import AlarmService, Send
 from collector.alarms.state import AlarmStateError
 from collector.config import CollectorConfig, load_config
 from collector.deadletter import DeadLetters
+from collector.etcd import Etcd, EtcdError
 from collector.fieldtypes import FieldTypes
 from collector.health import Waiting, health
 from collector.influx import StoreError, V1Writer, Writer, make_writer
@@ -134,12 +136,16 @@ def stage_gauges(store: Store, receiver: Receiver | None) -> dict[str, object]:
 
 
 def build_alarms(
-    config: CollectorConfig, client: MqttClient, journal: Writer, history: Writer
+    config: CollectorConfig,
+    client: MqttClient,
+    journal: Writer,
+    history: Writer,
+    coordinator: Coordinator | None = None,
 ) -> AlarmService | None:
     """The alarm service, or None when no rule files are configured.
 
     ``journal`` and ``history`` are InfluxDB writers of their own: each delivery loop
-    writes on its own connection.
+    writes on its own connection. ``coordinator``: collectors that fail over.
     """
     settings = config.alarms
     if not settings.rules:
@@ -155,7 +161,9 @@ def build_alarms(
         sender = make_sender(channel)
         senders[name] = sender.send
         closers.append(sender.close)
-    return AlarmService(settings, config.collector.id, senders, closers=closers)
+    return AlarmService(
+        settings, config.collector.id, senders, closers=closers, coordinator=coordinator
+    )
 
 
 def alarm_api(
@@ -284,6 +292,7 @@ class Collector:
             if config.collector.group and config.alarms.rules
             else None
         )
+        self.coordinator: Coordinator | None = None
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -297,6 +306,7 @@ class Collector:
         config = self.config
         self.writer = await self._open_writer(stack)
         self.fields = await field_types(config, self.writer)
+        self.coordinator = self._open_coordinator(stack)
         self.alarms = self._open_alarms(stack)
         self.spool = stack.enter_context(config.spool.open())
         letters = config.dead_letter
@@ -312,6 +322,7 @@ class Collector:
         await self._subscribe()
         await self._start_sessions(stack)
         api_port = await self._start_api(stack)
+        await self._join(stack, api_port)
         stack.callback(self._forget_sighup)
         self._log_started(api_port)
 
@@ -329,12 +340,49 @@ class Collector:
                 )
         return writer
 
+    def _open_coordinator(self, stack: contextlib.AsyncExitStack) -> Coordinator | None:
+        """With an ``etcd`` section: the etcd client and this member's coordinator
+        (it joins once the operator API listens, so the others can name it)."""
+        settings = self.config.etcd
+        if settings is None:
+            return None
+        password = settings.password()
+        etcd = Etcd(
+            settings.endpoints,
+            settings.timeout_s,
+            settings.username,
+            password.get_secret_value() if password is not None else None,
+        )
+        stack.callback(etcd.stop)
+        return Coordinator(
+            etcd,
+            self.config.collector.id,
+            prefix=settings.prefix,
+            ttl_s=settings.ttl_s,
+            refresh_s=settings.refresh_s,
+        )
+
+    async def _join(self, stack: contextlib.AsyncExitStack, api_port: int | None) -> None:
+        """Take part: a lease, this member's key, a first share of the assets. At the
+        end, leave first (revoking the lease hands the assets over at once)."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return
+        http = self.config.alarms.http
+        if api_port is not None:
+            coordinator.api = f"http://{http.host}:{api_port}"
+        await coordinator.join()
+        stack.push_async_callback(coordinator.leave)
+        await coordinator.refresh()
+
     def _open_alarms(self, stack: contextlib.AsyncExitStack) -> AlarmService | None:
         """The alarm service, with a writer each for its journal and history loops."""
         journal, history = make_writer(self.config.influx), make_writer(self.config.influx)
         stack.push_async_callback(journal.close)
         stack.push_async_callback(history.close)
-        alarms = build_alarms(self.config, self.alarm_client or self.client, journal, history)
+        alarms = build_alarms(
+            self.config, self.alarm_client or self.client, journal, history, self.coordinator
+        )
         if alarms is not None:
             stack.push_async_callback(alarms.close)
         return alarms
@@ -481,6 +529,7 @@ class Collector:
             api=config.influx.api,
             alarm_rules=len(alarms.engine.rules) if alarms else 0,
             alarm_members=list(alarms.ownership.members) if alarms else None,
+            etcd=config.etcd.endpoints if config.etcd else None,
             alarm_state=str(config.alarms.state) if alarms else None,
             alarms_standing=sum(r.active for r in alarms.manager.records.values()) if alarms else 0,
             alarm_api_port=api_port,
@@ -497,6 +546,8 @@ class Collector:
             group.create_task(self.host_state.announce_forever(self.client))
         if alarms is not None:
             self._start_alarm_tasks(group, alarms)
+        if self.coordinator is not None:
+            group.create_task(coordinate_forever(self.coordinator, alarms))
         group.create_task(
             report_forever(
                 config.collector.id,
@@ -523,6 +574,17 @@ class Collector:
 async def run(config: CollectorConfig) -> None:
     """Build and run the collector inside the event loop."""
     await Collector(config).run()
+
+
+async def coordinate_forever(coordinator: Coordinator, alarms: AlarmService | None) -> None:
+    """Renew, read, claim and release every ``etcd.refresh_s``; the collector's own
+    coordination alarms go to its channels."""
+    while True:
+        await asyncio.sleep(coordinator.refresh_s)
+        await coordinator.refresh()
+        changes = coordinator.conditions(now_ns())
+        if changes and alarms is not None:
+            alarms.observe_conditions(changes)
 
 
 async def expect_drop_counter(receiver: Receiver, within_s: float) -> None:
@@ -585,6 +647,8 @@ PROGRAM = Program(
         HttpApiError,
         AlarmStateError,
         OutboxError,
+        EtcdError,
+        CoordinationError,
         ValueError,
     ),
     log=log,

@@ -355,7 +355,7 @@ class Receiver:
             case TelemetryTopic(site=site, asset=asset):
                 if self.sequences is not None:
                     _count_sequence(inbound.payload, alarms, self.sequences)
-                if not alarms.owns(site, asset):
+                if not alarms.evaluates(site, asset):
                     client.ack(inbound)
                     return
                 result = validate_telemetry(topic, inbound.payload, self.window)
@@ -381,7 +381,7 @@ class Receiver:
             case AgentStatusTopic() | AlarmCommandsTopic():
                 self._alarm_topic(client, inbound, topic, alarms)
             case ConditionTopic():
-                self._condition(client, inbound, topic, alarms, partial(alarms.owns, "agents"))
+                self._condition(client, inbound, topic, alarms, partial(alarms.evaluates, "agents"))
             case _:
                 self._reject(client, inbound, _not_read(inbound, topic))
 
@@ -404,12 +404,12 @@ class Receiver:
 
     def _feed_decoded(self, topic: str, decoded: Decoded, alarms: AlarmService) -> None:
         rows = decoded.rows
-        if rows is not None and alarms.owns(rows.site, rows.asset):
+        if rows is not None and alarms.evaluates(rows.site, rows.asset):
             checked = check_rows(rows, self.window, None)
             if not isinstance(checked, Rejected):
                 self._evaluate(topic, alarms.observe_telemetry, checked.telemetry())
         for status in decoded.statuses:
-            if alarms.owns(status.site, status.asset):
+            if alarms.evaluates(status.site, status.asset):
                 self._evaluate(topic, alarms.observe_device, status)
         if decoded.agent is not None:
             alarms.observe_agent(decoded.agent)
@@ -534,7 +534,7 @@ def _count_sequence(payload: bytes, alarms: AlarmService, sequences: SequenceTra
     if found is None:
         return
     agent = found[1].decode()
-    if alarms.owns("agents", agent):
+    if alarms.evaluates("agents", agent):
         sequences.observe(agent, found[2].decode(), int(found[3]), time.monotonic())
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import IO, Any, ClassVar, NoReturn, Self
 
 __all__ = [
+    "Etcd",
+    "EtcdCluster",
     "Influx1",
     "InfluxQueryError",
     "Mosquitto",
@@ -200,8 +202,16 @@ class Service:
         """Start the server and wait until it answers. No-op if already running."""
         if self.running:
             return self
-        self._reap()
         deadline_s = self.start_timeout if timeout is None else timeout
+        began = self.spawn()
+        self._wait_ready(began, deadline_s)
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def spawn(self) -> float:
+        """Start the process without waiting for it (members of a cluster answer only
+        once a quorum runs); the monotonic time it began. Then :meth:`wait_ready`."""
+        self._reap()
         self._write_config()
         self._starts += 1
         log = self.log_path.open("ab")
@@ -226,7 +236,11 @@ class Service:
             self._close_log()
             raise ServiceStartError(f"{self.name}: cannot run {cmd[0]}: {exc}") from exc
         _running.add(self)
-        self._wait_ready(began, deadline_s)
+        return began
+
+    def wait_ready(self, began: float, timeout: float | None = None) -> Self:
+        """Wait for a :meth:`spawn` ed process to answer."""
+        self._wait_ready(began, self.start_timeout if timeout is None else timeout)
         self.startup_seconds = time.monotonic() - began
         return self
 
@@ -848,3 +862,122 @@ class VictoriaMetrics(Service):
         }
         body = self._get(f"/api/v1/export?{urllib.parse.urlencode(params)}", timeout)
         return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+class Etcd(Service):
+    """One etcd 3.4 member on 127.0.0.1: client port ``.port``, peer port ``.peer_port``.
+
+    Stock settings (heartbeat 100 ms, election timeout 1 s, fsync on). Alone it is a
+    cluster of one; :class:`EtcdCluster` makes three that know each other. Ready when
+    ``/health`` says true, which needs a leader: a member of a cluster answers only
+    once a quorum runs.
+    """
+
+    name = "etcd"
+    binary_name = "etcd"
+    scheme = "http"
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str],
+        *,
+        member: str = "etcd",
+        port: int | None = None,
+        peer_port: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.name = member  # the directory and log are the member's
+        super().__init__(base_dir, port=port, **kwargs)
+        self.member = member
+        self.peer_port = peer_port if peer_port is not None else free_port(self.host)
+        self.initial_cluster = f"{member}={self.peer_url}"
+        self.data_dir = self.dir / "data"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the client API, as the collector's ``etcd.endpoints`` take it."""
+        return f"{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--name={self.member}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.url}",
+            f"--advertise-client-urls={self.url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
+            "--initial-cluster-state=new",
+            "--initial-cluster-token=derrick-test",
+        ]
+
+    def _probe(self) -> bool:
+        return self.healthy(1.0)
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        """``/health`` says true: the member answers and the cluster has a leader."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as resp:  # noqa: S310
+                return bool(json.loads(resp.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def is_leader(self, timeout: float = 2.0) -> bool:
+        """This member leads the cluster (``/v3/maintenance/status``: leader == member id)."""
+        request = urllib.request.Request(  # noqa: S310 - loopback only
+            f"{self.url}/v3/maintenance/status", data=b"{}", method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+                status = json.loads(resp.read())
+        except (OSError, ValueError):
+            return False
+        return bool(status.get("leader")) and status.get("leader") == status["header"].get(
+            "member_id"
+        )
+
+
+class EtcdCluster:
+    """Three :class:`Etcd` members that form one cluster (quorum 2)."""
+
+    def __init__(self, base_dir: str | os.PathLike[str], size: int = 3) -> None:
+        self.members = [Etcd(Path(base_dir), member=f"etcd{i}") for i in range(1, size + 1)]
+        cluster = ",".join(f"{m.member}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = cluster
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> Self:
+        began = {m.member: m.spawn() for m in self.members if not m.running}
+        for member in self.members:
+            if member.member in began:
+                member.wait_ready(began[member.member], timeout)
+        return self
+
+    def leader(self) -> Etcd:
+        """The member that leads now (waits up to 10 s for an election)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for member in self.members:
+                if member.running and member.is_leader():
+                    return member
+            time.sleep(0.1)
+        raise ServiceError("etcd cluster has no leader after 10 s")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -4,7 +4,8 @@
 # when something actually has to be installed.
 #
 #   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll, socat
-#      (socat makes the pty pairs of the serial Modbus RTU tests), nodejs and npm
+#      (socat makes the pty pairs of the serial Modbus RTU tests), etcd-server and
+#      etcd-client (3.4: collector fail-over, docs/failover.md), nodejs and npm
 #      (when `node` / `npm` are missing)
 #      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
 #      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
@@ -29,7 +30,7 @@ have() {
 
 packages=()
 for pair in mosquitto:mosquitto influxd:influxdb victoria-metrics:victoria-metrics \
-    mbpoll:mbpoll socat:socat make:make node:nodejs npm:npm; do
+    mbpoll:mbpoll socat:socat etcd:etcd-server etcdctl:etcd-client make:make node:nodejs npm:npm; do
     have "${pair%%:*}" || packages+=("${pair#*:}")
 done
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -51,7 +52,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
-    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat, node, npm)"
+    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat, etcd, node, npm)"
 fi
 
 if [ ! -x .venv/bin/python ]; then

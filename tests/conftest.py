@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.services import Influx1, Mosquitto, VictoriaMetrics
+from devstack.services import Etcd, EtcdCluster, Influx1, Mosquitto, VictoriaMetrics
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +38,27 @@ def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetri
     """victoria-metrics 1.79 on 127.0.0.1:<free port>; ``.url``, ``.export()``."""
     with VictoriaMetrics(tmp_path_factory.mktemp("victoria")) as vm:
         yield vm
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """etcd 3.4, one member, stock settings; ``.endpoint`` is ``host:port``. Tests keep
+    their keys under a prefix of their own (:func:`etcd_prefix`)."""
+    with Etcd(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three etcd 3.4 members (quorum two), for a test that stops some of them."""
+    with EtcdCluster(tmp_path) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"/test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

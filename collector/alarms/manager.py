@@ -90,6 +90,7 @@ class AlarmManager:
         self._max_shelve_s = {
             rule.name: getattr(rule, "max_shelve_s", None) for rule in engine.rules
         }
+        self.refused: set[str] = set()  # alarm ids the store did not take (see _keep)
 
     def on_conditions(self, changes: Iterable[ConditionChange]) -> list[Effect]:
         """Feed the engine's condition changes through each alarm's lifecycle."""
@@ -142,8 +143,14 @@ class AlarmManager:
         step = apply(record, event)
         if isinstance(step, Rejected):
             return step
-        self._keep({key: step.record}, list(step.effects))
-        return list(step.effects)
+        effects = list(step.effects)
+        self._keep({key: step.record}, effects)
+        if self.records.get(key) != step.record:
+            return Rejected(
+                "not stored: the alarm's asset is being taken over by another collector, "
+                "or etcd did not answer; try again"
+            )
+        return effects
 
     def _new(self, key: str, change: ConditionChange) -> AlarmRecord:
         max_shelve_s = self._max_shelve_s.get(change.rule)
@@ -156,14 +163,28 @@ class AlarmManager:
             **extra,
         )
 
+    def adopt(self, records: dict[str, AlarmRecord]) -> None:
+        """Records read from the store when this collector takes their asset over."""
+        self.records.update(records)
+
+    def drop(self, alarm_ids: Iterable[str]) -> None:
+        """Forget records of assets another collector owns now (they stay stored)."""
+        for alarm_id in alarm_ids:
+            self.records.pop(alarm_id, None)
+
     def _keep(self, changed: dict[str, AlarmRecord], effects: list[Effect]) -> None:
         """Persist what changed and the notices it caused (one durable transaction),
-        then adopt it."""
+        then adopt it. What the store refused (an asset another collector took over)
+        is not adopted, and its effects are taken out of ``effects``."""
         fresh = {k: r for k, r in changed.items() if self.records.get(k) != r}
         if not fresh:
             return
         notices = self._notices(effects, fresh) if self._notices else []
-        self.store.save(fresh.values(), notices)
+        refused = self.store.save(fresh.values(), notices)
+        if refused:
+            self.refused.update(refused)
+            fresh = {k: r for k, r in fresh.items() if k not in refused}
+            effects[:] = [e for e in effects if e.alarm_id not in refused]
         self.records.update(fresh)
 
 

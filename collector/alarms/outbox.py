@@ -125,7 +125,7 @@ def _stored_form(message: Message) -> str:
     return message.model_dump_json()
 
 
-def _read(event: str, payload: str) -> Message:
+def read_message(event: str, payload: str) -> Message:
     """A stored message back; ValidationError when it does not load."""
     if event == STATE_EVENT:
         return AlarmStateMessage.model_validate_json(payload)
@@ -134,9 +134,10 @@ def _read(event: str, payload: str) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A row to deliver: ``message`` is read from the stored JSON, ``payload``."""
+    """A row to deliver: ``message`` is read from the stored JSON, ``payload``. ``id``:
+    the SQLite row id, or the etcd key of a row kept there (collector.alarms.shared)."""
 
-    id: int
+    id: int | str
     key: str
     alarm_id: str
     event: str
@@ -186,7 +187,7 @@ class Outbox:
         rows: list[Pending] = []
         for row in cursor.fetchall():
             try:
-                message = _read(row[3], row[6])
+                message = read_message(row[3], row[6])
             except ValidationError as exc:
                 reason = f"unreadable: {one_line(exc)}"
                 log.error("notification unreadable, not sent", channel=channel, key=row[1],

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
+from collector.alarms.ha import Coordinator
 from collector.alarms.manager import AlarmManager, Command, by_alarm_id, record_key
 from collector.alarms.notify import (
     BUILT_IN,
@@ -42,11 +44,13 @@ from collector.alarms.notify import (
 )
 from collector.alarms.outbox import Outbox
 from collector.alarms.settings import AlarmSettings
+from collector.alarms.shared import HaOutbox, HaStateStore, SharedOutbox, SharedState
 from collector.alarms.state import AlarmStateStore
+from collector.etcd import EtcdError
 from collector.lineproto import encode_point
 from derrick.alarms.engine import ConditionChange, RuleEngine
 from derrick.alarms.kpi import AlarmKpis
-from derrick.alarms.lifecycle import Annunciate, Clear, Effect, Journal, Rejected
+from derrick.alarms.lifecycle import HIDDEN, Annunciate, Clear, Effect, Journal, Rejected
 from derrick.alarms.ownership import Ownership
 from derrick.alarms.rules import RuleSet
 from derrick.wire.ids import AlarmId
@@ -74,16 +78,33 @@ class AlarmService:
         senders: dict[str, Send],
         rules: RuleSet | None = None,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
+        *,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._closers = closers or []
         self.settings = settings
         self.collector_id = collector_id
-        self.ownership = Ownership(collector_id, settings.members or [collector_id])
         self.engine = RuleEngine(rules if rules is not None else settings.ruleset)
-        self.store = AlarmStateStore(settings.state)
-        self.outbox = Outbox(
-            self.store.db, settings.outbox.max_pending, settings.outbox.keep_delivered_h * 3600
-        )
+        local = AlarmStateStore(settings.state)
+        keep_s = settings.outbox.keep_delivered_h * 3600
+        local_outbox = Outbox(local.db, settings.outbox.max_pending, keep_s)
+        self.coordinator = coordinator
+        self.ownership: Ownership | Coordinator
+        self.store: AlarmStateStore | HaStateStore
+        self.outbox: Outbox | HaOutbox
+        if coordinator is None:
+            self.ownership = Ownership(collector_id, settings.members or [collector_id])
+            self.store, self.outbox = local, local_outbox
+        else:  # fail-over: every asset's alarms in etcd (collector.alarms.shared)
+            self.ownership = coordinator
+            shared = SharedState(coordinator.etcd, coordinator, coordinator.prefix)
+            shared_outbox = SharedOutbox(coordinator.etcd, coordinator, coordinator.prefix, keep_s)
+            self.store = HaStateStore(local, shared)
+            self.outbox = HaOutbox(local_outbox, shared_outbox, shared)
+            coordinator.on_gain, coordinator.on_loss = self.taken, self.given_up
+            coordinator.busy = shared_outbox.in_flight
+        self._dirty: set[tuple[str, str]] = set()  # owned assets whose last commit failed
+        self._edge_last: dict[AlarmId, ConditionMessage] = {}  # newest edge change, any asset
         self.messages: dict[str, str] = self.outbox.last_texts(STATE_CHANNEL)
         self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
         self.manager = AlarmManager(self.engine, self.store, self.router.rows)
@@ -121,15 +142,21 @@ class AlarmService:
     def owns(self, site: str, asset: str) -> bool:
         return self.ownership.owns(site, asset)
 
+    def evaluates(self, site: str, asset: str) -> bool:
+        """Whether this collector evaluates the asset's conditions: the ones it owns, or
+        every asset when collectors fail over (hot standby: a successor starts with the
+        right delays, deadbands and rates of change)."""
+        return self.ownership.evaluates(site, asset)
+
     def observe_telemetry(self, message: Telemetry, now: int | None = None) -> None:
-        if message.historical or not self.ownership.owns(message.site, message.asset):
+        if message.historical or not self.ownership.evaluates(message.site, message.asset):
             return
         changes = self.engine.observe(message, now_ns() if now is None else now)
         if changes:
             self._apply(changes)
 
     def observe_device(self, status: DeviceStatus, now: int | None = None) -> None:
-        if not self.ownership.owns(status.site, status.asset):
+        if not self.ownership.evaluates(status.site, status.asset):
             return
         changes = self.engine.observe_device(status, now_ns() if now is None else now)
         if changes:
@@ -150,9 +177,15 @@ class AlarmService:
         would undo news with history (the agent sends each alarm's changes in order,
         replayed ones included, so this takes a redelivery or a foreign publisher).
         """
-        if not self.ownership.owns(message.site, message.asset):
+        if not self.ownership.evaluates(message.site, message.asset):
             return
         alarm = AlarmId(message.rule, message.site, message.asset, message.device)
+        if self.coordinator is not None:  # what a successor applies when it takes over
+            kept = self._edge_last.get(alarm)
+            if kept is None or kept.ts_ns <= message.ts_ns:
+                self._edge_last[alarm] = message
+            if not self.ownership.owns(message.site, message.asset):
+                return
         newest = self._edge_ts.get(alarm)
         if newest is not None and message.ts_ns < newest:
             self.counts["edge_out_of_order"] += 1
@@ -203,11 +236,15 @@ class AlarmService:
 
     def tick(self, now: int | None = None) -> None:
         now = now_ns() if now is None else now
-        changes = self._owned(self.engine.tick(now))
+        changes = self.engine.tick(now)
         for change in changes:
             self.messages[record_key(change)] = change.message
+        changes = self._owned(changes)
+        if self._dirty:
+            changes += self._dirty_changes(now)
         effects = self.manager.on_conditions(changes)
         effects += self.manager.tick_shelves(now)
+        self._refused()
         self.outbox.insert(self.router.due(self.manager.records.values(), now))
         self._after(effects)
         self._wake()
@@ -265,7 +302,9 @@ class AlarmService:
             return 404, "alarm ids are rule:site:asset:device", None
         if not self.ownership.owns(alarm.site, alarm.asset):
             owner = self.ownership.owner(alarm.site, alarm.asset)
-            return 421, f"alarm belongs to collector {owner}", None
+            if owner is None or owner == self.collector_id:
+                return 503, "alarm's asset is being taken over by a collector; try again", None
+            return 421, f"alarm belongs to collector {owner}{self._api_of(owner)}", None
         if command.alarm_id not in self.manager.records:
             return 404, f"no alarm {command.alarm_id!r}", None
         return 200, "", alarm
@@ -278,10 +317,75 @@ class AlarmService:
         return [encode_point(p.measurement, p.tags, p.fields, p.ts_ns) for p in points]
 
     def list_alarms(self) -> list[dict[str, Any]]:
+        """Every alarm: with fail-over, every asset's as stored in etcd, whoever owns it."""
+        records = dict(self.manager.records)
+        if isinstance(self.store, HaStateStore):
+            records = {**self.store.shared.load_all(), **records}
         return [
             state_message(record, self.messages.get(key, "")).model_dump()
-            for key, record in sorted(self.manager.records.items())
+            for key, record in sorted(records.items())
         ]
+
+    # --- fail-over (collector.alarms.ha) ----------------------------------------------
+
+    def taken(self, assets: list[tuple[str, str]], now: int | None = None) -> None:
+        """This collector took these assets: their stored records, brought up to what
+        its engine sees now (a condition that started or ended while nobody owned the
+        asset is announced or cleared; the rest changes nothing)."""
+        assert isinstance(self.store, HaStateStore)
+        now = now_ns() if now is None else now
+        try:
+            records = self.store.shared.load(assets)
+        except EtcdError as exc:
+            log.error("alarms of taken assets not read; retrying", reason=str(exc))
+            self._dirty.update(assets)
+            return
+        self.manager.adopt(records)
+        for key, record in records.items():
+            if record.acked or record.state in HIDDEN:
+                continue
+            self.router.unacked_since.setdefault(key, record.last_transition_ns)
+        self._apply(self._catch_up(set(assets), now))
+
+    def given_up(self, assets: list[tuple[str, str]]) -> None:
+        """Another collector owns these assets now: forget their records here."""
+        gone = set(assets)
+        self._dirty -= gone
+        self.manager.drop([key for key in self.manager.records if _asset_of(key) in gone])
+
+    def _catch_up(self, assets: set[tuple[str, str]], now: int) -> list[ConditionChange]:
+        """The engine's view of these assets' alarms, as changes for the lifecycle."""
+        changes: list[ConditionChange] = []
+        seen: set[str] = set()
+        for key, record in self.manager.records.items():
+            alarm = _parsed(key)
+            if alarm is None or (alarm.site, alarm.asset) not in assets:
+                continue
+            seen.add(key)
+            current = self.engine.current(*alarm, now)
+            if current is not None:
+                changes.append(current)
+            elif record.active:  # not heard yet: it holds until a reading ends it
+                self.engine.restore({tuple(alarm): record.suppressed})  # type: ignore[dict-item]
+        for change in self.engine.conditions():
+            if (change.site, change.asset) in assets and record_key(change) not in seen:
+                changes.append(replace(change, ts_ns=now))
+        for alarm, message in self._edge_last.items():
+            if (alarm.site, alarm.asset) in assets:
+                changes.append(condition_change(message))
+        return changes
+
+    def _dirty_changes(self, now: int) -> list[ConditionChange]:
+        """Assets whose commit failed and that are owned now: catch up on them."""
+        owned = {asset for asset in self._dirty if self.ownership.owns(*asset)}
+        if not owned:
+            return []
+        self._dirty -= owned
+        return self._catch_up(owned, now)
+
+    def _api_of(self, member: str) -> str:
+        api = self.coordinator.api_of(member) if self.coordinator is not None else None
+        return f" ({api})" if api else ""
 
     # --- internals --------------------------------------------------------------------
 
@@ -291,10 +395,11 @@ class AlarmService:
     def _apply(self, changes: list[ConditionChange], now: int | None = None) -> None:
         """Changes through the lifecycle; ``now``: when they were heard, if that may be
         later than they happened (edge conditions)."""
-        changes = self._owned(changes)
         for change in changes:
             self.messages[record_key(change)] = change.message
+        changes = self._owned(changes)
         effects = self.manager.on_conditions(changes)
+        self._refused()
         if effects:
             if now is not None:
                 self._heard_late(effects, now)
@@ -335,6 +440,12 @@ class AlarmService:
             group.create_task(deliverer.run())
         group.create_task(self._tick_forever())
 
+    def _refused(self) -> None:
+        """Alarms whose change the store refused: caught up on when owned again."""
+        if self.manager.refused:
+            self._dirty.update(_asset_of(key) for key in self.manager.refused)
+            self.manager.refused.clear()
+
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
         next_enforce = loop.time() + ENFORCE_EVERY_S
@@ -373,3 +484,15 @@ def condition_change(message: ConditionMessage) -> ConditionChange:
         peak=message.peak,
         since_ns=message.since_ns if state is ConditionState.EPISODE else None,
     )
+
+
+def _parsed(key: str) -> AlarmId | None:
+    try:
+        return AlarmId.parse(key)
+    except ValueError:
+        return None
+
+
+def _asset_of(key: str) -> tuple[str, str]:
+    alarm = _parsed(key)
+    return (alarm.site, alarm.asset) if alarm is not None else ("", "")

@@ -83,16 +83,19 @@ class AlarmStateStore:
         """The connection, shared with the notification outbox (one transaction for both)."""
         return self._db
 
-    def save(self, records: Iterable[AlarmRecord], notices: Iterable[NewNotice] = ()) -> None:
+    def save(
+        self, records: Iterable[AlarmRecord], notices: Iterable[NewNotice] = ()
+    ) -> frozenset[str]:
         """Store these records (insert or replace) and the notices their change caused,
-        all in one durable transaction."""
+        all in one durable transaction. Returns the alarm ids not stored: none here (a
+        failure raises); see collector.alarms.shared for a store that can refuse."""
         rows = [
             (r.alarm_id, json.dumps(r.to_dict(), separators=(",", ":")), r.last_transition_ns)
             for r in records
         ]
         notice_rows = insert_rows(notices)
         if not rows and not notice_rows:
-            return
+            return frozenset()
         try:
             with self._db:
                 self._db.execute("BEGIN")
@@ -103,6 +106,7 @@ class AlarmStateStore:
                 self._db.executemany(INSERT, notice_rows)
         except sqlite3.Error as exc:
             raise AlarmStateError(f"alarm state {self.path}: {exc}") from exc
+        return frozenset()
 
     def edge_births(self) -> dict[str, str]:
         """The last birth (JSON) of each agent that evaluates rules at the edge."""

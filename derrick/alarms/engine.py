@@ -476,6 +476,22 @@ class RuleEngine:
             if st.reported != (False, False)
         ]
 
+    def current(
+        self, rule: str, site: str, asset: str, device: str, now_ns: int
+    ) -> ConditionChange | None:
+        """That condition as last reported, dated ``now_ns``; None when this engine holds
+        no state for it (its device or agent not heard from yet, or the rule handed to
+        the edge). What a collector that takes over an asset compares with the stored
+        alarm records (collector.alarms.ha)."""
+        host: _Device | _Agent | None = self._devices.get((site, asset, device))
+        if host is None and asset == device:
+            agent = self._agents.get(asset)
+            host = agent if agent is not None and agent.site == site else None
+        st = host.states.get(rule) if host is not None else None
+        if st is None:
+            return None
+        return self._change(st, st.reported[0], st.reported[1], now_ns)
+
     # --- device and agent state -----------------------------------------------------
 
     def _device(self, site: str, asset: str, device: str, kind: str | None, now: int) -> _Device:

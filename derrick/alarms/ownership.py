@@ -45,3 +45,8 @@ class Ownership:
 
     def owns(self, site: str, asset: str) -> bool:
         return len(self.members) == 1 or self.owner(site, asset) == self.me
+
+    def evaluates(self, site: str, asset: str) -> bool:
+        """A static member evaluates only what it owns (collectors that fail over
+        evaluate every asset: collector.alarms.ha)."""
+        return self.owns(site, asset)

@@ -107,10 +107,13 @@ class Condition(StrictModel):
 
 BROKER_RULE = "broker_messages_dropped"
 GAP_RULE = "agent_messages_lost"
-BUILTIN_RULES = (BROKER_RULE, GAP_RULE)
-"""The collector's own loss alarms (collector.loss): no rule file may take these names,
-so their alarm ids (``agent_messages_lost:agents:<agent>:sequence``) cannot be those of
-a rule on a device of a site that happens to be named ``agents``."""
+COORDINATION_RULE = "coordination_lost"
+UNOWNED_RULE = "unowned_assets"
+BUILTIN_RULES = (BROKER_RULE, GAP_RULE, COORDINATION_RULE, UNOWNED_RULE)
+"""The collector's own alarms - loss (collector.loss), coordination (collector.alarms.ha) -
+whose names no rule file may take, so their alarm ids
+(``agent_messages_lost:agents:<agent>:sequence``) cannot be those of a rule on a device
+of a site that happens to be named ``agents``."""
 
 
 class _Rule(StrictModel):
