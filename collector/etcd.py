@@ -220,7 +220,13 @@ class Etcd:
 
     async def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Await ``coro`` on the etcd loop from the caller's loop."""
-        return await asyncio.wrap_future(self._submit(coro))
+        try:
+            return await asyncio.wrap_future(self._submit(coro))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller is being cancelled
+            raise EtcdUnavailable(f"etcd {self.endpoint}: request cancelled") from None
 
     def block(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on the etcd loop and wait for it (synchronous callers)."""
@@ -230,6 +236,8 @@ class Etcd:
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             raise EtcdUnavailable(f"etcd {self.endpoint}: no answer in time") from exc
+        except concurrent.futures.CancelledError as exc:
+            raise EtcdUnavailable(f"etcd {self.endpoint}: request cancelled") from exc
 
     def _submit(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -290,18 +298,23 @@ class Etcd:
         unavailable; the last error, ours, if none answers."""
         error: EtcdError | None = None
         for _ in self.endpoints:
-            endpoint = self.endpoint
+            endpoint, client = self.endpoint, None
             try:
                 client = await self._connected()
                 return await asyncio.wait_for(request(client), self.timeout_s)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # not us: the channel was closed under the call (another call moved on)
+                error = EtcdUnavailable(f"etcd {endpoint}: request cancelled")
+                error.__cause__ = exc
             except Exception as exc:  # mapped into our tree by _ERRORS
                 error = _ours(exc, endpoint)
                 if not isinstance(error, EtcdUnavailable):
                     raise error from exc
-                await self._next_endpoint()
                 error.__cause__ = exc
+            await self._next_endpoint(client)
         assert error is not None
         raise error
 
@@ -319,6 +332,9 @@ class Etcd:
             self._client = client
         return self._client
 
-    async def _next_endpoint(self) -> None:
+    async def _next_endpoint(self, failed: aetcd.Client | None) -> None:
+        """Move on from the client that failed - unless a concurrent call did already."""
+        if failed is not None and failed is not self._client:
+            return
         await self.close()
         self._current = (self._current + 1) % len(self.endpoints)

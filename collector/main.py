@@ -19,6 +19,7 @@ from collector.alarms.builtin import (
     MqttEventsSender,
     MqttStateSender,
 )
+from collector.alarms.forward import Forwarder, forwarded
 from collector.alarms.ha import CoordinationError, Coordinator
 from collector.alarms.httpapi import AlarmApi, HttpApiError
 from collector.alarms.notify import (
@@ -50,6 +51,7 @@ from derrick.notify.channels import make_sender
 from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
+from derrick.wire.ids import AlarmId
 from derrick.wire.payloads import AlarmCommand, AlarmCommandResult, now_ns
 from derrick.wire.sparkplug import DATA_SUBSCRIPTION as SPARKPLUG_DATA
 from derrick.wire.sparkplug import SESSION_SUBSCRIPTIONS as SPARKPLUG_SESSION
@@ -172,9 +174,12 @@ def alarm_api(
     ingest_health: Callable[[], dict[str, object]],
 ) -> AlarmApi | None:
     """The operator API (``alarms.http``); without alarm rules it serves /health and an
-    empty alarm list."""
+    empty alarm list. With fail-over, a command for an alarm another member owns is
+    passed on to that member (collector.alarms.forward)."""
     if not config.alarms.http.enabled:
         return None
+    coordinator = alarms.coordinator if alarms is not None else None
+    forwarder = Forwarder(config.alarms.http.token()) if coordinator is not None else None
 
     async def command(order: AlarmCommand) -> tuple[int, AlarmCommandResult]:
         if alarms is None:
@@ -186,7 +191,14 @@ def alarm_api(
                 reason="this collector has no alarm rules",
                 ts_ns=now_ns(),
             )
-        return alarms.command(order)
+        status, result = alarms.command(order)
+        if status == 421 and forwarder is not None and not forwarded(order):
+            alarm = AlarmId.parse(order.alarm_id)
+            owner = coordinator.owner(alarm.site, alarm.asset) if coordinator else None
+            api = coordinator.api_of(owner) if coordinator and owner else None
+            if api is not None:
+                return await forwarder.forward(api, order) or (status, result)
+        return status, result
 
     return AlarmApi(
         config.alarms.http,

@@ -87,6 +87,8 @@ class AlarmStack:
         retry: dict[str, float] | None = None,
         site: str | None = None,
         edge_local: dict[str, Any] | None = None,
+        collectors: int = 1,
+        etcd: dict[str, Any] | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.site = site or f"t{uuid.uuid4().hex[:8]}"
@@ -98,10 +100,18 @@ class AlarmStack:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.retry = retry or {"min_s": 0.5, "max_s": 2}
-        self.api_port = free_port()
+        # Several collectors share the alarms through etcd (``etcd``: that section of
+        # their configs, without the prefix, which is the site's).
+        self.etcd = etcd
+        self.api_ports = [free_port() for _ in range(collectors)]
+        self.api_port = self.api_ports[0]
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.plcs: dict[str, Plc] = {}
-        self.collector = Program("collector", [], base_dir / "collector.log")
+        self.collectors = [
+            Program("collector", [], base_dir / f"collector{'' if i == 0 else i + 1}.log")
+            for i in range(collectors)
+        ]
+        self.collector = self.collectors[0]
         self.agent = Program("agent", [], base_dir / "agent.log")
         self.edge_agent = Program("agent", [], base_dir / "edge-agent.log")
         # What the edge agent evaluates: a copy of the crane rules, for a test to change
@@ -114,9 +124,12 @@ class AlarmStack:
     def start(self) -> Self:
         """Simulators (all at once), then the collector (API answering), then the agent."""
         self.start_simulators()
-        collector_cfg = write_yaml(self.base_dir / "collector.yaml", self.collector_config())
-        self.collector.args = ["--config", str(collector_cfg)]
-        self.start_collector()
+        for index, collector in enumerate(self.collectors):
+            config = write_yaml(
+                collector.log_path.with_suffix(".yaml"), self.collector_config(index)
+            )
+            collector.args = ["--config", str(config)]
+            self.start_collector(index)
         for program, edge in self._agents():
             config = write_yaml(program.log_path.with_suffix(".yaml"), self.agent_config(edge))
             program.args = ["--config", str(config)]
@@ -147,22 +160,27 @@ class AlarmStack:
             if self.assets[name].silent_at_start:
                 http_json(f"{plc.control}/fault", {"silent": True})
 
-    def start_collector(self) -> None:
-        self.collector.start()
-        wait_for(lambda: self.api("GET", "/health")[0] == 200, 30, "collector alarm API",
-                 program=self.collector)  # fmt: skip
+    def start_collector(self, index: int = 0) -> None:
+        collector = self.collectors[index]
+        collector.start()
+        wait_for(lambda: self.api("GET", "/health", index=index)[0] == 200, 30,
+                 "collector alarm API", program=collector)  # fmt: skip
 
-    def restart_collector(self) -> None:
+    def restart_collector(self, index: int = 0) -> None:
         """SIGKILL the collector and start it again with the same config."""
-        self.collector.kill()
-        self.start_collector()
+        self.collectors[index].kill()
+        self.start_collector(index)
+
+    def collector_id(self, index: int = 0) -> str:
+        return f"col-{self.site}" + ("" if len(self.collectors) == 1 else f"-{index + 1}")
 
     def stop(self) -> dict[str, int | None]:
         """Stop every program (agent first); exit code by name."""
         codes = {
             ("edge-agent" if edge else "agent"): program.stop() for program, edge in self._agents()
         }
-        codes["collector"] = self.collector.stop()
+        for index, collector in enumerate(self.collectors):
+            codes["collector" + ("" if index == 0 else str(index + 1))] = collector.stop()
         for name, plc in self.plcs.items():
             codes[f"sim-{name}"] = plc.program.stop()
         return codes
@@ -202,15 +220,23 @@ class AlarmStack:
                 config["alarms"]["local"] = self.edge_local
         return config
 
-    def collector_config(self) -> dict[str, Any]:
+    def collector_config(self, index: int = 0) -> dict[str, Any]:
+        config = self._collector_config(index)
+        if self.etcd is not None:
+            config["collector"]["group"] = f"g-{self.site}"
+            config["etcd"] = {"prefix": f"/derrick-{self.site}", **self.etcd}
+        return config
+
+    def _collector_config(self, index: int) -> dict[str, Any]:
+        name = "alarms.db" if index == 0 else f"alarms{index + 1}.db"
         return {
-            "collector": {"id": f"col-{self.site}"},
+            "collector": {"id": self.collector_id(index)},
             "broker": self.broker,
             "influx": self.influx,
             "batch": {"max_lines": 500, "max_delay_s": 0.1},
             "alarms": {
                 "rules": [str(path) for path in RULES],
-                "state": str(self.base_dir / "alarms.db"),
+                "state": str(self.base_dir / name),
                 "channels": {
                     "hook": {"type": "webhook", "url": self.hook_url},
                     "mail": {
@@ -222,7 +248,7 @@ class AlarmStack:
                     },
                 },
                 "routes": [{"name": "all", "channels": ["hook", "mail"]}],
-                "http": {"enabled": True, "port": self.api_port},
+                "http": {"enabled": True, "port": self.api_ports[index]},
                 "retry": self.retry,
             },
             "log": {"format": "json"},
@@ -237,11 +263,13 @@ class AlarmStack:
         """The simulator control API of ``asset``: GET without a body, else POST."""
         return http_json(f"{self.plcs[asset].control}{path}", body)
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        """The collector's operator API: (status, parsed JSON); errors are answers too."""
+    def api(
+        self, method: str, path: str, body: dict[str, Any] | None = None, index: int = 0
+    ) -> tuple[int, Any]:
+        """A collector's operator API: (status, parsed JSON); errors are answers too."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310 - loopback, built here
-            f"{self.api_url}{path}",
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_ports[index]}{path}",
             data=data,
             method=method,
             headers={"Content-Type": "application/json"},
@@ -258,8 +286,8 @@ class AlarmStack:
         return self.api("GET", f"/alarms/{urllib.parse.quote(self.alarm_id(rule, asset))}")
 
     def command(
-        self, rule: str, asset: str, action: str, who: str, comment: str = ""
+        self, rule: str, asset: str, action: str, who: str, comment: str = "", *, index: int = 0
     ) -> tuple[int, Any]:
         """POST /alarms/<id>/<action> with ``who`` and ``comment``."""
         path = f"/alarms/{urllib.parse.quote(self.alarm_id(rule, asset))}/{action}"
-        return self.api("POST", path, {"who": who, "comment": comment})
+        return self.api("POST", path, {"who": who, "comment": comment}, index=index)

@@ -191,7 +191,7 @@ class Coordinator:
             await self._renew()
             await self._read()
             await self._rebalance()
-        except EtcdError as exc:
+        except (EtcdError, CoordinationError) as exc:
             self._unreachable(str(exc))
         else:
             if not self.reachable:
