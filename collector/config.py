@@ -251,6 +251,13 @@ class EtcdSettings(_Secret):
         default=0.5, gt=0, le=5, description="how often members and owners are read again"
     )
     timeout_s: float = Field(default=2.0, gt=0, le=30, description="per request and endpoint")
+    api_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="how the other collectors reach this one's operator API to pass "
+        "commands on; default http://<alarms.http.host>:<port>, the host name when it "
+        "listens on every address",
+    )
     username: str | None = None
     password_env: str | None = None
     password_file: Path | None = None

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -380,9 +381,12 @@ class Collector:
         coordinator = self.coordinator
         if coordinator is None:
             return
-        http = self.config.alarms.http
-        if api_port is not None:
-            coordinator.api = f"http://{http.host}:{api_port}"
+        http, settings = self.config.alarms.http, self.config.etcd
+        if settings is not None and settings.api_url:
+            coordinator.api = settings.api_url
+        elif api_port is not None:
+            host = socket.gethostname() if http.host in ("0.0.0.0", "::", "") else http.host  # noqa: S104
+            coordinator.api = f"http://{host}:{api_port}"
         await coordinator.join()
         stack.push_async_callback(coordinator.leave)
         await coordinator.refresh()

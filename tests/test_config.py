@@ -187,6 +187,38 @@ def test_bad_alarm_settings_are_named(tmp_path, alarms, message):
         load_collector_config(tmp_path / "c.yaml")
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("etcd: {endpoints: [127.0.0.1:2379]}", "etcd needs collector.group"),
+        ("etcd: {endpoints: []}", "etcd.endpoints: List should have at least 1 item"),
+        (
+            "collector: {id: c, group: g}\netcd: {endpoints: [localhost]}",
+            "'localhost' is not host:port",
+        ),
+        (
+            "collector: {id: c, group: g}\netcd: {endpoints: ['h:1'], ttl_s: 2, refresh_s: 1}",
+            "refresh_s (1.0) must be at most ttl_s / 3",
+        ),
+        (
+            "collector: {id: c, group: g}\netcd: {endpoints: ['h:1']}\nalarms: {members: [c, d]}",
+            "give alarms.members or etcd, not both",
+        ),
+        (
+            "collector: {id: c, group: g}\netcd: {endpoints: ['h:1'], prefix: derrick}",
+            "etcd.prefix",
+        ),
+    ],
+)
+def test_bad_etcd_settings_are_named(tmp_path, extra, message):
+    text = f"influx: {{api: v1}}\n{extra}\n"
+    if not extra.startswith("collector"):
+        text = "collector: {id: c}\n" + text
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_collector_config(tmp_path / "c.yaml")
+
+
 CLI_CASES = {
     "unknown key": (
         "broker: {port: 1883, colour: red}\n",
