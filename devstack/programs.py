@@ -171,10 +171,13 @@ def start_pipeline(
     alarms: dict | None = None,
     site: str | None = None,
     wire: str = "json",
+    collector_extra: dict | None = None,
 ) -> Pipeline:
     """Agent and collector (with the shipped crane rules, and ``alarms`` settings on
     top) for a fresh site name, so runs sharing a broker and InfluxDB never mix.
-    ``wire``: the agent's ``format`` (json or sparkplug)."""
+    ``wire``: the agent's ``format`` (json or sparkplug). ``collector_extra``: more
+    top-level sections of the collector's config (``etcd``...); its ``collector`` keys
+    join the id."""
     site = site or f"t{uuid.uuid4().hex[:8]}"
     broker = {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 2}
     agent_cfg = write_yaml(
@@ -199,10 +202,11 @@ def start_pipeline(
             "log": {"format": "json"},
         },
     )
+    extra = dict(collector_extra or {})
     collector_cfg = write_yaml(
         log_dir / "collector.yaml",
         {
-            "collector": {"id": f"col-{site}"},
+            "collector": {"id": f"col-{site}", **extra.pop("collector", {})},
             "broker": broker,
             "influx": influx,
             "batch": {"max_lines": 500, "max_delay_s": 0.1},
@@ -213,6 +217,7 @@ def start_pipeline(
             },
             "stats_interval_s": 1,
             "log": {"format": "json"},
+            **extra,
         },
     )
     collector = Program(
