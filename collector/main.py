@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -306,6 +307,9 @@ class Collector:
             else None
         )
         self.coordinator: Coordinator | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._adopted: dict[str, Adopted] = {}  # dead members' sessions drained here
+        self._pending_adoptions: list[str] = []
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -333,9 +337,9 @@ class Collector:
         self.receiver = self._receiver()
         self.api = alarm_api(config, self.alarms, self._ingest_health)
         await self._subscribe()
-        await self._start_sessions(stack)
         api_port = await self._start_api(stack)
-        await self._join(stack, api_port)
+        await self._join(stack, api_port)  # before connecting: this id's session may be drained
+        await self._start_sessions(stack)
         stack.callback(self._forget_sighup)
         self._log_started(api_port)
 
@@ -389,7 +393,70 @@ class Collector:
             coordinator.api = f"http://{host}:{api_port}"
         await coordinator.join()
         stack.push_async_callback(coordinator.leave)
+        coordinator.on_adopt, coordinator.on_release = self._adopt, self._release
+        adopter = await coordinator.session_free(coordinator.ttl_s + 4 * coordinator.refresh_s)
+        if adopter is not None:
+            log.warning("connecting while another collector still drains this one's session",
+                        adopter=adopter)  # fmt: skip
         await coordinator.refresh()
+
+    # --- dead members' storage sessions (collector.alarms.ha) ---------------------------
+
+    async def _adopt(self, member: str) -> None:
+        """Drain a dead member's storage session: its client id, its share of the
+        telemetry, stored by a receive and store stage of its own."""
+        if self._group is None:  # before the tasks run: started with them
+            self._pending_adoptions.append(member)
+            return
+        config = self.config
+        client = inbound_client(config, member)
+        queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
+        writer = make_writer(config.influx)
+        batch = config.batch
+        store = Store(
+            writer,
+            client.ack,
+            self.stats,
+            Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
+            self.spool,
+            self.dead_letters.put_refused,
+            window_full=lambda: client.unacked >= (client.window or client.peak_unacked),
+            fields=self.fields,
+        )
+        receiver = Receiver(
+            client, queue, self.stats, self.dead_letters, storage_tracks=False,
+            window=config.ingest.window(), fields=self.fields, redeliveries=self.redeliveries,
+            sparkplug=self._sparkplug_host(False),
+        )  # fmt: skip
+        await self._subscribe_storage(client)
+        await client.start()
+        group = self._group
+        tasks = [group.create_task(receiver.run()), group.create_task(store.run(queue))]
+        clients = [client]
+        if self.alarm_client is not None:
+            # its alarm session: copies this member reads in its own; acknowledged unread,
+            # so the broker's queue for it does not overflow (and count as drops)
+            copies = inbound_client(config, f"{member}-alarms")
+            await copies.start()
+            tasks.append(group.create_task(_discard_forever(copies)))
+            clients.append(copies)
+        self._adopted[member] = Adopted(clients, writer, tasks)
+
+    async def _release(self, member: str) -> None:
+        """Stop draining ``member``'s session (it is back, or this member's lease ended):
+        what is not stored yet stays unacknowledged, for the broker to send again."""
+        if member in self._pending_adoptions:
+            self._pending_adoptions.remove(member)
+            return
+        adopted = self._adopted.pop(member, None)
+        if adopted is None:
+            return
+        for client in adopted.clients:
+            await client.stop()
+        for task in adopted.tasks:
+            task.cancel()
+        await asyncio.gather(*adopted.tasks, return_exceptions=True)
+        await adopted.writer.close()
 
     def _open_alarms(self, stack: contextlib.AsyncExitStack) -> AlarmService | None:
         """The alarm service, with a writer each for its journal and history loops."""
@@ -483,7 +550,21 @@ class Collector:
         Edge conditions are read even without alarm rules: they are numbered with their
         agent's telemetry, and a collector that did not see them would count their
         numbers as lost messages."""
-        client, group = self.client, self.config.collector.group
+        client = self.client
+        await self._subscribe_storage(client)
+        if self.config.ingest.broker_drops:
+            await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
+        if self.alarms is not None:
+            feed = self.alarm_client or client
+            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:4]
+            if self.alarm_client is not None and self.config.sparkplug.enabled:
+                extra += (SPARKPLUG_DATA, *SPARKPLUG_SESSION)  # the whole stream, unshared
+            for subscription in extra:
+                await feed.subscribe(subscription, qos=1)
+
+    async def _subscribe_storage(self, client: MqttClient) -> None:
+        """What a storage session reads (shared in a group)."""
+        group = self.config.collector.group
         for subscription in (
             TELEMETRY_SUBSCRIPTION,
             DEVICE_STATUS_SUBSCRIPTION,
@@ -497,15 +578,6 @@ class Collector:
             await client.subscribe(shared(group, SPARKPLUG_DATA), qos=1)
             for subscription in SPARKPLUG_SESSION:
                 await client.subscribe(subscription, qos=1)
-        if self.config.ingest.broker_drops:
-            await client.subscribe(BROKER_DROPPED_TOPIC, qos=1)
-        if self.alarms is not None:
-            feed = self.alarm_client or client
-            extra = ALARM_INPUTS if self.alarm_client else ALARM_INPUTS[2:4]
-            if self.alarm_client is not None and self.config.sparkplug.enabled:
-                extra += (SPARKPLUG_DATA, *SPARKPLUG_SESSION)  # the whole stream, unshared
-            for subscription in extra:
-                await feed.subscribe(subscription, qos=1)
 
     async def _start_sessions(self, stack: contextlib.AsyncExitStack) -> None:
         await self.client.start()
@@ -553,6 +625,10 @@ class Collector:
 
     def _start_tasks(self, group: asyncio.TaskGroup) -> None:
         config, alarms = self.config, self.alarms
+        self._group = group
+        for member in self._pending_adoptions:
+            group.create_task(self._adopt(member))
+        self._pending_adoptions = []
         group.create_task(self.receiver.run())
         group.create_task(self.store.run(self.store_queue))
         if config.ingest.broker_drops:
@@ -585,6 +661,21 @@ class Collector:
         group.create_task(kpi_forever(alarms, self.store_queue, interval_s))
         if self.alarm_client is not None:
             group.create_task(self.receiver.feed_alarms(self.alarm_client, alarms))
+
+
+@dataclass
+class Adopted:
+    """A dead member's storage session drained here: its client, writer and stages."""
+
+    clients: list[MqttClient]
+    writer: Writer
+    tasks: list[asyncio.Task[None]]
+
+
+async def _discard_forever(client: MqttClient) -> None:
+    """Acknowledge everything a session brings, unread."""
+    while True:
+        client.ack(await client.inbox.get())
 
 
 async def run(config: CollectorConfig) -> None:

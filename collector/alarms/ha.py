@@ -4,7 +4,19 @@ Keys under the prefix ``P`` (``etcd.prefix``):
 
 * ``P/members/<id>``: a live collector (JSON: its operator API), bound to its lease;
 * ``P/owners/<site>/<asset>``: the collector that owns the asset's alarms, bound to
-  that collector's lease.
+  that collector's lease;
+* ``P/sessions/<id>``: every collector that ever joined (no lease): its storage
+  session on the broker, a member of the shared subscription;
+* ``P/adopted/<id>``: the live collector draining a dead one's storage session, bound
+  to the adopter's lease.
+
+**A dead member strands no telemetry.** mosquitto 2.0 goes on giving a dead member of a
+shared subscription its turn: its share waits in the broker for a session nobody reads.
+So one live member - the rendezvous hash of the dead member's id over the live ones -
+claims ``P/adopted/<id>`` and resumes that session with the dead member's client id:
+it stores what was queued and the share that goes on coming. When the dead member
+comes back it joins first, waits until the adopter has let the session go (the adopter
+sees it live on its next refresh), and only then connects.
 
 Every member computes the owner each asset should have - the rendezvous hash of
 :mod:`derrick.alarms.ownership` over the live members - for every asset it has heard of
@@ -38,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -93,6 +105,10 @@ class Coordinator:
         self.on_gain: Callable[[list[Asset]], None] = lambda assets: None
         self.on_loss: Callable[[list[Asset]], None] = lambda assets: None
         self.busy: Callable[[Asset], bool] = lambda asset: False  # deliveries in flight
+        # Dead members' storage sessions this member drains (collector.main starts them)
+        self.adopted: set[str] = set()
+        self.on_adopt: Callable[[str], Awaitable[None]] = _nothing
+        self.on_release: Callable[[str], Awaitable[None]] = _nothing
         self._unowned_since: dict[Asset, float] = {}
         self._raised: dict[str, bool] = {COORDINATION_RULE: False, UNOWNED_RULE: False}
 
@@ -106,6 +122,12 @@ class Coordinator:
 
     def owner_key(self, asset: Asset) -> str:
         return f"{self.prefix}/owners/{asset[0]}/{asset[1]}"
+
+    def session_key(self, member: str) -> str:
+        return f"{self.prefix}/sessions/{member}"
+
+    def adopted_key(self, member: str) -> str:
+        return f"{self.prefix}/adopted/{member}"
 
     # --- what the alarm service asks --------------------------------------------------
 
@@ -164,7 +186,12 @@ class Coordinator:
         lease = await etcd.call(etcd.grant(self.ttl_s))
         key = self.member_key(self.me)
         created = await etcd.call(
-            etcd.txn(Txn([Compare(key, "create", "==", 0)], [Put(key, self._info(), lease)]))
+            etcd.txn(
+                Txn(
+                    [Compare(key, "create", "==", 0)],
+                    [Put(key, self._info(), lease), Put(self.session_key(self.me), b"")],
+                )
+            )
         )
         if not created:
             await etcd.call(etcd.revoke(lease))
@@ -179,6 +206,22 @@ class Coordinator:
         self.reachable = True
         log.info("joined the collectors", member=self.me, lease=f"{lease:x}", ttl_s=self.ttl_s)
 
+    async def session_free(self, timeout_s: float) -> str | None:
+        """Wait until no other member drains this member's storage session (it hands it
+        back on its next refresh, seeing this member live); the adopter still holding it
+        after ``timeout_s``, or None."""
+        etcd, key = self.etcd, self.adopted_key(self.me)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entry = await etcd.call(etcd.get(key))
+            if entry is None:
+                return None
+            if time.monotonic() >= deadline:
+                return entry.value.decode()
+            log.info("waiting for this collector's MQTT session to be handed back",
+                     adopter=entry.value.decode())  # fmt: skip
+            await asyncio.sleep(self.refresh_s)
+
     async def run(self) -> None:
         """Renew, read, claim and release every ``refresh_s``."""
         while True:
@@ -191,8 +234,11 @@ class Coordinator:
             await self._renew()
             await self._read()
             await self._rebalance()
+            await self._adopt()
         except (EtcdError, CoordinationError) as exc:
             self._unreachable(str(exc))
+            if not self.lease_valid:
+                await self._stop_draining()
         else:
             if not self.reachable:
                 log.info("etcd reachable again", member=self.me)
@@ -204,6 +250,8 @@ class Coordinator:
         if self._lease:
             lease, self._lease = self._lease, 0
             self._drop(list(self._claims))
+            for member in sorted(self.adopted):
+                await self._let_go(member)
             try:
                 await self.etcd.call(self.etcd.revoke(lease))
             except EtcdError as exc:
@@ -223,6 +271,7 @@ class Coordinator:
                       assets=len(self._claims))  # fmt: skip
             self._lease = 0
             self._drop(list(self._claims))
+            await self._stop_draining()
             await self.join()
             return
         self._renewed_at = began
@@ -309,6 +358,63 @@ class Coordinator:
         self.holders.pop(asset, None)
         log.info("asset handed over", member=self.me, asset="/".join(asset))
 
+    async def _adopt(self) -> None:
+        """Drain the storage sessions of dead members this member should; hand back
+        those whose member is live again (or that another member holds now)."""
+        if not self.lease_valid:
+            return
+        etcd = self.etcd
+        cut = len(self.prefix) + len("/sessions/")
+        known = {e.key[cut:] for e in await etcd.call(etcd.get_prefix(f"{self.prefix}/sessions/"))}
+        cut = len(self.prefix) + len("/adopted/")
+        held = {
+            e.key[cut:]: e.value.decode()
+            for e in await etcd.call(etcd.get_prefix(f"{self.prefix}/adopted/"))
+        }
+        live = set(self.members) | {self.me}
+        for member in sorted(self.adopted):
+            if member in live or held.get(member) != self.me:
+                await self._let_go(member)
+        for member in sorted(known - live - set(held)):
+            if owner_of("sessions", member, sorted(live)) != self.me:
+                continue
+            key = self.adopted_key(member)
+            taken = await etcd.call(
+                etcd.txn(
+                    Txn(
+                        [
+                            Compare(key, "create", "==", 0),
+                            Compare(self.member_key(member), "create", "==", 0),
+                        ],
+                        [Put(key, self.me.encode(), self._lease)],
+                    )
+                )
+            )
+            if taken:
+                log.warning("draining a dead collector's MQTT session", member=self.me,
+                            dead=member)  # fmt: skip
+                self.adopted.add(member)
+                await self.on_adopt(member)
+
+    async def _stop_draining(self) -> None:
+        """The lease is over: the claims on adopted sessions went with it."""
+        for member in sorted(self.adopted):
+            self.adopted.discard(member)
+            await self.on_release(member)
+
+    async def _let_go(self, member: str) -> None:
+        """Stop draining ``member``'s session, then give up the claim on it."""
+        self.adopted.discard(member)
+        await self.on_release(member)
+        key = self.adopted_key(member)
+        try:
+            await self.etcd.call(
+                self.etcd.txn(Txn([Compare(key, "value", "==", self.me.encode())], [Delete(key)]))
+            )
+        except EtcdError as exc:  # it ends with the lease anyway
+            log.warning("session claim not deleted", dead=member, reason=str(exc))
+        log.info("dead collector's MQTT session handed back", member=self.me, to=member)
+
     def _drop(self, assets: Iterable[Asset]) -> None:
         assets = [a for a in assets if a in self._claims]
         for asset in assets:
@@ -373,6 +479,10 @@ class Coordinator:
             suppressed=False, value=float(value), limit=0.0, priority="high", ts_ns=now_ns,
             message=text, type="coordination",
         )  # fmt: skip
+
+
+async def _nothing(_member: str) -> None:
+    return None
 
 
 def _names(assets: Iterable[Asset]) -> list[str]:
