@@ -22,6 +22,7 @@ from agent.modbus import ModbusConnection
 from agent.outbox import Outbox
 from agent.plan import min_requests, plan_reads
 from agent.poll import DevicePoller
+from agent.presence import CollectorWatch
 from agent.publish import Publisher, announce_forever, status_payload
 from agent.sparkplug import SparkplugNode, publish_death
 from derrick.alarms.rules import load_rule_files
@@ -146,7 +147,10 @@ class Agent:
             gate=self.node.gate if self.node else None,
         )
         self.outbox.stored_callback = self.publisher.wake
+        self.collectors: CollectorWatch | None = None  # with local annunciation
         self.alarms = self._edge_alarms(config)
+        if self.node is not None and self.collectors is not None:
+            self.node.other = self.collectors.take  # one inbox: the node reads it
         self.links: dict[str, ModbusConnection] = {}
         users = Counter(device.link_key for device in config.devices)
         self.filters: dict[str, FilterStage] = {}
@@ -188,7 +192,8 @@ class Agent:
             return None
         local = None
         if config.alarms.local is not None:
-            local = LocalAnnunciator(config.alarms.local, self.spool, lambda: self.client.connected)
+            self.collectors = CollectorWatch()
+            local = LocalAnnunciator(config.alarms.local, self.spool, self._uplink)
         alarms = EdgeAlarms(
             config.agent.site,
             config.agent.id,
@@ -201,6 +206,12 @@ class Agent:
         )
         self.publisher.on_published = alarms.delivered
         return alarms
+
+    def _uplink(self) -> bool:
+        """The alarms reach a collector: the broker is connected and, by their retained
+        statuses, a collector is online (agent.presence)."""
+        watch = self.collectors
+        return self.client.connected and (watch is None or watch.any_online)
 
     def _status(self, state: str) -> bytes:
         return status_payload(
@@ -225,6 +236,8 @@ class Agent:
         async with self._resources as resources:
             if self.node is not None:
                 await self.node.subscribe()
+            if self.collectors is not None:
+                await self.client.subscribe(CollectorWatch.subscription, qos=1)
             await self.client.start()
             resources.push_async_callback(self._disconnect)
             resources.callback(self.outbox.flush)  # the last polls, before the spool closes
@@ -260,6 +273,8 @@ class Agent:
                 announce_forever(self.client, self.status_topic, partial(self._status, "online"))
             )
             group.create_task(self._restate_forever())
+            if self.collectors is not None:
+                group.create_task(self.collectors.follow(self.client))
         group.create_task(self.health.publish_forever(self.config.metrics_interval_s))
         for device in self.config.devices:
             group.create_task(self._poll(device))

@@ -123,6 +123,8 @@ class SparkplugNode:
         self.properties = properties
         self.primary_host = primary_host
         self.gate = Gate(is_open=primary_host is None)
+        # inbound messages that are not the node's: True when taken (agent.presence)
+        self.other: Callable[[InboundMessage], bool] | None = None
         self._host_stamp = -1  # the newest STATE timestamp of the primary host
         self.agent_id = agent_id
         self.client = client
@@ -310,6 +312,8 @@ class SparkplugNode:
             self.gate.close()
 
     def command(self, inbound: InboundMessage) -> None:
+        if self.other is not None and self.other(inbound):
+            return  # not for the node (a collector's status, agent.presence)
         try:
             topic = sp.parse_sparkplug_topic(inbound.topic)
         except TopicError as exc:

@@ -63,6 +63,7 @@ from derrick.wire.topics import (
     ALARM_EVENTS_SUBSCRIPTION,
     ALARM_STATE_SUBSCRIPTION,
     BROKER_DROPPED_TOPIC,
+    COLLECTOR_STATUS_SUBSCRIPTION,
     CONDITION_SUBSCRIPTION,
     DEVICE_STATUS_SUBSCRIPTION,
     TELEMETRY_SUBSCRIPTION,
@@ -71,6 +72,7 @@ from derrick.wire.topics import (
     agent_metrics_topic,
     agent_status_topic,
     alarm_replies_topic,
+    collector_status_topic,
     condition_topic,
     device_status_topic,
     telemetry_topic,
@@ -378,6 +380,7 @@ def agent_rules(agent: Agent) -> list[Rule]:
         return sparkplug_agent_rules(agent)
     own = [agent_status_topic, agent_metrics_topic, agent_events_topic]
     rules = [("write", topic(agent.agent_id)) for topic in own]
+    rules.append(("read", COLLECTOR_STATUS_SUBSCRIPTION))  # "no collector online"
     for asset, device in agent.devices:
         rules.append(("write", telemetry_topic(agent.site, asset, device)))
         rules.append(("write", device_status_topic(agent.site, asset, device)))
@@ -396,6 +399,7 @@ def sparkplug_agent_rules(agent: Agent) -> list[Rule]:
         ("write", sp.sparkplug_topic(site, sp.MessageType.NBIRTH, node)),
         ("write", sp.sparkplug_topic(site, sp.MessageType.NDEATH, node)),
         ("read", sp.sparkplug_topic(site, sp.MessageType.NCMD, node)),
+        ("read", COLLECTOR_STATUS_SUBSCRIPTION),
     ]
     if agent.primary_host is not None:
         rules.append(("read", sp.host_state_topic(agent.primary_host)))
@@ -482,6 +486,7 @@ def _collector_sections(collectors: tuple[Collector, ...]) -> list[str]:
             rules += SPARKPLUG_HOST_RULES
         hosts = sorted({member.host_id for member in members if member.host_id})
         rules += tuple(("write", sp.host_state_topic(host)) for host in hosts)
+        rules += tuple(("write", collector_status_topic(m.collector_id)) for m in members)
         sections.append(_section(comments, username, rules))
     return sections
 

@@ -41,6 +41,7 @@ from collector.health import Waiting, health
 from collector.influx import StoreError, V1Writer, Writer, make_writer
 from collector.lineproto import encode_stats
 from collector.loss import LossWatch
+from collector.presence import Presence
 from collector.receive import Receiver
 from collector.redelivery import Redeliveries
 from collector.sequence import SequenceTracker
@@ -307,6 +308,7 @@ class Collector:
             else None
         )
         self.coordinator: Coordinator | None = None
+        self.presence = Presence(config.broker, config.collector.id)
         self._group: asyncio.TaskGroup | None = None
         self._adopted: dict[str, Adopted] = {}  # dead members' sessions drained here
         self._pending_adoptions: list[str] = []
@@ -582,6 +584,8 @@ class Collector:
     async def _start_sessions(self, stack: contextlib.AsyncExitStack) -> None:
         await self.client.start()
         stack.push_async_callback(self.client.stop)
+        await self.presence.start()
+        stack.push_async_callback(self.presence.stop)  # first to stop: says offline
         if self.host_state is not None:
             stack.push_async_callback(self.host_state.say_offline, self.client)
         if self.alarm_client is not None:
@@ -626,6 +630,7 @@ class Collector:
     def _start_tasks(self, group: asyncio.TaskGroup) -> None:
         config, alarms = self.config, self.alarms
         self._group = group
+        group.create_task(self.presence.announce_forever())
         for member in self._pending_adoptions:
             group.create_task(self._adopt(member))
         self._pending_adoptions = []

@@ -335,11 +335,13 @@ def test_a_collector_without_sparkplug_gets_no_sparkplug_rights(tmp_path, fleet_
 
 
 def test_an_agent_section_names_each_of_its_topics_without_wildcards(fleet_configs):
+    """Only what it reads has one: the collectors' status ("no collector online")."""
     rules = parse_acl(fleet_acl(fleet_configs))
     assert rules[AGENT_1] == [
         ("write", "derrick/v1/agents/gw-1/status"),
         ("write", "derrick/v1/agents/gw-1/metrics"),
         ("write", "derrick/v1/agents/gw-1/events"),
+        ("read", "derrick/v1/collectors/+/status"),
         ("write", "derrick/v1/site-a/crane-01/hpu/telemetry"),
         ("write", "derrick/v1/site-a/crane-01/hpu/status"),
         ("write", "derrick/v1/site-a/crane-01/hpu/condition"),

@@ -551,6 +551,16 @@ class AgentStatus(_Frozen):
     edge: list[EdgeRules] = Field(default_factory=list, max_length=4096)
 
 
+class CollectorStatus(_Frozen):
+    """Retained status and last will of a collector
+    (:func:`~derrick.wire.topics.collector_status_topic`)."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    collector: Ident
+    state: Literal["online", "offline"]
+    ts_ns: TimestampNs = 0
+
+
 def now_ns() -> int:
     """Current UTC time in nanoseconds since the epoch."""
     return time.time_ns()

@@ -95,6 +95,16 @@ def agent_metrics_topic(agent: str) -> str:
 
 AGENT_METRICS_SUBSCRIPTION = f"{TOPIC_ROOT}/agents/+/metrics"
 
+
+def collector_status_topic(collector: str) -> str:
+    """A collector's retained :class:`CollectorStatus` (online; offline as its last
+    will and on a clean stop): agents with local channels take "no collector online"
+    as the uplink being down."""
+    return f"{TOPIC_ROOT}/collectors/{collector}/status"
+
+
+COLLECTOR_STATUS_SUBSCRIPTION = f"{TOPIC_ROOT}/collectors/+/status"
+
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """mosquitto's count of messages it dropped since it started (queues full, too large),
 published every ``sys_interval``; collectors alarm on a rise (collector.loss)."""
