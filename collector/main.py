@@ -731,9 +731,17 @@ async def kpi_forever(
 
 def print_check(args: argparse.Namespace, config: CollectorConfig) -> None:
     """``--check``: the config is valid; what it sets up, and what of the broker it can't see."""
+    etcd = config.etcd
+    failover = (
+        f"fails over with the collectors under {etcd.prefix} on etcd "
+        f"{', '.join(etcd.endpoints)} (lease {etcd.ttl_s} s); not checked: whether etcd "
+        "answers\n"
+        if etcd is not None
+        else ""
+    )
     sys.stdout.write(
         f"{args.config}: ok, {len(config.alarms.ruleset)} alarm rules, "
-        f"InfluxDB {config.influx.api} at {config.influx.url}\n{broker_note(config)}"
+        f"InfluxDB {config.influx.api} at {config.influx.url}\n{broker_note(config)}{failover}"
     )
 
 

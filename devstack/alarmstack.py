@@ -89,6 +89,7 @@ class AlarmStack:
         edge_local: dict[str, Any] | None = None,
         collectors: int = 1,
         etcd: dict[str, Any] | None = None,
+        flood: dict[str, Any] | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.site = site or f"t{uuid.uuid4().hex[:8]}"
@@ -103,6 +104,7 @@ class AlarmStack:
         # Several collectors share the alarms through etcd (``etcd``: that section of
         # their configs, without the prefix, which is the site's).
         self.etcd = etcd
+        self.flood = flood  # the collectors' alarms.flood, when not the default
         self.api_ports = [free_port() for _ in range(collectors)]
         self.api_port = self.api_ports[0]
         self.api_url = f"http://127.0.0.1:{self.api_port}"
@@ -250,6 +252,7 @@ class AlarmStack:
                 "routes": [{"name": "all", "channels": ["hook", "mail"]}],
                 "http": {"enabled": True, "port": self.api_ports[index]},
                 "retry": self.retry,
+                **({"flood": self.flood} if self.flood else {}),
             },
             "log": {"format": "json"},
         }

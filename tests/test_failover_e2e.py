@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -108,6 +109,7 @@ def ha(tmp_path_factory, mosquitto, influx1):
             collectors=3,
             etcd={"endpoints": cluster.endpoints, "ttl_s": TTL_S, "refresh_s": REFRESH_S},
             retry={"min_s": 0.2, "max_s": 1},
+            flood={"window_s": 5},  # an asset's 4th announcement in a window waits for it
         )
         try:
             stack.start()
@@ -142,7 +144,11 @@ def test_killed_owner_of_an_overloading_crane_is_replaced_and_the_alarm_told_onc
     # back: the killed member rejoins and takes its share again, saying nothing twice
     stack.start_collector(owner)
     time.sleep(TTL_S)
-    assert len(ha.announced(asset)) == 1
+    # One announcement. The owner was killed the moment its webhook request arrived: if
+    # that was before it marked the notice delivered, the successor sent it again - with
+    # the same key, which the receiver recognises (the outbox's one repeat).
+    assert len({n["key"] for n in ha.announced(asset)}) == 1
+    assert len(ha.announced(asset)) <= 2
     assert len(ha.announced(asset, "clear")) == 1
 
 
@@ -214,20 +220,58 @@ def test_killing_the_etcd_leader_moves_no_asset(ha):
         assert "handed over" not in since
 
 
-def test_rolling_restart_loses_and_repeats_nothing(ha):
-    stack = ha.stack
-    assets = ["crane-5", "crane-6"]
-    for asset in assets:
-        stack.control(asset, "/overload", {"active": True})
-    for index in range(3):
-        stack.collectors[index].stop()
-        stack.start_collector(index)
-    for asset in assets:
-        ha.wait_notice(asset, "announce")
-        settle(ha, asset, 1)
+def notice_keys(ha: Ha, asset: str, rule: str, event: str) -> list[str]:
+    """Keys of the notices of ``rule`` on ``asset`` at the webhook, those grouped into a
+    flood notice included (an asset's fourth announcement in a minute is held back)."""
+    alarm_id = ha.stack.alarm_id(rule, asset)
+    keys = []
+    for request in ha.hooks.requests:
+        notice = request.json
+        if not isinstance(notice, dict):
+            continue
+        for one in [notice, *(notice.get("alarms") or [])]:
+            if one.get("alarm_id") == alarm_id and one.get("event") == event:
+                keys.append(one["key"])
+    return keys
+
+
+def test_rolling_restart_under_a_steady_alarm_load_loses_and_repeats_nothing(ha):
+    stack, asset, rule = ha.stack, "crane-5", "crane_lmi_warning"  # not latched
+    cycles = 0
+    stop = threading.Event()
+
+    def load_up_and_down() -> None:
+        nonlocal cycles
+        while not stop.is_set():  # whole cycles only: 3 s up, 3 s down
+            stack.control(asset, "/overload", {"active": True})
+            time.sleep(3)
+            stack.control(asset, "/overload", {"active": False})
+            cycles += 1
+            time.sleep(3)
+
+    lifting = threading.Thread(target=load_up_and_down, daemon=True)
+    lifting.start()
+    try:
+        for index in range(3):  # SIGTERM, then the same config again, every 4 s
+            time.sleep(4)
+            stack.collectors[index].stop()
+            stack.start_collector(index)
+        time.sleep(4)
+    finally:
+        stop.set()
+        lifting.join()
+    assert cycles >= 3
+    for event in ("announce", "clear"):
+        wait_for(lambda e=event: len(set(notice_keys(ha, asset, rule, e))) >= cycles, WAIT_S,
+                 f"{cycles} {event}s of {rule}")  # fmt: skip
+    settle(ha, asset, 1)  # the latched overload: acknowledged, reset, cleared
     time.sleep(2)
-    for asset in assets:
-        assert len(ha.announced(asset)) == 1 and len(ha.announced(asset, "clear")) == 1
+    announced = notice_keys(ha, asset, rule, "announce")
+    cleared = notice_keys(ha, asset, rule, "clear")
+    assert len(announced) == len(set(announced)) == cycles, announced  # none lost, none twice
+    assert len(cleared) == len(set(cleared)) == cycles, cleared
+    overloads = notice_keys(ha, asset, OVERLOAD, "announce")  # latched: each reactivation
+    assert len(overloads) == len(set(overloads)) == cycles, overloads
 
 
 def stored_points(ha: Ha, asset: str, start_ns: int, end_ns: int) -> int:
@@ -270,11 +314,22 @@ def test_no_notice_key_reached_a_receiver_twice(ha):
         if isinstance(r.json, dict) and "key" in r.json and r.json.get("event") != "flood"
     )
     # crane-2's announcement was refused (503) until its owner died: the successor's
-    # delivery is its first accepted one
-    repeats = {key: n for key, n in accepted.items() if n > 1 and ":crane-2:" not in key}
+    # delivery is its first accepted one; crane-1's owner was killed as its announcement
+    # arrived, maybe before marking it (see the first test)
+    killed_mid_send = (":crane-1:", ":crane-2:")
+    repeats = {
+        key: n
+        for key, n in accepted.items()
+        if n > 1 and not any(crane in key for crane in killed_mid_send)
+    }
     assert repeats == {}
     mails = Counter(str(m.message["X-Derrick-Key"]).strip() for m in ha.mail.messages)
-    assert {key: n for key, n in mails.items() if n > 1} == {}
+    repeats = {
+        key: n
+        for key, n in mails.items()
+        if n > 1 and not any(crane in key for crane in killed_mid_send)
+    }
+    assert repeats == {}
 
 
 def test_with_etcd_gone_the_coordination_alarm_reaches_the_webhook(ha):
