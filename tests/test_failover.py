@@ -19,8 +19,9 @@ from collector.alarms.notify import BUILT_IN
 from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
 from collector.etcd import Etcd
+from derrick.alarms.engine import ConditionChange
 from derrick.alarms.ownership import owner_of
-from derrick.alarms.rules import COORDINATION_RULE, RuleSet
+from derrick.alarms.rules import BROKER_RULE, COORDINATION_RULE, RuleSet
 from derrick.wire.payloads import AlarmCommand, AlarmNotice, AlarmStateMessage, Reading, Telemetry
 from devstack.services import Etcd as EtcdServer
 
@@ -298,6 +299,25 @@ def test_a_command_on_a_member_that_does_not_own_the_alarm_names_the_owner(
     # any member lists every alarm, whoever owns it
     listed = {a["alarm_id"]: a["state"] for a in other.list_alarms()}
     assert listed == {"overload:s1:crane-1:plc": "active_acked"}
+
+
+def test_a_loss_alarm_of_an_asset_nobody_owned_yet_is_applied_once_it_is_taken(
+    tmp_path, clients, etcd_prefix
+):
+    svc, hook = member(tmp_path, clients(), "c1", etcd_prefix)
+    join(svc.coordinator)
+    refresh(svc.coordinator)
+    dropped = ConditionChange(
+        rule=BROKER_RULE, site="derrick", asset="broker", device="queue", active=True,
+        suppressed=False, value=12.0, limit=0.0, priority="high", ts_ns=5 * S,
+        message="12 messages lost, dropped by the broker", type="loss",
+    )  # fmt: skip
+    svc.observe_conditions([dropped])  # the broker's "asset": nobody claimed it before
+    assert svc.manager.records == {}
+    refresh(svc.coordinator)  # claimed now, and caught up on
+    assert svc.manager.records[f"{BROKER_RULE}:derrick:broker:queue"].active
+    asyncio.run(deliver(svc))
+    assert [n.rule for n in hook.notices()] == [BROKER_RULE]
 
 
 def test_etcd_out_of_reach_raises_coordination_lost_locally_and_clears(tmp_path, clients):

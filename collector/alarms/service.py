@@ -105,6 +105,7 @@ class AlarmService:
             coordinator.busy = shared_outbox.in_flight
         self._dirty: set[tuple[str, str]] = set()  # owned assets whose last commit failed
         self._edge_last: dict[AlarmId, ConditionMessage] = {}  # newest edge change, any asset
+        self._outside_last: dict[str, ConditionChange] = {}  # newest loss change, any asset
         self.messages: dict[str, str] = self.outbox.last_texts(STATE_CHANNEL)
         self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
         self.manager = AlarmManager(self.engine, self.store, self.router.rows)
@@ -223,7 +224,12 @@ class AlarmService:
                      rules=sum(len(rules) for rules in covered.values()))  # fmt: skip
 
     def observe_conditions(self, changes: list[ConditionChange]) -> None:
-        """Conditions raised outside the rule engine (collector.loss); owned ones apply."""
+        """Conditions raised outside the rule engine (collector.loss, the coordination
+        alarms); owned ones apply. With fail-over, every member remembers the newest of
+        each, as its engine does for the rules: a member that takes the asset applies it."""
+        for change in changes:
+            if self.ownership.evaluates(change.site, change.asset) and self.coordinator:
+                self._outside_last[record_key(change)] = change
         if changes:
             self._apply(changes)
 
@@ -373,6 +379,7 @@ class AlarmService:
         for alarm, message in self._edge_last.items():
             if (alarm.site, alarm.asset) in assets:
                 changes.append(condition_change(message))
+        changes += [c for c in self._outside_last.values() if (c.site, c.asset) in assets]
         return changes
 
     def _dirty_changes(self, now: int) -> list[ConditionChange]:
