@@ -320,6 +320,20 @@ def test_a_loss_alarm_of_an_asset_nobody_owned_yet_is_applied_once_it_is_taken(
     assert [n.rule for n in hook.notices()] == [BROKER_RULE]
 
 
+def test_stored_alarms_of_an_asset_not_heard_from_get_an_owner_after_a_restart(
+    tmp_path, clients, etcd_prefix
+):
+    owner, _, other, _ = pair(tmp_path, clients, etcd_prefix)
+    owner.observe_telemetry(crane(130), 2 * S)  # then the crane falls silent
+    asyncio.run(owner.coordinator.leave())
+    asyncio.run(other.coordinator.leave())  # every collector restarted
+    fresh, _ = member(tmp_path, clients(), "c9", etcd_prefix)
+    join(fresh.coordinator)
+    refresh(fresh.coordinator)
+    assert fresh.owns("s1", "crane-1")  # never heard of since, owned for its alarms
+    assert fresh.manager.records["overload:s1:crane-1:plc"].active
+
+
 def test_etcd_out_of_reach_raises_coordination_lost_locally_and_clears(tmp_path, clients):
     server = EtcdServer(tmp_path / "etcd", member="lonely").start()
     try:

@@ -204,6 +204,11 @@ class Coordinator:
         self._renewed_at = began
         self._valid_until = began + self.ttl_s
         self.reachable = True
+        # assets with stored alarms, heard of or not: a silent one's alarms need an owner
+        cut = len(self.prefix) + len("/alarms/")
+        for entry in await etcd.call(etcd.get_prefix(f"{self.prefix}/alarms/")):
+            site, asset, _alarm = entry.key[cut:].split("/", 2)
+            self.assets.add((site, asset))
         log.info("joined the collectors", member=self.me, lease=f"{lease:x}", ttl_s=self.ttl_s)
 
     async def session_free(self, timeout_s: float) -> str | None:
