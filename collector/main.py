@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from collector import acl
+from collector import acl, members
 from collector.alarms.builtin import (
     HistorySender,
     JournalSender,
@@ -755,7 +755,9 @@ PROGRAM = Program(
     "  derrick-collector --config collector.yaml --check   # validate config and exit\n"
     "\nbroker accounts (docs/broker.md):\n"
     "  derrick-collector acl --help      # mosquitto ACL from agent and collector configs\n"
-    "  derrick-collector passwd --help   # the matching mosquitto password file",
+    "  derrick-collector passwd --help   # the matching mosquitto password file\n"
+    "\ncollectors that fail over (docs/failover.md):\n"
+    "  derrick-collector members --config collector.yaml   # members, owners, sessions",
     config_help="collector YAML config file",
     load=lambda args: load_config(args.config),
     check=print_check,
@@ -773,7 +775,7 @@ PROGRAM = Program(
     ),
     log=log,
     failed="collector failed",
-    commands=dict.fromkeys(acl.COMMANDS, acl.main),  # broker accounts
+    commands={**dict.fromkeys(acl.COMMANDS, acl.main), "members": members.main},
 )
 
 

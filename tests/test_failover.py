@@ -10,10 +10,12 @@ receivers: test_failover_e2e.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
+from collector import members
 from collector.alarms.ha import COLLECTORS_SITE, CoordinationError, Coordinator
 from collector.alarms.notify import BUILT_IN
 from collector.alarms.service import AlarmService
@@ -332,6 +334,27 @@ def test_stored_alarms_of_an_asset_not_heard_from_get_an_owner_after_a_restart(
     refresh(fresh.coordinator)
     assert fresh.owns("s1", "crane-1")  # never heard of since, owned for its alarms
     assert fresh.manager.records["overload:s1:crane-1:plc"].active
+
+
+def test_members_shows_who_owns_what_and_what_waits(tmp_path, clients, etcd, etcd_prefix, capsys):
+    owner, _, _other, _ = pair(tmp_path, clients, etcd_prefix)
+    owner.observe_telemetry(crane(130), 2 * S)  # an announcement waits: no deliverer runs
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "collector: {id: cx, group: g}\ninflux: {api: v1}\n"
+        f"etcd: {{endpoints: ['{etcd.endpoint}'], prefix: '{etcd_prefix}'}}\n"
+    )
+    assert members.main(["members", "--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "members (2 live):" in shown
+    assert f"{owner.collector_id}  api -  owns 1: s1/crane-1" in shown
+    assert "notices waiting: _events 1, _history 1, _journal 1, _state 1, hook 1" in shown
+    assert members.main(["members", "--config", str(config), "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["owners"] == {"s1/crane-1": owner.collector_id}
+    config.write_text("collector: {id: cx}\ninflux: {api: v1}\n")
+    assert members.main(["members", "--config", str(config)]) == 2
+    assert "has no etcd section" in capsys.readouterr().err
 
 
 def test_etcd_out_of_reach_raises_coordination_lost_locally_and_clears(tmp_path, clients):
