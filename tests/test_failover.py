@@ -357,6 +357,34 @@ def test_members_shows_who_owns_what_and_what_waits(tmp_path, clients, etcd, etc
     assert "has no etcd section" in capsys.readouterr().err
 
 
+def test_a_delivery_etcd_did_not_hear_of_is_marked_when_it_answers_not_sent_again(
+    tmp_path, clients
+):
+    server = EtcdServer(tmp_path / "etcd", member="blip").start()
+    try:
+        svc, hook = member(tmp_path, clients([server.endpoint]), "c1", "/blip")
+        join(svc.coordinator)
+        svc.observe_telemetry(crane(50), 1 * S)
+        refresh(svc.coordinator, rounds=2)
+        svc.observe_telemetry(crane(130), 2 * S)
+
+        async def send_then_lose_etcd(message) -> None:
+            hook.sent.append(message)
+            server.stop()  # the receiver took it; etcd goes before the mark
+
+        svc.deliverers["hook"].send = send_then_lose_etcd
+        asyncio.run(deliver(svc, 1.5))
+        assert [n.event for n in hook.notices()] == ["announce"]
+        server.start()
+        svc.deliverers["hook"].send = hook
+        asyncio.run(deliver(svc))
+        assert [n.event for n in hook.notices()] == ["announce"]  # not sent again
+        stored = svc.store.shared.etcd.block(svc.store.shared.etcd.get_prefix("/blip/outbox/hook/"))
+        assert stored == []  # marked delivered
+    finally:
+        server.stop()
+
+
 def test_etcd_out_of_reach_raises_coordination_lost_locally_and_clears(tmp_path, clients):
     server = EtcdServer(tmp_path / "etcd", member="lonely").start()
     try:

@@ -87,8 +87,15 @@ class SharedState:
         return records
 
     def load_all(self) -> dict[str, AlarmRecord]:
-        """Every asset's stored records (what any member's operator API lists)."""
-        entries = self.etcd.block(self.etcd.get_prefix(f"{self.prefix}/alarms/"))
+        """Every asset's stored records (what any member's operator API lists); none
+        while etcd is out of reach."""
+        if not self.coordinator.reachable:
+            return {}
+        try:
+            entries = self.etcd.block(self.etcd.get_prefix(f"{self.prefix}/alarms/"))
+        except EtcdError as exc:
+            log.warning("stored alarms not listed: etcd", reason=str(exc))
+            return {}
         records: dict[str, AlarmRecord] = {}
         for entry in entries:
             try:
@@ -119,6 +126,9 @@ class SharedState:
     def _commit(
         self, asset: Asset, records: list[AlarmRecord], rows: list[tuple[NewNotice, str]]
     ) -> bool:
+        if not self.coordinator.reachable:  # no waiting on etcd in the event loop
+            log.warning("alarm change not stored: etcd out of reach", asset="/".join(asset))
+            return False
         fence = self.coordinator.fence(*asset) if self.coordinator.owns(*asset) else None
         if fence is None:
             log.warning("alarm change not stored: asset not owned here", asset="/".join(asset),
@@ -180,16 +190,23 @@ class SharedOutbox:
         self.prefix = prefix
         self.keep_delivered_ns = int(keep_delivered_s * 1e9)
         self._rows: dict[str, _Row] = {}  # handed out by pending(), not yet marked
+        # delivered while etcd did not answer: their marks, made when it does
+        self._unmarked: dict[str, tuple[_Row, list[Put | Delete | Txn]]] = {}
         self.failed = 0
         self.delivered = 0
 
     def in_flight(self, asset: Asset) -> bool:
-        """A row of the asset was handed to a deliverer and not marked yet."""
-        return any(row.asset == asset for row in self._rows.values())
+        """A row of the asset was handed to a deliverer and not marked yet (in etcd)."""
+        return any(row.asset == asset for row in self._rows.values()) or any(
+            row.asset == asset for row, _ in self._unmarked.values()
+        )
 
     def pending(self, channel: str, limit: int = 200) -> list[Pending]:
         """Undelivered rows of ``channel`` for the assets owned here, oldest first."""
         base = f"{self.prefix}/outbox/{channel}/"
+        if not self.coordinator.reachable:
+            return []
+        self._mark_again()
         try:
             entries = self.etcd.block(self.etcd.get_prefix(base))
         except EtcdError as exc:
@@ -200,7 +217,7 @@ class SharedOutbox:
         found: list[tuple[int, Pending]] = []
         for entry in entries:
             site, asset, key = entry.key[len(base) :].split("/", 2)
-            if not self.coordinator.owns(site, asset):
+            if entry.key in self._unmarked or not self.coordinator.owns(site, asset):
                 continue
             pending = self._pending(entry.key, key, entry.value)
             if pending is not None:
@@ -244,7 +261,9 @@ class SharedOutbox:
                 continue
             sent = key.replace("/outbox/", "/sent/", 1)
             record = _json({**outcome, "created_ns": row.data["created_ns"]})
-            self._fenced(row, [Delete(key), Put(sent, record)])
+            marks: list[Put | Delete | Txn] = [Delete(key), Put(sent, record)]
+            if self._fenced(row, marks) is None:  # etcd out of reach: marked when back
+                self._unmarked[key] = (row, marks)
             count += 1
         return count
 
@@ -255,18 +274,36 @@ class SharedOutbox:
                 row.data = change(row.data)
                 self._fenced(row, [Put(key, _json(row.data))])
 
-    def _fenced(self, row: _Row, operations: list[Put | Delete | Txn]) -> None:
+    def _fenced(self, row: _Row, operations: list[Put | Delete | Txn]) -> bool | None:
+        """Run ``operations`` under the row's fence: True done, False the asset is not
+        ours any more, None etcd did not answer."""
         fence = self.coordinator.fence(*row.asset)
+        if fence is None:
+            log.warning("notice outcome not stored: asset taken over", key=row.key)
+            return False
+        if not self.coordinator.reachable:
+            log.warning("notice outcome not stored yet: etcd out of reach", key=row.key)
+            return None
         try:
-            done = fence is not None and self.etcd.block(self.etcd.txn(Txn([fence], operations)))
+            done = self.etcd.block(self.etcd.txn(Txn([fence], operations)))
         except EtcdError as exc:
-            log.warning("notice outcome not stored: etcd", key=row.key, reason=str(exc))
-            return
+            log.warning("notice outcome not stored yet: etcd", key=row.key, reason=str(exc))
+            return None
         if not done:
             log.warning("notice outcome not stored: asset taken over", key=row.key)
+        return done
+
+    def _mark_again(self) -> None:
+        """Deliveries etcd did not hear of: marked now, before anything is read (so
+        none of them is sent again while this member holds its asset)."""
+        for key, (row, marks) in list(self._unmarked.items()):
+            if self._fenced(row, marks) is not None:
+                del self._unmarked[key]
 
     def depth(self) -> dict[str, int]:
         """Undelivered rows per channel (every asset's)."""
+        if not self.coordinator.reachable:
+            return {}
         try:
             entries = self.etcd.block(self.etcd.get_prefix(f"{self.prefix}/outbox/"))
         except EtcdError:
@@ -280,6 +317,8 @@ class SharedOutbox:
 
     def purge(self, now_ns: int) -> int:
         """Forget sent rows older than ``keep_delivered_h`` (of the assets owned here)."""
+        if not self.coordinator.reachable:
+            return 0
         try:
             entries = self.etcd.block(self.etcd.get_prefix(f"{self.prefix}/sent/"))
         except EtcdError:
