@@ -22,6 +22,7 @@ import pytest
 
 from derrick.alarms.ownership import owner_of
 from devstack.alarmstack import AlarmStack, AssetSpec
+from devstack.loadgen import Load
 from devstack.programs import wait_for
 from devstack.receivers import HttpReceiver, SmtpReceiver
 from devstack.services import EtcdCluster, Influx1
@@ -285,13 +286,21 @@ def stored_points(ha: Ha, asset: str, start_ns: int, end_ns: int) -> int:
     return len({row[0] for row in series[0]["values"]})
 
 
-def test_a_member_killed_for_good_strands_no_telemetry(ha):
+def test_a_member_killed_for_good_strands_no_telemetry(ha, mosquitto):
+    """Exact: a load of numbered messages published across the kill (one InfluxDB line
+    each, on a site of its own) is stored whole; and each crane's points go on."""
     stack = ha.stack
     span_ns = 10 * S_NS
     time.sleep(max(0.0, ha.started + 12 - time.monotonic()))  # a full span stored before
+    load_site = f"{stack.site}-load"
+    load = Load(mosquitto.port, load_site, readings_per_s=1000, seconds=20, assets=6).start()
+    time.sleep(5)
     killed_ns = time.time_ns()
     stack.collectors[2].kill()  # its share of the shared subscription waits in the broker
-    time.sleep(TAKEOVER_S + 10)  # then another member drains it
+    load.join(60)
+    wait_for(lambda: _count(ha, load_site) >= load.published, TAKEOVER_S + 30,
+             f"the {load.published} load messages in InfluxDB")  # fmt: skip
+    assert _count(ha, load_site) == load.published == load.offered  # whole, once each
     for crane in CRANES:
         before = stored_points(ha, crane.name, killed_ns - span_ns, killed_ns)
         after = stored_points(ha, crane.name, killed_ns, killed_ns + span_ns)
@@ -305,6 +314,12 @@ def test_a_member_killed_for_good_strands_no_telemetry(ha):
     time.sleep(5)
     for crane in CRANES:
         assert stored_points(ha, crane.name, back_ns, back_ns + 4 * S_NS) > 0, crane.name
+
+
+def _count(ha: Ha, site: str) -> int:
+    result = ha.influx.query(f"SELECT count(t0) FROM telemetry WHERE site = '{site}'", db=ha.db)
+    series = result["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
 
 
 def test_no_notice_key_reached_a_receiver_twice(ha):
