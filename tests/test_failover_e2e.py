@@ -5,7 +5,8 @@ shared-subscription group, a webhook receiver and an SMTP server.
 The collectors run with ``etcd.ttl_s: 3`` (default 10) so that a takeover takes seconds;
 every wait below is TTL + 5 s plus the time the alarm itself takes. One stack serves
 the module; each test works on a crane of its own and leaves three collectors running.
-The last test counts every notice key the receivers got: none twice.
+The next-to-last test counts every notice key the receivers got: none twice; the last
+stops etcd altogether.
 """
 
 from __future__ import annotations
@@ -358,12 +359,21 @@ def test_with_etcd_gone_the_coordination_alarm_reaches_the_webhook(ha):
             and r.json.get("event") == event
         }
 
+    asset = "crane-6"
     for member in ha.etcd.members:
         member.stop()
     try:
         wait_for(lambda: told("announce") == set(ha.ids()), WAIT_S,
                  "coordination_lost of every collector at the webhook")  # fmt: skip
+        # standing down: an overload now is committed and announced by nobody...
+        ha.stack.control(asset, "/overload", {"active": True})
+        time.sleep(TTL_S + 2)
+        assert ha.announced(asset) == []
     finally:
         ha.etcd.start()
     wait_for(lambda: told("clear") == set(ha.ids()), WAIT_S,
              "coordination_lost cleared by every collector")  # fmt: skip
+    # ... until etcd answers again: its owner catches up, the standing overload is told
+    ha.wait_notice(asset, "announce")
+    settle(ha, asset)
+    assert len(ha.announced(asset)) == 1
