@@ -249,6 +249,9 @@ class SparkplugHost:
             self._keep(key, table)
         node.devices.add(topic.device)
         rows, _unknown, historical = table.rows(message)
+        # A birth's null metric is a tag not read yet (an agent born before its first
+        # poll): no reading, as the JSON path sends none; a null in DDATA is a bad one.
+        rows = [row for row in rows if row[1] is not None]
         status = self._status(topic, DeviceState.UP, "DBIRTH", message.timestamp)
         return Decoded(self._telemetry(topic, table, rows, historical, message), (status,))
 

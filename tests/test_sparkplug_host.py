@@ -143,6 +143,28 @@ def test_births_and_deaths_are_device_and_agent_state(tmp_path, node):
     assert [(s.device, s.state) for s in died.statuses] == [("lmi", DeviceState.DOWN)]
 
 
+def test_a_birth_before_the_first_poll_stores_no_readings_its_later_ones_do(tmp_path, node):
+    """A node born before its first poll has nothing to say of its tags (null, bad in the
+    birth): no reading is stored, as the JSON path sends none. Born after a poll, its
+    birth's readings are stored."""
+    host = host_for(tmp_path)
+    (nbirth_topic, nbirth), (dbirth_topic, dbirth) = births(node)
+    feed(host, nbirth_topic, nbirth)
+    early = feed(host, dbirth_topic, dbirth)
+    assert isinstance(early, Decoded)
+    assert early.rows is None  # nothing to store
+    assert early.statuses  # the device is up all the same
+    node.data("lmi", every_kind_of_reading(crane()))  # a poll: the next birth carries it
+    (_, nbirth), (_, dbirth) = births(node)
+    feed(host, nbirth_topic, nbirth)
+    later = feed(host, dbirth_topic, dbirth)
+    assert isinstance(later, Decoded)
+    assert later.telemetry is not None
+    assert {r.tag for r in later.telemetry.readings} == {
+        r.tag for r in every_kind_of_reading(crane()) if r.value is not None
+    }
+
+
 def test_data_before_its_birth_asks_for_a_rebirth_once_and_waits(tmp_path, node):
     asked: list[str] = []
     host = host_for(tmp_path, asked)
