@@ -217,24 +217,23 @@ class Coordinator:
         after ``timeout_s``, or None."""
         etcd, key = self.etcd, self.adopted_key(self.me)
         deadline = time.monotonic() + timeout_s
+        said = False
         while True:
             entry = await etcd.call(etcd.get(key))
             if entry is None:
                 return None
             if time.monotonic() >= deadline:
                 return entry.value.decode()
-            log.info("waiting for this collector's MQTT session to be handed back",
-                     adopter=entry.value.decode())  # fmt: skip
+            if not said:
+                log.info("waiting for this collector's MQTT session to be handed back",
+                         adopter=entry.value.decode())  # fmt: skip
+                said = True
             await asyncio.sleep(self.refresh_s)
-
-    async def run(self) -> None:
-        """Renew, read, claim and release every ``refresh_s``."""
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            await self.refresh()
 
     async def refresh(self) -> None:
-        """One round; etcd errors are logged once per outage, never raised."""
+        """Renew, read, claim and release, adopt and hand back: one round, every
+        ``refresh_s`` (collector.main). etcd errors are logged once per outage, never
+        raised."""
         try:
             await self._renew()
             await self._read()
