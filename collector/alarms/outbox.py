@@ -103,16 +103,21 @@ INSERT = (
 
 
 def insert_rows(notices: Iterable[NewNotice]) -> list[tuple[object, ...]]:
-    """The parameters of :data:`INSERT` for ``notices``, each message stored as JSON
-    (made once for a message that goes to several channels)."""
+    """The parameters of :data:`INSERT` for ``notices``, each message stored as JSON."""
+    return [notice.row(payload) for notice, payload in with_payloads(notices)]
+
+
+def with_payloads(notices: Iterable[NewNotice]) -> list[tuple[NewNotice, str]]:
+    """Each notice with its message as stored (JSON, made once for a message that goes
+    to several channels)."""
     stored: dict[int, tuple[Message, str]] = {}  # id -> (the message, kept alive; JSON)
-    rows: list[tuple[object, ...]] = []
+    pairs: list[tuple[NewNotice, str]] = []
     for n in notices:
         known = stored.get(id(n.message))
         if known is None:
             known = stored[id(n.message)] = (n.message, _stored_form(n.message))
-        rows.append(n.row(known[1]))
-    return rows
+        pairs.append((n, known[1]))
+    return pairs
 
 
 def fingerprint(message: Message) -> str:

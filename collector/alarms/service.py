@@ -44,7 +44,14 @@ from collector.alarms.notify import (
 )
 from collector.alarms.outbox import Outbox
 from collector.alarms.settings import AlarmSettings
-from collector.alarms.shared import HaOutbox, HaStateStore, SharedOutbox, SharedState
+from collector.alarms.shared import (
+    HaOutbox,
+    HaStateStore,
+    SharedOutbox,
+    SharedState,
+    asset_of,
+    is_local,
+)
 from collector.alarms.state import AlarmStateStore
 from collector.etcd import EtcdError
 from collector.lineproto import encode_point
@@ -227,8 +234,9 @@ class AlarmService:
         """Conditions raised outside the rule engine (collector.loss, the coordination
         alarms); owned ones apply. With fail-over, every member remembers the newest of
         each, as its engine does for the rules: a member that takes the asset applies it."""
-        for change in changes:
-            if self.ownership.evaluates(change.site, change.asset) and self.coordinator:
+        if self.coordinator is not None:
+            for change in changes:
+                self.coordinator.evaluates(change.site, change.asset)  # learns of the asset
                 self._outside_last[record_key(change)] = change
         if changes:
             self._apply(changes)
@@ -357,17 +365,18 @@ class AlarmService:
         """Another collector owns these assets now: forget their records here."""
         gone = set(assets)
         self._dirty -= gone
-        self.manager.drop([key for key in self.manager.records if _asset_of(key) in gone])
+        self.manager.drop(
+            [key for key in self.manager.records if not is_local(key) and asset_of(key) in gone]
+        )
 
     def _catch_up(self, assets: set[tuple[str, str]], now: int) -> list[ConditionChange]:
         """The engine's view of these assets' alarms, as changes for the lifecycle."""
         changes: list[ConditionChange] = []
         seen: set[str] = set()
-        for key, record in self.manager.records.items():
-            alarm = _parsed(key)
-            if alarm is None or (alarm.site, alarm.asset) not in assets:
+        for alarm, record in by_alarm_id(self.manager.records).items():
+            if (alarm.site, alarm.asset) not in assets:
                 continue
-            seen.add(key)
+            seen.add(str(alarm))
             current = self.engine.current(*alarm, now)
             if current is not None:
                 changes.append(current)
@@ -450,7 +459,7 @@ class AlarmService:
     def _refused(self) -> None:
         """Alarms whose change the store refused: caught up on when owned again."""
         if self.manager.refused:
-            self._dirty.update(_asset_of(key) for key in self.manager.refused)
+            self._dirty.update(asset_of(key) for key in self.manager.refused)
             self.manager.refused.clear()
 
     async def _tick_forever(self) -> None:
@@ -491,15 +500,3 @@ def condition_change(message: ConditionMessage) -> ConditionChange:
         peak=message.peak,
         since_ns=message.since_ns if state is ConditionState.EPISODE else None,
     )
-
-
-def _parsed(key: str) -> AlarmId | None:
-    try:
-        return AlarmId.parse(key)
-    except ValueError:
-        return None
-
-
-def _asset_of(key: str) -> tuple[str, str]:
-    alarm = _parsed(key)
-    return (alarm.site, alarm.asset) if alarm is not None else ("", "")

@@ -38,7 +38,7 @@ import structlog
 from pydantic import ValidationError
 
 from collector.alarms.ha import COLLECTORS_SITE, Asset, Coordinator
-from collector.alarms.outbox import RANKS, NewNotice, Outbox, Pending, insert_rows, read_message
+from collector.alarms.outbox import RANKS, NewNotice, Outbox, Pending, read_message, with_payloads
 from collector.alarms.state import AlarmStateStore
 from collector.etcd import Compare, Delete, Etcd, EtcdError, Put, Txn
 from derrick.alarms.lifecycle import AlarmRecord, RecordError
@@ -372,11 +372,9 @@ class HaStateStore:
             [r for r in records if is_local(r.alarm_id)],
             [n for n in notices if is_local(n.alarm_id)],
         )
-        shared_notices = [n for n in notices if not is_local(n.alarm_id)]
-        payloads = [row[6] for row in insert_rows(shared_notices)]
         return self.shared.save(
             [r for r in records if not is_local(r.alarm_id)],
-            list(zip(shared_notices, payloads, strict=True)),
+            with_payloads(n for n in notices if not is_local(n.alarm_id)),
         )
 
     def edge_births(self) -> dict[str, str]:
@@ -417,10 +415,9 @@ class HaOutbox:
     def insert(self, notices: Iterable[NewNotice]) -> None:
         notices = list(notices)
         self.local.insert(n for n in notices if is_local(n.alarm_id))
-        shared = [n for n in notices if not is_local(n.alarm_id)]
+        shared = with_payloads(n for n in notices if not is_local(n.alarm_id))
         if shared:
-            payloads = [row[6] for row in insert_rows(shared)]
-            self.shared_state.save([], list(zip(shared, payloads, strict=True)))
+            self.shared_state.save([], shared)
 
     def pending(self, channel: str, limit: int = 200) -> list[Pending]:
         rows = self.local.pending(channel, limit) + self.shared.pending(channel, limit)
@@ -428,32 +425,27 @@ class HaOutbox:
         return rows[:limit]
 
     def mark_delivered(self, ids: Iterable[int | str], now_ns: int) -> None:
-        local, shared = _split(ids)
-        if local:
-            self.local.mark_delivered(local, now_ns)
-        if shared:
-            self.shared.mark_delivered(shared, now_ns)
+        self._each_side("mark_delivered", ids, now_ns)
 
     def mark_attempt(self, ids: Iterable[int | str]) -> None:
-        local, shared = _split(ids)
-        if local:
-            self.local.mark_attempt(local)
-        if shared:
-            self.shared.mark_attempt(shared)
+        self._each_side("mark_attempt", ids)
 
     def hold(self, ids: Iterable[int | str], due_ns: int) -> None:
-        local, shared = _split(ids)
-        if local:
-            self.local.hold(local, due_ns)
-        if shared:
-            self.shared.hold(shared, due_ns)
+        self._each_side("hold", ids, due_ns)
 
     def mark_failed(self, ids: Iterable[int | str], reason: str) -> None:
-        local, shared = _split(ids)
-        if local:
-            self.local.mark_failed(local, reason)
-        if shared:
-            self.shared.mark_failed(shared, reason)
+        self._each_side("mark_failed", ids, reason)
+
+    def _each_side(self, method: str, ids: Iterable[int | str], *args: object) -> None:
+        """``method`` of the local outbox for the SQLite row ids (ints), of the etcd
+        half for the etcd keys (strs); each side called only with ids of its own."""
+        local: list[int | str] = []
+        shared: list[int | str] = []
+        for i in ids:
+            (shared if isinstance(i, str) else local).append(i)
+        for side, mine in ((self.local, local), (self.shared, shared)):
+            if mine:
+                getattr(side, method)(mine, *args)
 
     def last_announced(self) -> dict[str, int]:
         return self.local.last_announced()
@@ -470,14 +462,6 @@ class HaOutbox:
     def enforce(self, now_ns: int) -> int:
         self.shared.purge(now_ns)
         return self.local.enforce(now_ns)
-
-
-def _split(ids: Iterable[int | str]) -> tuple[list[int], list[str]]:
-    local: list[int] = []
-    shared: list[str] = []
-    for i in ids:
-        (shared if isinstance(i, str) else local).append(i)  # type: ignore[arg-type]
-    return local, shared
 
 
 def _json(data: object) -> bytes:
