@@ -17,6 +17,7 @@ import structlog
 from pydantic import ValidationError
 
 from derrick.mqtt.client import InboundMessage, MqttClient
+from derrick.plumbing.configfile import one_line
 from derrick.wire.payloads import CollectorStatus
 from derrick.wire.topics import COLLECTOR_STATUS_SUBSCRIPTION
 
@@ -47,7 +48,7 @@ class CollectorWatch:
             status = CollectorStatus.model_validate_json(inbound.payload)
         except ValidationError as exc:
             log.warning("collector status unreadable, ignored", topic=topic,
-                        reason=str(exc).splitlines()[0])  # fmt: skip
+                        reason=one_line(exc))  # fmt: skip
             return True
         before = self.any_online
         self.online[collector] = status.state == "online"

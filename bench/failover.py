@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,22 +82,23 @@ def _crane(load: float) -> Telemetry:
     )  # fmt: skip
 
 
-def _refresh(*services: AlarmService) -> None:
+def _each(step: Callable[[Coordinator], Awaitable[None]], *services: AlarmService) -> None:
+    """``step`` (join, refresh) of each service's coordinator, in turn."""
+
     async def run() -> None:
         for service in services:
             assert service.coordinator is not None
-            await service.coordinator.refresh()
+            await step(service.coordinator)
 
     asyncio.run(run())
+
+
+def _refresh(*services: AlarmService) -> None:
+    _each(Coordinator.refresh, *services)
 
 
 def _join(*services: AlarmService) -> None:
-    async def run() -> None:
-        for service in services:
-            assert service.coordinator is not None
-            await service.coordinator.join()
-
-    asyncio.run(run())
+    _each(Coordinator.join, *services)
 
 
 def takeover_once(work: Path, clients: tuple[Etcd, Etcd], run: int) -> float:

@@ -35,11 +35,14 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aetcd
 import aetcd.exceptions
 from aetcd import transactions as ops
+
+if TYPE_CHECKING:
+    from collector.config import EtcdSettings
 
 _T = TypeVar("_T")
 
@@ -210,6 +213,17 @@ class Etcd:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="etcd", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_settings(cls, settings: EtcdSettings) -> Etcd:
+        """A client as a collector's ``etcd`` section describes it (password read now)."""
+        password = settings.password()
+        return cls(
+            settings.endpoints,
+            settings.timeout_s,
+            settings.username,
+            password.get_secret_value() if password is not None else None,
+        )
 
     @property
     def endpoint(self) -> str:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
@@ -125,6 +126,11 @@ async def report_forever(
             store_queue.put_nowait(Batchable([encode_stats(collector_id, fields, now_ns())], None))
         except asyncio.QueueFull:
             log.debug("store queue full, collector stats not stored")
+
+
+def window_full(client: MqttClient) -> bool:
+    """The broker sends no more until we acknowledge (see collector.store)."""
+    return client.unacked >= (client.window or client.peak_unacked)
 
 
 def stage_gauges(store: Store, receiver: Receiver | None) -> dict[str, object]:
@@ -335,7 +341,7 @@ class Collector:
         self.redeliveries = stack.enter_context(
             contextlib.closing(Redeliveries(config.ingest.deliveries, config.ingest.max_deliveries))
         )
-        self.store = self._store()
+        self.store = self._store(self.client, self.writer)
         self.receiver = self._receiver()
         self.api = alarm_api(config, self.alarms, self._ingest_health)
         await self._subscribe()
@@ -365,13 +371,7 @@ class Collector:
         settings = self.config.etcd
         if settings is None:
             return None
-        password = settings.password()
-        etcd = Etcd(
-            settings.endpoints,
-            settings.timeout_s,
-            settings.username,
-            password.get_secret_value() if password is not None else None,
-        )
+        etcd = Etcd.for_settings(settings)
         stack.callback(etcd.stop)
         return Coordinator(
             etcd,
@@ -414,17 +414,7 @@ class Collector:
         client = inbound_client(config, member)
         queue: asyncio.Queue[Batchable] = asyncio.Queue(maxsize=config.queue_size)
         writer = make_writer(config.influx)
-        batch = config.batch
-        store = Store(
-            writer,
-            client.ack,
-            self.stats,
-            Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
-            self.spool,
-            self.dead_letters.put_refused,
-            window_full=lambda: client.unacked >= (client.window or client.peak_unacked),
-            fields=self.fields,
-        )
+        store = self._store(client, writer)
         receiver = Receiver(
             client, queue, self.stats, self.dead_letters, storage_tracks=False,
             window=config.ingest.window(), fields=self.fields, redeliveries=self.redeliveries,
@@ -472,23 +462,19 @@ class Collector:
             stack.push_async_callback(alarms.close)
         return alarms
 
-    def _store(self) -> Store:
+    def _store(self, client: MqttClient, writer: Writer) -> Store:
+        """The store stage of a storage session (this collector's, or one it drains)."""
         batch = self.config.batch
         return Store(
-            self.writer,
-            self.client.ack,
+            writer,
+            client.ack,
             self.stats,
             Batching(batch.max_lines, batch.max_delay_s, batch.pause_s),
             self.spool,
             self.dead_letters.put_refused,
-            window_full=self._window_full,
+            window_full=partial(window_full, client),
             fields=self.fields,
         )
-
-    def _window_full(self) -> bool:
-        """The broker sends no more until we acknowledge (see collector.store)."""
-        client = self.client
-        return client.unacked >= (client.window or client.peak_unacked)
 
     def _receiver(self) -> Receiver:
         config, alarms, alarm_client = self.config, self.alarms, self.alarm_client

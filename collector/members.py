@@ -99,13 +99,7 @@ def main(argv: Sequence[str]) -> int:
     if settings is None:
         sys.stderr.write(f"{PROG}: {args.config} has no etcd section: this collector runs alone\n")
         return 2
-    password = settings.password()
-    etcd = Etcd(
-        settings.endpoints,
-        settings.timeout_s,
-        settings.username,
-        password.get_secret_value() if password is not None else None,
-    )
+    etcd = Etcd.for_settings(settings)
     try:
         state = read(etcd, settings.prefix)
     except EtcdError as exc:
