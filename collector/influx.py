@@ -190,6 +190,38 @@ class V1Writer:
             types.setdefault(row[0], set()).add(row[1])
         return types
 
+    async def query(self, influxql: str) -> list[dict[str, Any]]:
+        """Run InfluxQL through ``GET /query`` (``epoch=ns``): the rows of every series of
+        every statement, each a dict of its columns with the series' tags merged in (times
+        as integer nanoseconds in ``time``). :class:`StoreError` when it fails."""
+        return await self._thread.run(self._query_sync, influxql)
+
+    def _query_sync(self, influxql: str) -> list[dict[str, Any]]:
+        params = {"db": self.settings.database, "epoch": "ns", "q": influxql}
+        if self.settings.retention_policy:
+            params["rp"] = self.settings.retention_policy
+        prefix = urllib.parse.urlsplit(self.url).path.rstrip("/")
+        path = f"{prefix}/query?{urllib.parse.urlencode(params)}"
+        status, body = self._request("GET", path, b"", self._headers)
+        if status != 200:
+            raise _classify(status, body, self.url)
+        try:
+            results = json.loads(body)["results"]
+            return [row for result in results for row in self._result_rows(result)]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise DataRejected(f"{self.url}: unreadable /query answer") from exc
+
+    def _result_rows(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        if "error" in result:
+            raise DataRejected(f"{self.url}: query refused: {str(result['error'])[:300]}")
+        rows: list[dict[str, Any]] = []
+        for series in result.get("series") or []:
+            tags = series.get("tags") or {}
+            columns = series["columns"]
+            for values in series.get("values") or []:
+                rows.append({**tags, **dict(zip(columns, values, strict=True))})
+        return rows
+
     async def close(self) -> None:
         """Close the connection; a write still hung on it is abandoned (see module doc)."""
         conn, self._conn = self._conn, None
@@ -233,6 +265,10 @@ class V2Writer:
     async def field_types(self, measurement: str) -> dict[str, set[str]]:
         """Not asked of a v2 server (no InfluxQL there): types are learned from values."""
         return {}
+
+    async def query(self, influxql: str) -> list[dict[str, Any]]:
+        """Not available: the console's reads are InfluxQL (see :meth:`V1Writer.query`)."""
+        raise StoreError("the console's journal needs InfluxDB's v1 query API (InfluxDB 1.x)")
 
     async def close(self) -> None:
         """Close the client; bounded, as a write may still hang in the worker thread."""

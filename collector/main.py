@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import structlog
+from pydantic import SecretStr
 
-from collector import acl, members
+from collector import acl, members, queries, usercli
+from collector.alarms.authority import CommandAuthority
 from collector.alarms.builtin import (
     HistorySender,
     JournalSender,
@@ -49,6 +52,7 @@ from collector.sequence import SequenceTracker
 from collector.sparkplug import HostState, SparkplugHost
 from collector.stats import Stats, interval_fields
 from collector.store import Batchable, Batching, Store
+from collector.users import Role, UsersError, UserStore
 from derrick.alarms.rules import BROKER_RULE, GAP_RULE
 from derrick.mqtt.client import MqttClient, MqttError
 from derrick.notify.channels import make_sender
@@ -181,14 +185,18 @@ def alarm_api(
     config: CollectorConfig,
     alarms: AlarmService | None,
     ingest_health: Callable[[], dict[str, object]],
+    users: UserStore | None = None,
+    reader: Writer | None = None,
 ) -> AlarmApi | None:
-    """The operator API (``alarms.http``); without alarm rules it serves /health and an
-    empty alarm list. With fail-over, a command for an alarm another member owns is
-    passed on to that member (collector.alarms.forward)."""
+    """The operator API and, with users, the console (``alarms.http``); without alarm
+    rules it serves /health and an empty alarm list. With fail-over, a command for an
+    alarm another member owns is passed on to that member (collector.alarms.forward), once
+    the group's peer secret is known (:func:`peer_secret_known`). ``reader``: the InfluxDB
+    connection the console's journal and latest values are read over."""
     if not config.alarms.http.enabled:
         return None
     coordinator = alarms.coordinator if alarms is not None else None
-    forwarder = Forwarder(config.alarms.http.token()) if coordinator is not None else None
+    forwarding: dict[str, Forwarder] = {}
 
     async def command(order: AlarmCommand) -> tuple[int, AlarmCommandResult]:
         if alarms is None:
@@ -201,20 +209,55 @@ def alarm_api(
                 ts_ns=now_ns(),
             )
         status, result = alarms.command(order)
+        forwarder = forwarding.get("peer")
         if status == 421 and forwarder is not None and not forwarded(order):
             alarm = AlarmId.parse(order.alarm_id)
             owner = coordinator.owner(alarm.site, alarm.asset) if coordinator else None
             api = coordinator.api_of(owner) if coordinator and owner else None
             if api is not None:
-                return await forwarder.forward(api, order) or (status, result)
+                role = role_of(users, order.who)
+                return await forwarder.forward(api, order, role) or (status, result)
         return status, result
 
-    return AlarmApi(
+    console: dict[str, object] = {}
+    if alarms is not None:
+        console |= {"changes": alarms.changes, "kpis": alarms.kpi_report}
+    if reader is not None:
+        console |= {
+            "journal": partial(queries.journal, reader),
+            "latest": partial(queries.latest, reader),
+        }
+    api = AlarmApi(
         config.alarms.http,
         list_alarms=alarms.list_alarms if alarms is not None else list,
         command=command,
         health=ingest_health,
+        users=users,
+        **console,
     )
+    api.forwarding = forwarding
+    return api
+
+
+def role_of(users: UserStore | None, who: str) -> str:
+    """The role a forwarded command carries: the user's, or supervisor for the deprecated
+    machine identities (whose commands were never checked by role)."""
+    info = users.user(who) if users is not None else None
+    return info.role.value if info is not None else Role.SUPERVISOR.value
+
+
+def users_of(config: CollectorConfig) -> UserStore | None:
+    """The named users (``alarms.http.users_file``), read once now: a missing or broken
+    file stops the start (HttpApiError naming it)."""
+    path = config.alarms.http.users_file
+    if path is None:
+        return None
+    users = UserStore(path)
+    try:
+        users.load()
+    except UsersError as exc:
+        raise HttpApiError(f"alarm API users: {exc}") from exc
+    return users
 
 
 def broker_note(config: CollectorConfig) -> str:
@@ -342,8 +385,11 @@ class Collector:
             contextlib.closing(Redeliveries(config.ingest.deliveries, config.ingest.max_deliveries))
         )
         self.store = self._store(self.client, self.writer)
+        self.users = users_of(config)
         self.receiver = self._receiver()
-        self.api = alarm_api(config, self.alarms, self._ingest_health)
+        self.api = alarm_api(
+            config, self.alarms, self._ingest_health, self.users, self._console_reader(stack)
+        )
         await self._subscribe()
         api_port = await self._start_api(stack)
         await self._join(stack, api_port)  # before connecting: this id's session may be drained
@@ -395,12 +441,35 @@ class Collector:
             coordinator.api = f"http://{host}:{api_port}"
         await coordinator.join()
         stack.push_async_callback(coordinator.leave)
+        if self.api is not None:
+            await self._peer_forwarding(coordinator, stack)
         coordinator.on_adopt, coordinator.on_release = self._adopt, self._release
         adopter = await coordinator.session_free(coordinator.ttl_s + 4 * coordinator.refresh_s)
         if adopter is not None:
             log.warning("connecting while another collector still drains this one's session",
                         adopter=adopter)  # fmt: skip
         await coordinator.refresh()
+
+    async def _peer_forwarding(
+        self, coordinator: Coordinator, stack: contextlib.AsyncExitStack
+    ) -> None:
+        """Commands for another member's alarms go to it with the group's peer secret."""
+        assert self.api is not None
+        secret = SecretStr(await coordinator.peer_secret())
+        forwarder = Forwarder(secret)
+        stack.callback(forwarder.close)
+        self.api.forwarding["peer"] = forwarder
+        self.api.peer_secret(secret)
+
+    def _console_reader(self, stack: contextlib.AsyncExitStack) -> Writer | None:
+        """An InfluxDB connection of the console's own (journal, latest values), so its
+        reads never wait behind the store stage's writes."""
+        http = self.config.alarms.http
+        if not (http.enabled and http.users_file):
+            return None
+        reader = make_writer(self.config.influx)
+        stack.push_async_callback(reader.close)
+        return reader
 
     # --- dead members' storage sessions (collector.alarms.ha) ---------------------------
 
@@ -500,7 +569,16 @@ class Collector:
             loss_alarms=alarms,
             sparkplug=self._sparkplug_host(tracked and alarm_client is None),
             alarm_sparkplug=self._sparkplug_host(True) if alarm_client is not None else None,
+            authority=self._authority(),
         )
+
+    def _authority(self) -> CommandAuthority | None:
+        """How operator commands over MQTT are vetted (alarms.mqtt_commands)."""
+        if self.alarms is None:
+            return None
+        authority = CommandAuthority(self.config.alarms.mqtt_commands, self.users)
+        authority.announce()
+        return authority
 
     def _sparkplug_host(self, tracks_seq: bool) -> SparkplugHost | None:
         """The Sparkplug B host (collector.sparkplug); its rebirth requests go out on the
@@ -728,6 +806,28 @@ def print_check(args: argparse.Namespace, config: CollectorConfig) -> None:
     sys.stdout.write(
         f"{args.config}: ok, {len(config.alarms.ruleset)} alarm rules, "
         f"InfluxDB {config.influx.api} at {config.influx.url}\n{broker_note(config)}{failover}"
+        f"{console_note(config, args.config)}"
+    )
+
+
+def console_note(config: CollectorConfig, path: Path) -> str:
+    """What ``--check`` says of the operator API, the console and its users (``path``: the
+    config file, named when the users file cannot be read)."""
+    http = config.alarms.http
+    if not http.enabled:
+        return "operator API and console: off (alarms.http.enabled)\n"
+    scheme = "https" if http.tls_cert_file else "http"
+    where = f"operator API on {scheme}://{http.host}:{http.port}"
+    if http.users_file is None:
+        return f"{where}; no console (it needs alarms.http.users_file)\n"
+    try:
+        count = UserStore(http.users_file).load()
+    except UsersError as exc:
+        raise ConfigError(path, [("alarms.http.users_file", str(exc))]) from exc
+    mode = CommandAuthority(config.alarms.mqtt_commands, UserStore(http.users_file)).mode
+    return (
+        f"{where}; console at /console with {count} users from {http.users_file}; "
+        f"MQTT commands {mode}\n"
     )
 
 
@@ -743,7 +843,9 @@ PROGRAM = Program(
     "  derrick-collector acl --help      # mosquitto ACL from agent and collector configs\n"
     "  derrick-collector passwd --help   # the matching mosquitto password file\n"
     "\ncollectors that fail over (docs/failover.md):\n"
-    "  derrick-collector members --config collector.yaml   # members, owners, sessions",
+    "  derrick-collector members --config collector.yaml   # members, owners, sessions\n"
+    "\noperator console and API users (alarms.http.users_file):\n"
+    "  derrick-collector users --help    # add users, roles, passwords, API tokens",
     config_help="collector YAML config file",
     load=lambda args: load_config(args.config),
     check=print_check,
@@ -761,7 +863,11 @@ PROGRAM = Program(
     ),
     log=log,
     failed="collector failed",
-    commands={**dict.fromkeys(acl.COMMANDS, acl.main), "members": members.main},
+    commands={
+        **dict.fromkeys(acl.COMMANDS, acl.main),
+        "members": members.main,
+        "users": usercli.main,
+    },
 )
 
 

@@ -37,12 +37,13 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import structlog
 from pydantic import ValidationError
 
+from collector.alarms.authority import CommandAuthority, redacted
 from collector.alarms.service import AlarmService
 from collector.deadletter import DeadLetters
 from collector.fieldtypes import FieldTypes
@@ -70,6 +71,7 @@ from derrick.wire.payloads import (
     AgentMetrics,
     AgentStatus,
     AlarmCommand,
+    AlarmCommandResult,
     DeviceStatus,
     Telemetry,
     now_ns,
@@ -123,6 +125,8 @@ class Receiver:
     """Reads Sparkplug B edge nodes; None: their topics are not subscribed."""
     alarm_sparkplug: SparkplugHost | None = None
     """The alarm session's own reader of them (a group: it sees every node's stream)."""
+    authority: CommandAuthority | None = None
+    """Vets operator commands (collector.alarms.authority); None: taken as they come."""
 
     def __post_init__(self) -> None:
         self._alarm_failure = ""
@@ -493,13 +497,16 @@ class Receiver:
         try:
             message = model.model_validate_json(inbound.payload)
         except ValidationError as exc:
-            self._reject(client, inbound, classify(inbound.payload, exc))
+            rejected = classify(inbound.payload, exc)
+            if model is AlarmCommand:  # a dead letter must not keep a user's token
+                inbound = replace(inbound, payload=redacted(inbound.payload))
+            self._reject(client, inbound, rejected)
             return
         if alarms is not None:
             if isinstance(message, AgentStatus):
                 alarms.observe_agent(message)
             else:
-                _command(client, inbound.topic, topic, message, alarms)
+                _command(client, inbound.topic, topic, message, alarms, authority=self.authority)
         client.ack(inbound)
 
     # -- rejections ----------------------------------------------------------------------
@@ -551,15 +558,26 @@ def _command(
     topic: AlarmCommandsTopic,
     command: AlarmCommand,
     alarms: AlarmService,
+    *,
+    authority: CommandAuthority | None,
 ) -> None:
     """Run an operator command from MQTT (``name``: its topic, for the log); the owner
     answers on the reply topic."""
     site, asset = topic.site, topic.asset
     if not alarms.owns(site, asset):
         return  # the owner of this asset answers
-    status, result = alarms.command(command)
-    if status == 421:
-        log.warning("alarm command for another asset", topic=name, alarm_id=command.alarm_id)
+    vetted = authority.vet(command) if authority is not None else command
+    if isinstance(vetted, str):
+        log.warning("alarm command refused", topic=name, alarm_id=command.alarm_id,
+                    action=command.action, reason=vetted)  # fmt: skip
+        result = AlarmCommandResult(
+            request_id=command.request_id, alarm_id=command.alarm_id, action=command.action,
+            ok=False, reason=vetted, ts_ns=now_ns(),
+        )  # fmt: skip
+    else:
+        status, result = alarms.command(vetted)
+        if status == 421:
+            log.warning("alarm command for another asset", topic=name, alarm_id=command.alarm_id)
     try:
         client.publish_nowait(alarm_replies_topic(site, asset), result.model_dump_json().encode())
     except MqttError as exc:

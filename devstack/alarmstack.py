@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from argon2 import PasswordHasher
+
+from collector.users import Role, UserStore
 from devstack.programs import REPO, Program, http_json, wait_for, write_yaml
 from devstack.services import free_port
 
@@ -70,6 +73,15 @@ class Plc:
     control: str
 
 
+def write_users(path: Path, users: dict[str, tuple[str, str]]) -> Path:
+    """A users file (collector.users) for tests: cheap argon2 parameters, so that each
+    login costs milliseconds (the parameters travel in each hash)."""
+    store = UserStore(path, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    for name, (role, password) in users.items():
+        store.add(name, Role(role), password)
+    return path
+
+
 class AlarmStack:
     """Simulators, agent and collector for one fresh site (see the module docstring)."""
 
@@ -90,6 +102,8 @@ class AlarmStack:
         collectors: int = 1,
         etcd: dict[str, Any] | None = None,
         flood: dict[str, Any] | None = None,
+        users: dict[str, tuple[str, str]] | None = None,
+        http: dict[str, Any] | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.site = site or f"t{uuid.uuid4().hex[:8]}"
@@ -105,6 +119,10 @@ class AlarmStack:
         # their configs, without the prefix, which is the site's).
         self.etcd = etcd
         self.flood = flood  # the collectors' alarms.flood, when not the default
+        # Named users of the console and API: name -> (role, password), hashed cheaply.
+        self.users_file = write_users(base_dir / "users.yaml", users) if users else None
+        self.http = http or {}  # more of the collectors' alarms.http
+        self.api_token: str | None = None  # sent by api() when set (a user's token)
         self.api_ports = [free_port() for _ in range(collectors)]
         self.api_port = self.api_ports[0]
         self.api_url = f"http://127.0.0.1:{self.api_port}"
@@ -250,7 +268,12 @@ class AlarmStack:
                     },
                 },
                 "routes": [{"name": "all", "channels": ["hook", "mail"]}],
-                "http": {"enabled": True, "port": self.api_ports[index]},
+                "http": {
+                    "enabled": True,
+                    "port": self.api_ports[index],
+                    **({"users_file": str(self.users_file)} if self.users_file else {}),
+                    **self.http,
+                },
                 "retry": self.retry,
                 **({"flood": self.flood} if self.flood else {}),
             },
@@ -275,7 +298,10 @@ class AlarmStack:
             f"http://127.0.0.1:{self.api_ports[index]}{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310

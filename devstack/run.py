@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import signal
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from collector.users import Role, UserStore
 from derrick.mqtt.client import MqttClient
 from derrick.mqtt.settings import BrokerSettings
 from derrick.plumbing import logs
@@ -37,7 +39,22 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def make_configs(base: Path, broker_port: int, influx_url: str, sim_port: int) -> tuple[Path, Path]:
+DEMO_USERS = (("demo-operator", Role.OPERATOR), ("demo-supervisor", Role.SUPERVISOR),
+              ("demo-viewer", Role.VIEWER))  # fmt: skip
+
+
+def demo_users(base: Path) -> tuple[Path, str]:
+    """A users file with one user per role, all with this run's password."""
+    password = secrets.token_urlsafe(12)
+    users = UserStore(base / "users.yaml")
+    for name, role in DEMO_USERS:
+        users.add(name, role, password)
+    return users.path, password
+
+
+def make_configs(
+    base: Path, broker_port: int, influx_url: str, sim_port: int, api_port: int
+) -> tuple[Path, Path]:
     """The example configs with this run's ports; the rules file is the shipped one."""
     agent = yaml.safe_load((CONFIG / "agent.example.yaml").read_text())
     agent["broker"]["port"] = broker_port
@@ -49,6 +66,7 @@ def make_configs(base: Path, broker_port: int, influx_url: str, sim_port: int) -
     collector["alarms"]["state"] = str(base / "alarms.db")
     collector["alarms"].pop("channels", None)  # the example's webhook and mail are not here
     collector["alarms"].pop("routes", None)
+    collector["alarms"]["http"].update(port=api_port, users_file=str(base / "users.yaml"))
     for config in (agent, collector):
         config["log"]["format"] = "json"
     return write_yaml(base / "agent.yaml", agent), write_yaml(base / "collector.yaml", collector)
@@ -117,8 +135,11 @@ def run(seconds: float | None) -> int:
     base = Path(tempfile.mkdtemp(prefix="derrick-run-"))
     programs: list[Program] = []
     with Mosquitto(base) as broker_srv, Influx1(base) as influx:
-        sim_port = free_port()
-        agent_cfg, collector_cfg = make_configs(base, broker_srv.port, influx.url, sim_port)
+        sim_port, api_port = free_port(), free_port()
+        agent_cfg, collector_cfg = make_configs(
+            base, broker_srv.port, influx.url, sim_port, api_port
+        )
+        _, password = demo_users(base)
         say(f"broker:    {broker_srv.url}")
         say(f"influxdb:  {influx.url}  database: {DATABASE}  (InfluxQL: {influx.url}/query)")
         say(f"logs and configs: {base}")
@@ -134,6 +155,8 @@ def run(seconds: float | None) -> int:
             programs.append(
                 Program("agent", ["--config", str(agent_cfg)], base / "agent.log").start()
             )
+            say(f"console:   http://127.0.0.1:{api_port}/console  (API docs: /api/docs)")
+            say(f"logins:    {', '.join(name for name, _ in DEMO_USERS)}; password {password}")
             say(
                 "running: crane simulator -> agent -> mosquitto -> collector -> influxdb"
                 + (f" for {seconds:g} s" if seconds else "; Ctrl-C stops")

@@ -5,7 +5,8 @@
 #
 #   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll, socat
 #      (socat makes the pty pairs of the serial Modbus RTU tests), etcd-server and
-#      etcd-client (3.4: collector fail-over, docs/failover.md), nodejs and npm
+#      etcd-client (3.4: collector fail-over, docs/failover.md), chromium and
+#      chromium-driver (the console's browser tests drive them headless), nodejs and npm
 #      (when `node` / `npm` are missing)
 #      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
 #      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
@@ -30,7 +31,8 @@ have() {
 
 packages=()
 for pair in mosquitto:mosquitto influxd:influxdb victoria-metrics:victoria-metrics \
-    mbpoll:mbpoll socat:socat etcd:etcd-server etcdctl:etcd-client make:make node:nodejs npm:npm; do
+    mbpoll:mbpoll socat:socat etcd:etcd-server etcdctl:etcd-client chromium:chromium \
+    chromedriver:chromium-driver make:make node:nodejs npm:npm; do
     have "${pair%%:*}" || packages+=("${pair#*:}")
 done
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -52,7 +54,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${packages[@]}"
 else
-    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat, etcd, node, npm)"
+    say "Debian packages present (mosquitto, influxd, victoria-metrics, mbpoll, socat, etcd, chromium, node, npm)"
 fi
 
 if [ ! -x .venv/bin/python ]; then

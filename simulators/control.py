@@ -1,4 +1,4 @@
-"""Control interface of a running simulator: a tiny HTTP/1.1 JSON API (stdlib only).
+"""Control interface of a running simulator: a tiny HTTP JSON API (Starlette on uvicorn).
 
 Tests and demos use it to read what the simulator serves, force an overload and pin tags
 to exact values, then check what comes out at the other end of the pipeline::
@@ -13,11 +13,23 @@ to exact values, then check what comes out at the other end of the pipeline::
 ``took_effect_ns`` is ``time.time_ns()`` right after the change was applied: every
 Modbus read that starts after the response arrives sees it. Pinned values win over a
 forced overload. Errors answer ``{"error": "..."}`` with 400 (bad JSON, unknown tag,
-value that does not fit its register), 404, 405, 408 (request not complete within
-5 s), 413 / 431 (body above 64 KiB, head above 8 KiB) or 501 (chunked body).
+value that does not fit its register), 404 (unknown path, naming the endpoints), 405
+(with ``Allow``; HEAD is served wherever GET is), 408 (body not all there within 5 s) or
+413 (body above 64 KiB, by Content-Length before reading or while reading a chunked
+one); 408 and 413 close the connection. Otherwise connections are kept alive.
 
-There is no authentication: it binds to loopback unless told otherwise. One request per
-connection (``Connection: close``).
+Why Starlette: this module used to carry its own HTTP/1.1 parser on asyncio streams;
+the HTTP is now a kept library's (Starlette on uvicorn and h11), served inside the
+simulator's own event loop by :class:`derrick.plumbing.asgi.AsgiServer`, and what is
+left here is the API. The handlers are plain functions over :class:`SimulatedPlc` with
+no I/O; one endpoint reads the body and answers. Below the application it is the
+server's business: a malformed request, or a request line and headers still incomplete
+past 8 KiB, get uvicorn's plain-text 400 ``Invalid HTTP request received.`` and the
+connection is closed (h11 hints 431, uvicorn 0.55 answers 400; a larger head that
+arrives whole in one read is accepted); a head not complete within ``AsgiServer``'s
+head timeout (10 s) gets its 408 and is closed.
+
+There is no authentication: it binds to loopback unless told otherwise.
 """
 
 from __future__ import annotations
@@ -26,41 +38,37 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 from functools import partial
-from http import HTTPStatus
 
 import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from derrick.plumbing.httpserver import HttpError, body_length, read_head
+from derrick.plumbing.asgi import AsgiError, AsgiServer
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger("sim")
 
-MAX_HEAD_BYTES = 8 * 1024
 MAX_BODY_BYTES = 64 * 1024
-IO_TIMEOUT_S = 5.0
+BODY_TIMEOUT_S = 5.0
 
 
 class ControlError(Exception):
     """The control server could not listen."""
 
 
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    body: bytes
+class HttpError(Exception):
+    """A request answered with an error status and ``{"error": message}``."""
 
-
-async def _read_request(reader: asyncio.StreamReader) -> Request:
-    method, target, headers = await read_head(reader, MAX_HEAD_BYTES)
-    length = body_length(headers)
-    if length > MAX_BODY_BYTES:
-        raise HttpError(413, f"body above {MAX_BODY_BYTES} bytes")
-    body = await reader.readexactly(length)
-    return Request(method, target.split("?", 1)[0], body)
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
 
 
 def _reject_constant(name: str) -> object:
@@ -186,72 +194,85 @@ ROUTES: dict[str, dict[str, Handler]] = {
 }
 
 
-def _route(plc: SimulatedPlc, request: Request) -> dict[str, object]:
-    methods = ROUTES.get(request.path)
-    if methods is None:
-        raise HttpError(404, f"no endpoint {request.path[:80]!r}; have: {', '.join(ROUTES)}")
-    handler = methods.get(request.method)
-    if handler is None:
-        allow = ", ".join(methods)
-        raise HttpError(405, f"{request.path} takes {allow}", {"Allow": allow})
-    return handler(plc, request.body)
+def _answer(
+    status: int, payload: dict[str, object], headers: dict[str, str] | None = None
+) -> Response:
+    # json.dumps as before: the same bytes, and a NaN a model produced is no 500
+    return Response(json.dumps(payload), status, headers, media_type="application/json")
 
 
-async def _answer(
-    plc: SimulatedPlc, reader: asyncio.StreamReader
-) -> tuple[int, dict[str, object], dict[str, str]]:
+def _refused(exc: HttpError) -> Response:
+    if exc.status >= 404:
+        log.info("control request refused", status=exc.status, error=exc.message)
+    return _answer(exc.status, {"error": exc.message}, exc.headers)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The whole body, Content-Length or chunked: 413 above MAX_BODY_BYTES, 408 when it
+    is not all there within BODY_TIMEOUT_S. Either closes the connection (body unread)."""
+    close = {"Connection": "close"}
+    too_big = HttpError(413, f"body above {MAX_BODY_BYTES} bytes", close)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_big  # refused before reading a byte of it
+    body = bytearray()
     try:
-        async with asyncio.timeout(IO_TIMEOUT_S):
-            request = await _read_request(reader)
-        return 200, _route(plc, request), {}
-    except HttpError as exc:
-        if exc.status >= 404:
-            log.info("control request refused", status=exc.status, error=exc.message)
-        return exc.status, {"error": exc.message}, exc.headers
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise too_big
     except TimeoutError:
-        return 408, {"error": f"request not complete within {IO_TIMEOUT_S:g} s"}, {}
+        raise HttpError(408, f"body not complete within {BODY_TIMEOUT_S:g} s", close) from None
+    return bytes(body)
 
 
-def _response(status: int, payload: dict[str, object], headers: dict[str, str]) -> bytes:
-    body = json.dumps(payload).encode()
-    head = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in headers.items()),
-    ]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-
-
-async def _handle(
-    plc: SimulatedPlc, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def _endpoint(plc: SimulatedPlc, methods: dict[str, Handler], request: Request) -> Response:
+    # Starlette routes HEAD where there is GET (and drops the body of the answer)
+    handler = methods["GET" if request.method == "HEAD" else request.method]
     try:
-        status, payload, headers = await _answer(plc, reader)
-        async with asyncio.timeout(IO_TIMEOUT_S):
-            writer.write(_response(status, payload, headers))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-        pass  # the client went away or stalled while reading the answer
-    finally:
-        writer.close()
-        with suppress(ConnectionError, TimeoutError):
-            async with asyncio.timeout(IO_TIMEOUT_S):
-                await writer.wait_closed()
+        return _answer(200, handler(plc, await _read_body(request)))
+    except HttpError as exc:
+        return _refused(exc)
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody to read it: uvicorn drops it
+
+
+async def _not_found(request: Request, _exc: Exception) -> Response:
+    path = request.scope["path"]  # as routed: percent-decoded, no query
+    return _refused(HttpError(404, f"no endpoint {path[:80]!r}; have: {', '.join(ROUTES)}"))
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    path = request.scope["path"]
+    allow = exc.headers.get("Allow", "") if isinstance(exc, HTTPException) else ""
+    allow = ", ".join(sorted(allow.split(", ")))  # Starlette's: GET comes with HEAD
+    return _refused(HttpError(405, f"{path} takes {', '.join(ROUTES[path])}", {"Allow": allow}))
+
+
+def app(plc: SimulatedPlc) -> Starlette:
+    """The control API over ``plc`` as an ASGI application."""
+    routes = [
+        Route(path, partial(_endpoint, plc, methods), methods=list(methods))
+        for path, methods in ROUTES.items()
+    ]
+    application = Starlette(
+        routes=routes,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
+    application.router.redirect_slashes = False  # /health/ is 404 like any unknown path
+    return application
 
 
 @asynccontextmanager
 async def serving(plc: SimulatedPlc, host: str, port: int) -> AsyncIterator[int]:
     """Serve the control API while the context is open; yields the bound port."""
+    server = AsgiServer(app(plc), host, port, name="sim control")
     try:
-        server = await asyncio.start_server(partial(_handle, plc), host, port, limit=MAX_HEAD_BYTES)
-    except OSError as exc:
-        raise ControlError(
-            f"cannot listen for control HTTP on {host}:{port}: {exc.strerror or exc}"
-        ) from exc
+        bound = await server.start()
+    except AsgiError as exc:
+        raise ControlError(f"control HTTP: {exc}") from exc
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield bound
     finally:
-        server.close()
-        await server.wait_closed()
+        await server.close()

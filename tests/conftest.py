@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from devstack.services import Etcd, EtcdCluster, Influx1, Mosquitto, VictoriaMetrics
+
+if TYPE_CHECKING:
+    from devstack.browser import Browser
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +73,19 @@ def influx_db(influx1: Influx1) -> Iterator[str]:
     yield name
     if influx1.running:
         influx1.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """Headless Chromium (Debian's, through its chromedriver), 1280 x 800; ``.driver`` is
+    the selenium WebDriver. Never skipped: without chromium the tests fail, saying to run
+    scripts/setup.sh. Tests share it: each starts with :meth:`Browser.reset` (no cookies)
+    and sets the size it wants."""
+    from devstack.browser import Browser, BrowserMissing  # noqa: PLC0415 - selenium on demand
+
+    try:
+        started = Browser.start(1280, 800, log_dir=tmp_path_factory.mktemp("chromium"))
+    except BrowserMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with started:
+        yield started

@@ -175,7 +175,7 @@ def test_old_rules_key_says_where_it_moved(tmp_path):
         ),
         (
             "{http: {enabled: true, host: 0.0.0.0}}",
-            "needs a token when it listens beyond loopback",
+            "needs users or a token when it listens beyond loopback",
         ),
     ],
 )

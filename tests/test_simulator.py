@@ -661,6 +661,7 @@ def test_read_only_image_and_other_unit_ids_refused(clean_sim):
         ("POST", "/overload", b'{"active": 1}', 400, '{"active": true}'),
         ("POST", "/release", b'{"x": 1}', 400, "empty or {}"),
         ("GET", "/nope", b"", 404, "no endpoint '/nope'"),
+        ("GET", "/health/", b"", 404, "no endpoint '/health/'"),
         ("GET", "/hold", b"", 405, "/hold takes POST"),
         ("POST", "/hold", b" " * 70_000, 413, "body above 65536 bytes"),
     ],
@@ -672,24 +673,94 @@ def test_control_refuses_bad_requests(clean_sim, method, path, body, status, err
     assert http_json(f"{url}/values")["utilisation"] < 100.0  # nothing pinned or forced
 
 
-def test_control_times_out_a_stalled_request(monkeypatch):
-    monkeypatch.setattr(control, "IO_TIMEOUT_S", 0.2)
+def control_in_process(scenario):
+    """Run ``scenario(port, plc)`` against the control API served in-process on loopback."""
     plc = SimulatedPlc(CRANE, CraneModel(0))
 
-    async def scenario() -> tuple[bytes, float]:
+    async def run():
         async with control.serving(plc, "127.0.0.1", 0) as port:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /health HTTP/1.1\r\n")  # and never the blank line
-            started = time.monotonic()
-            answer = await asyncio.wait_for(reader.read(), 5)
-            writer.close()
-            await writer.wait_closed()
-            return answer, time.monotonic() - started
+            return await scenario(port, plc)
 
-    answer, waited = asyncio.run(scenario())
+    return asyncio.run(run())
+
+
+async def exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes; everything the server answers until it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), wait)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def chunked_post(port: int, path: str, chunks: list[bytes]) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", path, body=iter(chunks), encode_chunked=True)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_control_reads_a_chunked_body_and_refuses_one_above_the_limit():
+    async def scenario(port, plc):
+        small = await asyncio.to_thread(chunked_post, port, "/hold", [b'{"hook_load"', b": 12.5}"])
+        big = await asyncio.to_thread(chunked_post, port, "/hold", [b" " * 30_000] * 3)
+        return small, big, plc.held
+
+    small, big, held = control_in_process(scenario)
+    assert small[0] == 200
+    assert small[1]["held"] == {"hook_load": 12.5}
+    assert big == (413, {"error": "body above 65536 bytes"})
+    assert held == {"hook_load": 12.5}
+
+
+def test_control_refuses_a_declared_body_above_the_limit_before_reading_it():
+    async def scenario(port, _plc):
+        head = b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"
+        return await exchange(port, head)  # and never the body: answered and closed anyway
+
+    answer = control_in_process(scenario)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.endswith(b'{"error": "body above 65536 bytes"}')
+
+
+def test_control_times_out_a_stalled_body(monkeypatch):
+    monkeypatch.setattr(control, "BODY_TIMEOUT_S", 0.2)
+
+    async def scenario(port, _plc):
+        started = time.monotonic()
+        head = b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{"
+        answer = await exchange(port, head)  # 19 bytes short, for ever
+        return answer, time.monotonic() - started
+
+    answer, waited = control_in_process(scenario)
     assert answer.startswith(b"HTTP/1.1 408 ")
-    assert b"Connection: close" in answer
+    assert b"connection: close" in answer.lower()
+    assert answer.endswith(b'{"error": "body not complete within 0.2 s"}')
     assert 0.15 < waited < 2.0
+
+
+def test_stalled_and_oversized_heads_do_not_stop_the_control_api():
+    async def scenario(port, _plc):
+        stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", port)
+        stalled.write(b"GET /health HTTP/1.1\r\n")  # and never the blank line
+        await stalled.drain()
+        huge = b"GET /health HTTP/1.1\r\nX: " + b"a" * 20_000  # never complete either
+        refused = await exchange(port, huge)
+        answer = await asyncio.to_thread(request, f"http://127.0.0.1:{port}", "GET", "/health")
+        still_open = not stalled_reader.at_eof()
+        stalled.close()
+        await stalled.wait_closed()
+        return refused, answer, still_open
+
+    refused, answer, still_open = control_in_process(scenario)
+    assert refused.startswith(b"HTTP/1.1 400 ")  # uvicorn's (h11 hints 431)
+    assert answer == (200, {"status": "ok"})
+    assert still_open
 
 
 @pytest.mark.integration

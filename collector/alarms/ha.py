@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -210,6 +211,22 @@ class Coordinator:
             site, asset, _alarm = entry.key[cut:].split("/", 2)
             self.assets.add((site, asset))
         log.info("joined the collectors", member=self.me, lease=f"{lease:x}", ttl_s=self.ttl_s)
+
+    async def peer_secret(self) -> str:
+        """The group's secret for commands one member passes on to another
+        (:mod:`collector.alarms.forward`): made by the first member to ask, kept in etcd
+        under ``<prefix>/peer-secret`` (whoever can read that could already rewrite the
+        alarms themselves)."""
+        etcd = self.etcd
+        key = f"{self.prefix}/peer-secret"
+        fresh = secrets.token_urlsafe(32)
+        await etcd.call(
+            etcd.txn(Txn([Compare(key, "create", "==", 0)], [Put(key, fresh.encode())]))
+        )
+        entry = await etcd.call(etcd.get(key))
+        if entry is None:
+            raise EtcdError(f"{key} vanished just after it was made")
+        return entry.value.decode()
 
     async def session_free(self, timeout_s: float) -> str | None:
         """Wait until no other member drains this member's storage session (it hands it

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from pydantic import Field, model_validator
@@ -128,6 +128,22 @@ def state_message(record: AlarmRecord, message: str) -> AlarmStateMessage:
         shelved_until_ns=record.shelved_until_ns,
         ts_ns=record.last_transition_ns,
     )
+
+
+def console_view(record: AlarmRecord, message: str) -> dict[str, Any]:
+    """An alarm as the operator API and console list it: its state message, plus what an
+    operator needs to act on it (the longest shelve, latching) and who hid it and why."""
+    return {
+        **state_message(record, message).model_dump(),
+        "latched": record.latched,
+        "max_shelve_s": record.max_shelve_s,
+        "suppressed": record.suppressed,
+        "out_of_service": record.out_of_service,
+        "shelved_by": record.shelved_by,
+        "shelve_reason": record.shelve_reason,
+        "removed_by": record.removed_by,
+        "remove_reason": record.remove_reason,
+    }
 
 
 class Router:

@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from collector.alarms.changes import Changes
 from collector.alarms.ha import Coordinator
 from collector.alarms.manager import AlarmManager, Command, by_alarm_id, record_key
 from collector.alarms.notify import (
@@ -40,7 +41,7 @@ from collector.alarms.notify import (
     Deliverer,
     Router,
     Send,
-    state_message,
+    console_view,
 )
 from collector.alarms.outbox import Outbox
 from collector.alarms.settings import AlarmSettings
@@ -117,6 +118,8 @@ class AlarmService:
         self.router = Router(settings.routes, self.messages, self.outbox.last_announced())
         self.manager = AlarmManager(self.engine, self.store, self.router.rows)
         self.kpis = AlarmKpis(settings.kpi)
+        self.changes = Changes()  # the console's live summary waits on it
+        self.started_ns = now_ns()
         self.counts = {
             "announced": 0, "cleared": 0, "commands": 0, "rejected_commands": 0,
             "edge_conditions": 0, "edge_out_of_order": 0,
@@ -336,9 +339,24 @@ class AlarmService:
         if isinstance(self.store, HaStateStore):
             records = {**self.store.shared.load_all(), **records}
         return [
-            state_message(record, self.messages.get(key, "")).model_dump()
+            console_view(record, self.messages.get(key, ""))
             for key, record in sorted(records.items())
         ]
+
+    def kpi_report(self, now: int | None = None) -> dict[str, Any]:
+        """The live KPIs for the console: the snapshot of :meth:`AlarmKpis.snapshot`, the
+        top alarms, those chattering, and how long the collector has been counting."""
+        now = now_ns() if now is None else now
+        records = list(self.manager.records.values())
+        return {
+            **self.kpis.snapshot(now, records),
+            "top": self.kpis.top(now),
+            "chattering_ids": sorted(self.kpis.chattering(now)),
+            "counting_s": (now - self.started_ns) / 1e9,
+            "window_s": self.settings.kpi.window_s,
+            "flood_per_window": self.settings.kpi.flood_per_window,
+            "standing_after_s": self.settings.kpi.standing_after_s,
+        }
 
     # --- fail-over (collector.alarms.ha) ----------------------------------------------
 
@@ -430,6 +448,8 @@ class AlarmService:
                 self.router.unacked_since[effect.alarm_id] = now
 
     def _after(self, effects: list[Effect]) -> None:
+        if effects:
+            self.changes.bump()
         for alarm in self.kpis.observe(effects):
             log.warning("alarm chattering", alarm_id=alarm)
         for effect in effects:

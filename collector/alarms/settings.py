@@ -7,6 +7,7 @@ from typing import Self
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from collector.alarms.authority import MqttCommands
 from collector.alarms.httpapi import HttpApiSettings
 from collector.alarms.notify import FloodSettings, RetrySettings, RouteSettings
 from derrick.alarms.kpi import KpiSettings
@@ -60,6 +61,12 @@ class AlarmSettings(StrictModel):
     retry: RetrySettings = RetrySettings()
     outbox: OutboxSettings = OutboxSettings()
     http: HttpApiSettings = HttpApiSettings()
+    mqtt_commands: MqttCommands = Field(
+        default="auto",
+        description="operator commands over MQTT: verified (a user's API token in each "
+        "command), open (who as given; deprecated), off; auto: verified when "
+        "http.users_file is set, else open",
+    )
     kpi: KpiSettings = KpiSettings()
     _ruleset: RuleSet = PrivateAttr(default_factory=RuleSet)
 
@@ -82,6 +89,11 @@ class AlarmSettings(StrictModel):
                         f"(alarms.channels: {known})"
                     )
         configfile.require_unique([route.name for route in self.routes], "route names")
+        if self.mqtt_commands == "verified" and self.http.users_file is None:
+            raise ValueError(
+                "mqtt_commands: verified checks each command's token against named users: "
+                "set http.users_file"
+            )
         self._ruleset = rule_files_for_config(self.rules)
         return self
 

@@ -158,6 +158,12 @@ class AlarmRecord:
     limit: float | None = None
     activations: int = 0
     annunciations: int = 0
+    # Who hid it and why, for the console's shelved and out-of-service lists (ISA-18.2
+    # wants them shown); empty when it is not shelved / not out of service.
+    shelved_by: str = ""
+    shelve_reason: str = ""
+    removed_by: str = ""
+    remove_reason: str = ""
 
     @classmethod
     def new(
@@ -198,7 +204,7 @@ class AlarmRecord:
         if data.get("v") != RECORD_VERSION:
             raise RecordError(f"unsupported alarm record version: {data.get('v')!r}")
         expected = {f.name for f in fields(cls)} | {"v"}
-        if set(data) != expected:
+        if set(data) | _ADDED_LATER != expected:  # records stored before these were added
             raise RecordError(f"alarm record keys differ: {sorted(set(data) ^ expected)}")
         try:
             record = cls(
@@ -217,6 +223,7 @@ class AlarmRecord:
                 limit=_optional_float(data, "limit"),
                 activations=_typed(data, "activations", int),
                 annunciations=_typed(data, "annunciations", int),
+                **{key: _typed(data, key, str) for key in _ADDED_LATER if key in data},
             )
         except ValueError as exc:
             raise RecordError(f"bad alarm record: {exc}") from exc
@@ -224,6 +231,9 @@ class AlarmRecord:
         if problem:
             raise RecordError(f"inconsistent alarm record {record.alarm_id!r}: {problem}")
         return record
+
+
+_ADDED_LATER = frozenset(("shelved_by", "shelve_reason", "removed_by", "remove_reason"))
 
 
 def _typed(data: dict[str, Any], key: str, kind: type) -> Any:
@@ -689,14 +699,15 @@ def _shelve(r: AlarmRecord, e: Shelve) -> Transition | Rejected:
         return Rejected(f"duration_s must be more than 0 and at most {r.max_shelve_s:g} s")
     until = e.now_ns + math.ceil(duration * NS_PER_S)
     journal = _journal(r, Action.SHELVE, e.who, f"{e.reason} ({duration:g} s)", e.now_ns)
-    return _changed(r, e.now_ns, journal, **_hide(r, shelved_until_ns=until))
+    hidden = _hide(r, shelved_until_ns=until)
+    return _changed(r, e.now_ns, journal, **hidden, shelved_by=e.who, shelve_reason=e.reason)
 
 
 def _unshelve(r: AlarmRecord, e: Unshelve) -> Transition | Rejected:
     if r.shelved_until_ns is None:
         return Rejected("alarm is not shelved")
     journal = _journal(r, Action.UNSHELVE, e.who, e.comment, e.now_ns)
-    return _unhide(r, e.now_ns, AnnounceReason.UNSHELVED, journal, shelved_until_ns=None)
+    return _unhide(r, e.now_ns, AnnounceReason.UNSHELVED, journal, **_UNSHELVED)
 
 
 def _suppress(r: AlarmRecord, e: Suppress) -> Transition:
@@ -711,21 +722,25 @@ def _remove(r: AlarmRecord, e: RemoveFromService) -> Transition | Rejected:
     if not e.reason.strip():
         return Rejected("a reason is required to remove an alarm from service")
     journal = _journal(r, Action.REMOVE_FROM_SERVICE, e.who, e.reason, e.now_ns)
-    changes = _hide(r, out_of_service=True, shelved_until_ns=None)
-    return _changed(r, e.now_ns, journal, **changes)
+    changes = _hide(r, out_of_service=True, **_UNSHELVED)
+    return _changed(r, e.now_ns, journal, **changes, removed_by=e.who, remove_reason=e.reason)
 
 
 def _return(r: AlarmRecord, e: ReturnToService) -> Transition | Rejected:
     if not r.out_of_service:
         return Rejected("alarm is in service")
     journal = _journal(r, Action.RETURN_TO_SERVICE, e.who, e.comment, e.now_ns)
-    return _unhide(r, e.now_ns, AnnounceReason.RETURNED_TO_SERVICE, journal, out_of_service=False)
+    back = {"out_of_service": False, "removed_by": "", "remove_reason": ""}
+    return _unhide(r, e.now_ns, AnnounceReason.RETURNED_TO_SERVICE, journal, **back)
 
 
 def _expire(r: AlarmRecord, now_ns: int) -> Transition:
     if r.shelved_until_ns is None or now_ns < r.shelved_until_ns:
         return Transition(r)
-    return _unhide(r, now_ns, AnnounceReason.SHELVE_EXPIRED, shelved_until_ns=None)
+    return _unhide(r, now_ns, AnnounceReason.SHELVE_EXPIRED, **_UNSHELVED)
+
+
+_UNSHELVED = {"shelved_until_ns": None, "shelved_by": "", "shelve_reason": ""}
 
 
 def _hide(r: AlarmRecord, **flags: Any) -> dict[str, Any]:

@@ -83,7 +83,11 @@ class Program(Generic[C]):
             sys.stderr.write(f"{self.name}: {self.invalid_says}\n{exc}\n")
             return 2
         if self.check is not None and args.check:
-            self.check(args, config)
+            try:  # a check may read more than the config (a users file, say)
+                self.check(args, config)
+            except self.invalid as exc:
+                sys.stderr.write(f"{self.name}: {self.invalid_says}\n{exc}\n")
+                return 2
             return 0
         logs.configure(*self.log_settings(args, config))
         return self.run_logged(config)

@@ -11,7 +11,7 @@ import time
 from enum import StrEnum
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict
 from pydantic_core import from_json
 
 from derrick.wire.ids import SCHEMA_VERSION, Ident
@@ -382,10 +382,21 @@ class AlarmCommand(_Frozen):
     v: Literal[1] = SCHEMA_VERSION
     alarm_id: str = Field(min_length=1, max_length=300)
     action: AlarmAction
-    who: str = Field(min_length=1, max_length=100)
+    who: str = Field(
+        default="",
+        min_length=1,
+        max_length=100,
+        description="the operator; over MQTT with users configured, the token's user",
+    )
     comment: str = Field(default="", max_length=2000)
     duration_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     request_id: str = Field(default="", max_length=100)
+    token: SecretStr | None = Field(
+        default=None,
+        max_length=200,
+        description="over MQTT: a user's API token (collector.alarms.authority); "
+        "dropped once checked",
+    )
 
 
 class AlarmCommandResult(_Frozen):
