@@ -14,6 +14,8 @@ file; a real HTTP client logged in as an operator.
   by a client connected to ``/console/events`` (the browser's stream). One change every
   0.2 s, ``BENCH_CONSOLE_RUNS`` of them.
 * ``console_summary_kb``: the size of the summary page.
+* ``console_push_kb_per_change``: the size of one such event (the changed row, the
+  banner; the order of the rows only when it changed).
 """
 
 from __future__ import annotations
@@ -128,12 +130,12 @@ def events(sock: socket.socket) -> Any:
             block, buffer = buffer.split(b"\n\n", 1)
             data = [line[5:].strip() for line in block.split(b"\n") if line.startswith(b"data:")]
             if b"event: summary" in block and data:
-                yield time.time_ns(), json.loads(data[-1])
+                yield time.time_ns(), json.loads(data[-1]), len(data[-1])
 
 
 def push_times(
     served: Served, alarms: list[dict[str, Any]], changes: Changes, cookie: str
-) -> list[float]:
+) -> tuple[list[float], list[int]]:
     sock = socket.create_connection(("127.0.0.1", served.api.port), timeout=30)
     sock.sendall(
         f"GET /console/events HTTP/1.1\r\nHost: bench\r\nCookie: {cookie}\r\n"
@@ -141,7 +143,7 @@ def push_times(
     )
     stream = events(sock)
     next(stream)  # the first summary, on connecting
-    latencies = []
+    latencies, sizes = [], []
     for run in range(RUNS):
         target = alarms[run % len(alarms)]
 
@@ -150,15 +152,14 @@ def push_times(
             changes.bump()
 
         served.loop.call_soon_threadsafe(change)
-        for received_ns, data in stream:
-            if f"{1000.0 + run:g}" in data.get("rows", "") or str(1000 + run) in data.get(
-                "rows", ""
-            ):
+        for received_ns, data, size in stream:
+            if any(f"{1000.0 + run:g}" in html for html in data.get("rows", {}).values()):
                 latencies.append((received_ns - changes.changed_ns) / 1e6)
+                sizes.append(size)
                 break
         time.sleep(0.2)
     sock.close()
-    return latencies
+    return latencies, sizes
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -192,7 +193,7 @@ def main() -> None:
         with Served(api) as served:
             cookie = login(api.port)
             summary, size = summary_times(api.port, cookie)
-            pushes = push_times(served, alarms, changes, cookie)
+            pushes, sizes = push_times(served, alarms, changes, cookie)
         cpu = time.process_time() - cpu_start
     print(f"console_alarms: {ALARMS} alarms")
     print(f"console_summary_ms_p50: {statistics.median(summary):.1f} ms")
@@ -200,6 +201,7 @@ def main() -> None:
     print(f"console_summary_kb: {size / 1024:.0f} KiB")
     print(f"console_push_ms_p50: {statistics.median(pushes):.1f} ms")
     print(f"console_push_ms_p99: {percentile(pushes, 0.99):.1f} ms")
+    print(f"console_push_kb_per_change: {statistics.median(sizes) / 1024:.1f} KiB")
     print(f"console_bench_cpu_s: {cpu:.2f} s (server and client, one process)")
     print(f"load_average: {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (1 min)")
 

@@ -804,7 +804,7 @@ class Stream:
         self.conn.close()
 
 
-def test_the_stream_sends_the_rows_escaped_and_again_after_a_change(served):
+def test_the_stream_sends_the_rows_escaped_then_only_what_changed(served):
     stream = Stream(logged_in(served, "op1"))
     try:
         assert stream.response.status == 200
@@ -812,9 +812,11 @@ def test_the_stream_sends_the_rows_escaped_and_again_after_a_change(served):
         assert stream.response.headers["Cache-Control"] == "no-store"
         name, first = stream.event()
         assert name == "summary"
-        assert row_ids(f'<tbody id="summary-rows">{first["rows"]}</tbody>') == ids(SUMMARY_ORDER)
-        assert SCRIPT not in first["rows"]
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in first["rows"]
+        assert first["order"] == ids(SUMMARY_ORDER) == list(first["rows"])
+        everything = "".join(first["rows"].values())
+        assert row_ids(f'<tbody id="summary-rows">{everything}</tbody>') == ids(SUMMARY_ORDER)
+        assert SCRIPT not in everything
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in first["rows"][HOSTILE["alarm_id"]]
         assert 'data-count="critical">3<' in first["banner"]
         new = alarm("overload_cutout", "active_unacked", "critical", 90)
         served.alarms = [*served.alarms, new]
@@ -826,8 +828,16 @@ def test_the_stream_sends_the_rows_escaped_and_again_after_a_change(served):
         assert took < 1.0
         assert second["version"] == 1
         assert second["changed_ns"] == served.changes.changed_ns > 0
-        assert new["alarm_id"] in second["rows"]
+        assert list(second["rows"]) == [new["alarm_id"]]  # only the new row travels
+        assert second["order"][0] == new["alarm_id"]
         assert 'data-count="critical">4<' in second["banner"]
+        changed = dict(served.alarms[0], value=77.5)
+        served.alarms = [changed, *served.alarms[1:]]
+        served.bump()
+        _name, third = stream.event()
+        assert list(third["rows"]) == [changed["alarm_id"]]
+        assert "77.5" in third["rows"][changed["alarm_id"]]
+        assert "order" not in third  # the same rows in the same order
     finally:
         stream.close()
 
@@ -836,14 +846,15 @@ def test_the_stream_notices_changes_without_a_bump(served):
     stream = Stream(logged_in(served, "viewer1"), "?site=port")
     try:
         _name, first = stream.event()
-        assert row_ids(f'<tbody id="summary-rows">{first["rows"]}</tbody>') == [HOSTILE["alarm_id"]]
-        assert "ack-button" not in first["rows"]
+        assert first["order"] == [HOSTILE["alarm_id"]]
+        assert "ack-button" not in first["rows"][HOSTILE["alarm_id"]]
         served.alarms = [a for a in served.alarms if a["alarm_id"] != HOSTILE["alarm_id"]]
         started = time.monotonic()
         _name, second = stream.event()
         assert time.monotonic() - started < 3.5
         assert second["version"] == 0
-        assert "No alarms to show for these filters" in second["rows"]
+        assert (second["order"], second["rows"]) == ([], {})
+        assert "No alarms to show for these filters" in second["empty"]
     finally:
         stream.close()
 

@@ -120,3 +120,26 @@ def test_admin_changes_need_the_csrf_token(served):
 def test_only_admins_have_the_users_link(served):
     assert 'id="nav-users"' in logged_in(served, "adm1").get("/console").body
     assert 'id="nav-users"' not in logged_in(served, "sup1").get("/console").body
+
+
+# --- logins under attack ----------------------------------------------------------------
+
+
+def test_ten_wrong_passwords_are_slowed_down(served):
+    """login_attempts (5) free failures, then each attempt must wait, doubling; a throttled
+    attempt is refused before its password is checked, even the right one."""
+    browser = served.browser()
+    answers = [
+        browser.post("/login", {"name": "op1", "password": f"guess number {i}", "next": "/console"})
+        for i in range(10)
+    ]
+    statuses = [answer.status for answer in answers]
+    assert statuses[:5] == [401] * 5
+    assert 429 in statuses[5:]
+    throttled = next(a for a in answers if a.status == 429)
+    assert int(throttled.headers["Retry-After"]) >= 1
+    assert "Too many failed logins" in throttled.body
+    right = browser.post("/login", {"name": "op1", "password": PASSWORD, "next": "/console"})
+    assert right.status == 429  # the name is throttled: the right password waits too
+    other = browser.post("/login", {"name": "sup1", "password": "wrong again", "next": "/"})
+    assert other.status == 429  # and so is the address, whatever name it tries

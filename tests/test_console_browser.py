@@ -363,6 +363,28 @@ def test_overload_appears_live_within_two_seconds(demo: Demo, browser: Browser) 
     assert latency <= APPEAR_S, demo.notes["latency"]
 
 
+def test_a_row_acknowledged_elsewhere_changes_in_place(demo: Demo, browser: Browser) -> None:
+    """Only the changed row travels on the stream (with the order, when it moved): the
+    page's other rows, and its marker, stay as they were."""
+    overloaded(demo)
+    browser.resize(*DESKTOP)
+    driver = log_in_as(browser, demo, "otto")
+    live(driver)
+    driver.execute_script(WATCH_ROWS)
+    rated = demo.stack.alarm_id("crane_hook_load_rated", CRANE)  # none of the others
+    until(driver, lambda d: row_of(d, rated).get_attribute("data-unacked") == "true",
+          "the cut-out unacknowledged on the summary")  # fmt: skip
+    others = [r for r in rows_in(driver) if r.get_attribute("data-alarm-id") != rated]
+    status, result = call(demo, "POST", f"/alarms/{quoted(rated)}/acknowledge",
+                          {"comment": "from the API"}, token=demo.tokens["otto"])  # fmt: skip
+    assert status == 200, result
+    until(driver, lambda d: row_of(d, rated).get_attribute("data-unacked") == "false",
+          "the cut-out shown acknowledged, live")  # fmt: skip
+    assert driver.execute_script("return window.__marker;") == 1, "the page was reloaded"
+    # the same elements, not re-made (a replaced one would be stale and raise here)
+    assert all(row.is_displayed() for row in others)
+
+
 # --- 2. acknowledged with a comment; the journal and its CSV ----------------------------------
 
 

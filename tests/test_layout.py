@@ -18,6 +18,22 @@ BOUNDARIES = {
     "influxdb_client": {"collector/influx.py"},
     # protobuf: the Sparkplug codec and the module generated from the spec's proto
     "google": {"derrick/wire/sparkplug.py", "derrick/wire/sparkplug_b_pb2.py"},
+    "aetcd": {"collector/etcd.py"},
+    # the web server: uvicorn (and its h11) served in the program's own loop
+    "uvicorn": {"derrick/plumbing/asgi.py"},
+    "h11": {"derrick/plumbing/asgi.py"},
+    # the web framework: the collector's web package and the simulator's control API
+    "fastapi": {
+        f"collector/web/{m}.py" for m in ("admin", "api", "app", "console", "errors", "login")
+    },
+    "starlette": {
+        *(f"collector/web/{m}.py" for m in ("admin", "app", "console", "errors")),
+        "simulators/control.py",
+    },
+    "jinja2": {"collector/web/console.py"},
+    # password hashing: the users module (and the dev stack's cheap test hashes)
+    "argon2": {"collector/users.py", "devstack/alarmstack.py"},
+    "selenium": {"devstack/browser.py"},
 }
 
 
@@ -100,9 +116,10 @@ def test_each_protocol_library_is_imported_in_one_boundary_module(library):
 @pytest.mark.parametrize(
     ("module", "absent"),
     [
-        ("agent.main", ["influxdb_client"]),  # derrick[agent] on a field gateway
+        # derrick[agent] on a field gateway: no web stack either
+        ("agent.main", ["influxdb_client", "fastapi", "starlette", "uvicorn", "argon2", "jinja2"]),
         ("collector.main", ["pymodbus"]),  # derrick[collector]
-        ("simulators.main", ["paho", "influxdb_client"]),  # derrick[sim]
+        ("simulators.main", ["paho", "influxdb_client", "fastapi", "jinja2", "argon2"]),
     ],
 )
 def test_programs_import_without_other_programs_dependencies(module, absent):
@@ -203,7 +220,14 @@ def test_the_readme_architecture_table_matches_the_tree():
             assert (REPO / path).is_file(), f"README names {path}, not in the tree"
     packages = {f"derrick/{p.name}/" for p in (REPO / "derrick").iterdir() if p.is_dir()}
     packages -= {"derrick/__pycache__/"}
-    packages |= {"agent/", "collector/", "collector/alarms/", "simulators/", "devstack/"}
+    packages |= {
+        "agent/",
+        "collector/",
+        "collector/alarms/",
+        "collector/web/",
+        "simulators/",
+        "devstack/",
+    }
     assert packages <= set(rows), f"missing from README: {sorted(packages - set(rows))}"
     for directory in sorted(packages - {"simulators/", "devstack/"}):
         named = set(re.findall(r"`([a-z_0-9]+)(?:\.py)?`", rows[directory]))

@@ -93,38 +93,54 @@
     return row.contains(document.activeElement);
   }
 
-  function parseRows(html) {
+  function parseRow(html) {
     const template = document.createElement("template");
     template.innerHTML = `<table><tbody>${html}</tbody></table>`;
-    return Array.from(template.content.querySelector("tbody").children);
+    return template.content.querySelector("tbody").firstElementChild;
   }
 
-  function swapRows(html) {
+  // An update carries the rows that changed (by alarm id, rendered on the server and
+  // escaped there), the order of all rows when it changed, and "empty" (the row saying
+  // there is nothing) when there are none. Unchanged rows stay as they are.
+  function applyUpdate(data) {
     const current = new Map();
     for (const row of tbody.querySelectorAll("tr[data-alarm-id]")) {
       current.set(row.dataset.alarmId, row);
     }
+    const order = data.order || Array.from(current.keys());
     let loud = false;
-    const next = parseRows(html).map((row) => {
-      const id = row.dataset.alarmId;
-      const old = id === undefined ? undefined : current.get(id);
-      if (old && (old.dataset.fp === row.dataset.fp || busy(old))) {
-        return old;
+    const next = [];
+    for (const id of order) {
+      const html = data.rows[id];
+      const old = current.get(id);
+      if (html === undefined || (old && busy(old))) {
+        if (old) {
+          next.push(old);
+        }
+        continue;
+      }
+      const row = parseRow(html);
+      if (old && old.dataset.fp === row.dataset.fp) {
+        next.push(old); // the same row (the first update after loading sends them all)
+        continue;
       }
       const box = old && old.querySelector("input.select-alarm");
       const fresh = row.querySelector("input.select-alarm");
       if (box && fresh) {
         fresh.checked = box.checked;
       }
-      if (id !== undefined && !seen.has(keyOf(row))) {
+      if (!seen.has(keyOf(row))) {
         seen.add(keyOf(row));
         if (LOUD.has(row.dataset.priority) && row.dataset.unacked === "true") {
           row.classList.add("flash");
           loud = true;
         }
       }
-      return row;
-    });
+      next.push(row);
+    }
+    if (data.empty !== undefined) {
+      next.push(parseRow(data.empty));
+    }
     tbody.replaceChildren(...next);
     if (loud) {
       beep();
@@ -148,7 +164,7 @@
   source.addEventListener("open", () => showStatus("live", "connected"));
   source.addEventListener("summary", (event) => {
     const data = JSON.parse(event.data);
-    swapRows(data.rows);
+    applyUpdate(data);
     banner.innerHTML = data.banner;
     tbody.dataset.version = String(data.version);
     showStatus("live", "connected");
