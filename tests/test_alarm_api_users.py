@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,11 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from collector.alarms.authority import CommandAuthority, redacted
+from collector.alarms.changes import Changes
+from collector.main import main as collector_main
 from collector.users import Role, UserStore
+from collector.web.api import Listing
+from collector.web.app import Backend
 from derrick.wire.payloads import AlarmCommand
 from tests.test_alarm_http import OVERLOAD, TOKEN_ENV, Served
 
@@ -245,8 +250,6 @@ def test_a_dead_letter_never_keeps_a_token():
 
 
 def test_check_reads_the_users_file_and_says_what_the_console_has(tmp_path, users, capsys):
-    from collector.main import main as collector_main  # noqa: PLC0415 - the CLI under test
-
     config = tmp_path / "collector.yaml"
     base = "collector: {id: c1}\ninflux: {api: v1, database: derrick}\n"
     config.write_text(base + "alarms:\n  http:\n    enabled: true\n    users_file: gone.yaml\n")
@@ -259,3 +262,23 @@ def test_check_reads_the_users_file_and_says_what_the_console_has(tmp_path, user
     out = capsys.readouterr().out
     assert "console at /console with 3 users" in out
     assert "MQTT commands verified" in out
+
+
+def test_one_listing_serves_the_requests_and_streams_of_a_moment():
+    """With fail-over a listing reads etcd in the event loop: open consoles share it."""
+    calls: list[int] = []
+
+    def listed() -> list[dict[str, Any]]:
+        calls.append(1)
+        return [{"alarm_id": f"a:b:c:{len(calls)}"}]
+
+    backend = Backend(list_alarms=listed, command=None, changes=Changes())  # type: ignore[arg-type]
+    listing = Listing(max_age_s=0.2)
+    first = listing.get(backend)
+    assert listing.get(backend) is first
+    assert len(calls) == 1
+    backend.changes.bump()  # a change here: listed again at once
+    assert listing.get(backend)[0]["alarm_id"] == "a:b:c:2"
+    time.sleep(0.25)  # changes on other members: listed again after max_age_s
+    listing.get(backend)
+    assert len(calls) == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from collector.config import InfluxV1, InfluxV2
 from collector.influx import DataRejected, StoreError, StoreUnavailable, V1Writer, V2Writer
 from collector.lineproto import encode_alarm
 from derrick.wire.payloads import AlarmNotice
-from devstack.services import free_port
+from devstack.services import Influx1, free_port
+from tests.test_console import Console, logged_in
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +213,33 @@ def test_literal_escapes():
     assert queries.literal("o'brien") == "'o\\'brien'"
     assert queries.literal("a\\b") == "'a\\\\b'"
     assert queries.literal("a\nb") == "'a\\nb'"
+
+
+# --- the console's journal through an InfluxDB outage --------------------------------------
+
+
+def test_the_console_journal_through_an_influxdb_outage(tmp_path):
+    """InfluxDB stopped: the journal page says so (the CSV answers 503), the summary still
+    serves; InfluxDB back: the journal is there again, read over the same writer."""
+    with Influx1(tmp_path / "influx") as influx:
+        influx.create_database("outage")
+        influx.write("outage", "\n".join(encode_alarm(n) for n in NOTICES))
+        writer = V1Writer(InfluxV1(api="v1", url=influx.url, database="outage", timeout_s=2))
+        reader = partial(queries.journal, writer)
+        window = "?from=2026-05-28T00:00&to=2026-05-30T00:00"
+        with Console(tmp_path, journal=reader) as served:
+            browser = logged_in(served, "op1")
+            page = browser.get(f"/console/journal{window}")
+            assert page.status == 200
+            assert page.body.count("<tr") > len(NOTICES) // 2, page.body[:2000]
+            influx.stop()
+            down = browser.get(f"/console/journal{window}")
+            assert down.status == 200
+            assert "the journal is not available" in down.body
+            assert browser.get(f"/console/journal.csv{window}").status == 503
+            assert browser.get("/console").status == 200
+            influx.start()
+            back = browser.get(f"/console/journal{window}")
+            assert "the journal is not available" not in back.body
+            assert back.body.count("<tr") > len(NOTICES) // 2
+        asyncio.run(writer.close())

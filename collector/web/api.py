@@ -34,6 +34,7 @@ import asyncio
 import json
 import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -149,9 +150,35 @@ def matching(alarms: list[dict[str, Any]], filters: dict[str, list[object]]) -> 
     return [a for a in alarms if all(a.get(k) in want for k, want in filters.items())]
 
 
+class Listing:
+    """The backend's alarms, shared by the requests and live streams of one moment.
+
+    With fail-over the listing reads every asset's records from etcd (a blocking read
+    and a parse of each record, in the event loop): every open console would otherwise
+    do that on each change and every few seconds. A listing is reused while the alarm
+    service's change counter stands still, for at most ``max_age_s`` (changes on other
+    members show that much later); callers must not change what it returns.
+    """
+
+    def __init__(self, max_age_s: float = 0.5) -> None:
+        self.max_age_s = max_age_s
+        self._alarms: list[dict[str, Any]] = []
+        self._version: int | None = None
+        self._taken = -math.inf
+
+    def get(self, backend: Any) -> list[dict[str, Any]]:
+        version = backend.changes.version if backend.changes is not None else None
+        now = time.monotonic()
+        if version != self._version or now - self._taken > self.max_age_s:
+            self._alarms = backend.list_alarms()
+            self._version, self._taken = version, now
+        return self._alarms
+
+
 def list_alarms(request: Request) -> list[dict[str, Any]]:
+    web = request.app.state.web
     try:
-        return request.app.state.web.backend.list_alarms()
+        return web.listing.get(web.backend)
     except Exception as exc:
         log.exception("alarm api could not list alarms")
         raise ApiError(500, "internal error listing alarms; see the collector log") from exc

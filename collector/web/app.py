@@ -60,6 +60,7 @@ class Web:
     throttle: LoginThrottle
     commands: api.Commands
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    listing: api.Listing = field(default_factory=api.Listing)
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=str(TEMPLATES))
     )
