@@ -60,6 +60,17 @@ def retained_status(port: int, collector: str) -> str | None:
     return asyncio.run(read())
 
 
+def shared_site() -> str:
+    """A site name under which each of the two collectors owns a crane (with three cranes
+    one in eight random names gives the second collector none: the test needs one)."""
+    while True:
+        site = f"t{uuid.uuid4().hex[:8]}"
+        ids = [f"col-{site}-1", f"col-{site}-2"]
+        owners = {owner_of(site, crane.name, ids) for crane in CRANES}
+        if owners == set(ids):
+            return site
+
+
 def test_the_survivor_of_a_pair_takes_every_alarm_and_all_the_telemetry(
     tmp_path, mosquitto, influx1, influx_db
 ):
@@ -73,6 +84,7 @@ def test_the_survivor_of_a_pair_takes_every_alarm_and_all_the_telemetry(
             assets=CRANES,
             collectors=2,
             etcd={"endpoints": cluster.endpoints, "ttl_s": TTL_S, "refresh_s": 0.5},
+            site=shared_site(),
         )
         try:
             stack.start()
