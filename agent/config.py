@@ -135,13 +135,48 @@ class Device(StrictModel):
     poll_groups: dict[Ident, Interval] = Field(
         default_factory=dict, description="group name -> interval; 'default' is interval_s"
     )
-    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="seconds to wait for the answer to one request of this device (also "
+        "on a link shared with other devices, each of which keeps its own)",
+    )
     retries: int = Field(default=1, ge=0, le=5)
     breaker_failures: int = Field(default=3, ge=1, le=1000)
     breaker_open_s: float = Field(default=30.0, ge=1, le=3600)
-    max_registers: int = Field(default=125, ge=1, le=125)
-    max_bits: int = Field(default=2000, ge=1, le=2000)
+    max_registers: int = Field(
+        default=125,
+        ge=1,
+        le=125,
+        description="most registers one read asks for (the protocol's limit is 125)",
+    )
+    max_bits: int = Field(
+        default=2000,
+        ge=1,
+        le=2000,
+        description="most coils or discrete inputs one read asks for (protocol: 2000)",
+    )
     max_gap: int = Field(default=0, ge=0, le=124)
+    pause_between_requests_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="quiet time between the end of one request (its answer, or its "
+        "timeout) and the next on this device's link; 0: none",
+    )
+    delay_after_connect_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="wait this long after the TCP connection (or the serial port) opens "
+        "before the first request; 0: none",
+    )
+    reconnect_every_cycle: bool = Field(
+        default=False,
+        description="close the connection after every poll cycle and open it again for "
+        "the next (devices that leak or lock sessions)",
+    )
     profile: Profile | None = None
     kind: Ident | None = None
     registers: list[Register] | None = None

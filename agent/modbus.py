@@ -52,12 +52,31 @@ After a timeout:
   to match the next request's function code and length to pass, which :meth:`read`
   checks. Closing instead would not help on serial (the bytes are still on the wire) and
   a transparent converter forwards late bytes to the next TCP session too.
+
+Awkward devices (the agent's device options, docs/config.md). All are off by default,
+and off they cost nothing: no timer, no await, one attribute test per request at most.
+
+* ``pause_s``: before a request, wait until the link has been quiet this long since the
+  previous request ended (answered or timed out), for PLCs and RS-485 converters that
+  drop a request following an answer too soon. The pause is taken holding the lock and
+  before the request's timeout starts.
+* ``delay_after_connect_s``: after the connection (or serial port) opens, wait this long
+  before the first request, holding the lock, for gateways that need it.
+* :meth:`ModbusConnection.recycle`: close between two requests; the next request opens
+  the connection again itself (delay included), so units sharing the link that queue
+  meanwhile are not failed by it. The agent's ``reconnect_every_cycle``.
+* ``timeout_s`` of :meth:`ModbusConnection.read`: one request's own timeout, for a
+  unit that answers slower than the others behind its gateway.
+
+A link shared by several units takes the largest pause and delay any of them needs
+(:meth:`ModbusConnection.require`): both are about the line and what is on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -277,6 +296,8 @@ class ModbusConnection:
         framer: str = "socket",
         *,
         drain_s: float = RTU_DRAIN_S,
+        pause_s: float = 0.0,
+        delay_after_connect_s: float = 0.0,
     ) -> None:
         kind = Framer(framer)
         self._setup(
@@ -299,6 +320,7 @@ class ModbusConnection:
             rtu=kind is Framer.RTU,
             drain_s=drain_s,
         )
+        self.require(pause_s=pause_s, delay_after_connect_s=delay_after_connect_s)
 
     @classmethod
     def tcp(
@@ -309,9 +331,19 @@ class ModbusConnection:
         framer: str = "socket",
         *,
         drain_s: float = RTU_DRAIN_S,
+        pause_s: float = 0.0,
+        delay_after_connect_s: float = 0.0,
     ) -> ModbusConnection:
         """Modbus TCP (``framer="socket"``) or RTU over TCP (``framer="rtu"``)."""
-        return cls(host, port, timeout_s, framer, drain_s=drain_s)
+        return cls(
+            host,
+            port,
+            timeout_s,
+            framer,
+            drain_s=drain_s,
+            pause_s=pause_s,
+            delay_after_connect_s=delay_after_connect_s,
+        )
 
     @classmethod
     def serial(  # noqa: PLR0917 - the serial line settings, in their usual order
@@ -324,6 +356,8 @@ class ModbusConnection:
         bytesize: int = 8,
         *,
         drain_s: float = RTU_DRAIN_S,
+        pause_s: float = 0.0,
+        delay_after_connect_s: float = 0.0,
     ) -> ModbusConnection:
         """Serial RTU on a tty (RS-485 adapter). 19200 8E1 is the Modbus default."""
         if parity not in ("N", "E", "O"):
@@ -349,6 +383,7 @@ class ModbusConnection:
             rtu=True,
             drain_s=drain_s,
         )
+        self.require(pause_s=pause_s, delay_after_connect_s=delay_after_connect_s)
         return self
 
     def _setup(
@@ -377,6 +412,19 @@ class ModbusConnection:
         self._tid = 0
         self._lock = asyncio.Lock()
         self._last_rx = 0.0  # loop time of the last bytes received (RTU drain)
+        self.pause_s = 0.0  # see require()
+        self.delay_after_connect_s = 0.0
+        self._quiet_since = -math.inf  # loop time the last request ended (pause_s only)
+        self._reopen = False  # closed by recycle(): the next read opens it again
+
+    def require(self, *, pause_s: float = 0.0, delay_after_connect_s: float = 0.0) -> None:
+        """Raise the link's pause between requests and delay after connect to at least
+        these (seconds): a link shared by several units takes the largest any of them
+        needs. Never lowers them."""
+        if pause_s < 0 or delay_after_connect_s < 0:
+            raise ValueError("pause_s and delay_after_connect_s cannot be negative")
+        self.pause_s = max(self.pause_s, pause_s)
+        self.delay_after_connect_s = max(self.delay_after_connect_s, delay_after_connect_s)
 
     def _traced(self, sending: bool, data: bytes) -> bytes:
         """pymodbus packet trace: remember when bytes last arrived."""
@@ -391,13 +439,21 @@ class ModbusConnection:
         return self._client is not None and bool(self._client.connected)
 
     async def connect(self) -> None:
-        """Open the connection; a no-op when it is open (safe from several tasks)."""
+        """Open the connection; a no-op when it is open (safe from several tasks).
+
+        With ``delay_after_connect_s`` it returns that much after the connection opened
+        (and no other task's request goes out before)."""
         async with self._lock:
             if self.connected:
                 return
-            if self._tcp_address is not None:
-                await self._connect_mbap()
-                return
+            await self._open()
+
+    async def _open(self) -> None:
+        """Open the connection (the lock is held), then wait ``delay_after_connect_s``."""
+        self._reopen = False
+        if self._tcp_address is not None:
+            await self._connect_mbap()
+        else:
             if self._client is None:
                 self._client = self._new_client()
                 self._client.set_max_no_responses(_NEVER)
@@ -412,6 +468,8 @@ class ModbusConnection:
                     else "connection refused or unreachable"
                 )
                 raise DeviceUnreachable(f"{self.endpoint}: {what}")
+        if self.delay_after_connect_s:
+            await asyncio.sleep(self.delay_after_connect_s)
 
     async def _connect_mbap(self) -> None:
         assert self._tcp_address is not None
@@ -423,19 +481,38 @@ class ModbusConnection:
 
     def close(self) -> None:
         """Close (idempotent); requests fail with DeviceUnreachable until connect()."""
+        self._reopen = False
         if self._mbap is not None:
             self._mbap.close()
         if self._client is not None:
             self._client.close()
 
-    async def read(self, table: Table, address: int, count: int, unit_id: int) -> ReadResult:
+    async def recycle(self) -> None:
+        """Close the connection once no request is in flight; the next :meth:`read`
+        opens it again itself (with ``delay_after_connect_s``), also one that is already
+        queued. For devices that leak or lock sessions (``reconnect_every_cycle``)."""
+        async with self._lock:
+            self.close()
+            self._reopen = True
+
+    async def read(
+        self,
+        table: Table,
+        address: int,
+        count: int,
+        unit_id: int,
+        timeout_s: float | None = None,
+    ) -> ReadResult:
         """Read one span of unit ``unit_id``: words, bits, or the PLC's exception reply.
 
         Safe to call from several tasks: they queue, and each request's timeout starts
-        when its turn comes.
+        when its turn comes (after the link's ``pause_s``). ``timeout_s``: this
+        request's own, instead of the connection's.
         """
+        if table not in _FUNCTION_CODE:  # read-only by design (docs/read-only.md)
+            raise ValueError(f"the agent only reads (function codes 1-4), not {table!r}")
         if self._tcp_address is not None:
-            return await self._read_mbap(table, address, count, unit_id)
+            return await self._read_mbap(table, address, count, unit_id, timeout_s)
         client = self._client
         if client is None:
             raise DeviceUnreachable(f"{self.endpoint}: not connected")
@@ -445,32 +522,50 @@ class ModbusConnection:
             Table.COIL: client.read_coils,
             Table.DISCRETE: client.read_discrete_inputs,
         }[table]
+        timeout = timeout_s or self.timeout_s
+        own_timeout = timeout != self.timeout_s
         async with self._lock:
+            if self.pause_s:
+                await self._pause()
+            if self._reopen and not client.connected:
+                await self._open()
+            if own_timeout:  # pymodbus' reply timeout is the client's: this request's
+                client.ctx.comm_params.timeout_connect = timeout
             try:
                 with map_modbus_errors(self.endpoint):
-                    async with asyncio.timeout(self.timeout_s * 2):  # pymodbus times out first
+                    async with asyncio.timeout(timeout * 2):  # pymodbus times out first
                         reply = await call(address, count=count, device_id=unit_id)
                     _raise_if_cancelled()
             except DeviceTimeout as exc:
-                raise await self._timed_out(unit_id) from exc.__cause__
+                raise await self._timed_out(unit_id, timeout) from exc.__cause__
+            finally:
+                if own_timeout:
+                    client.ctx.comm_params.timeout_connect = self.timeout_s
+                if self.pause_s:
+                    self._quiet_since = asyncio.get_running_loop().time()
         return self._result(reply, table, count, unit_id)
 
-    async def _read_mbap(self, table: Table, address: int, count: int, unit_id: int) -> ReadResult:
+    async def _read_mbap(
+        self, table: Table, address: int, count: int, unit_id: int, timeout_s: float | None
+    ) -> ReadResult:
         function = _FUNCTION_CODE[table]
         async with self._lock:
+            if self.pause_s:  # first: nothing may await between the check and the send
+                await self._pause()
             protocol = self._mbap
             if protocol is None or not protocol.connected:
-                raise DeviceUnreachable(f"{self.endpoint}: not connected")
+                protocol = await self._reopened()
             self._tid = self._tid % 0xFFFF + 1
             frame = _MBAP_READ.pack(self._tid, 0, 6, unit_id, function, address, count)
             reply = protocol.request(frame, self._tid, unit_id)
+            timeout = timeout_s or self.timeout_s
             # A timer that fails the reply, not asyncio.timeout(): that one's cancel and
             # uncancel of the task cost a third of a request's CPU here.
-            expiry = asyncio.get_running_loop().call_later(self.timeout_s, _expire, reply)
+            expiry = asyncio.get_running_loop().call_later(timeout, _expire, reply)
             try:
                 frame = await reply
             except TimeoutError as exc:
-                raise await self._timed_out(unit_id) from exc
+                raise await self._timed_out(unit_id, timeout) from exc
             except ConnectionError as exc:
                 raise DeviceUnreachable(f"{self.endpoint}: connection lost") from exc
             except _Unframeable as exc:
@@ -478,7 +573,24 @@ class ModbusConnection:
             finally:
                 expiry.cancel()
                 protocol.forget(reply)
+                if self.pause_s:
+                    self._quiet_since = asyncio.get_running_loop().time()
         return self._mbap_result(frame, table, count, unit_id)
+
+    async def _reopened(self) -> MbapProtocol:
+        """The Modbus TCP connection opened again (the lock is held) if recycle() closed
+        it; DeviceUnreachable if it is closed otherwise, or will not open."""
+        if self._reopen:
+            await self._open()
+            if self._mbap is not None and self._mbap.connected:
+                return self._mbap
+        raise DeviceUnreachable(f"{self.endpoint}: not connected")
+
+    async def _pause(self) -> None:
+        """Wait (the lock is held) until the link has been quiet for ``pause_s``."""
+        wait = self._quiet_since + self.pause_s - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def _mbap_result(self, frame: bytes, table: Table, count: int, unit_id: int) -> ReadResult:
         """The values (or exception code) of one MBAP reply ``frame`` (header included)."""
@@ -506,14 +618,15 @@ class ModbusConnection:
             return [bool(bits >> i & 1) for i in range(count)]
         return list(struct.unpack_from(f">{count}H", frame, 9))
 
-    async def _timed_out(self, unit_id: int) -> ModbusError:
+    async def _timed_out(self, unit_id: int, timeout_s: float | None = None) -> ModbusError:
         """The error for a request without answer (the message made only then); on RTU,
         drain the line before the next request may go."""
         if not self.connected:  # dropped while waiting: say so, not "timeout"
             return DeviceUnreachable(f"{self.endpoint}: connection lost")
         if self.rtu:
             await self._drain()
-        return DeviceTimeout(f"{self.endpoint}: unit {unit_id}: no reply within {self.timeout_s} s")
+        waited = self.timeout_s if timeout_s is None else timeout_s
+        return DeviceTimeout(f"{self.endpoint}: unit {unit_id}: no reply within {waited} s")
 
     async def _drain(self) -> None:
         """Hold the line (the lock is held) until it has been quiet for ``drain_s``."""

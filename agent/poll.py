@@ -29,6 +29,12 @@ A group whose cycle outlasts its interval cannot keep it: the due times that pas
 meanwhile are skipped (the group stays on its grid, never runs back to back to catch
 up), counted (``poll_overruns``) and logged once when the overrun starts and once when
 the group has kept its interval for ``OVERRUN_CLEAR_CYCLES`` cycles in a row again.
+
+Device options for awkward PLCs (docs/config.md): ``pause_between_requests_s`` and
+``delay_after_connect_s`` are the link's (:meth:`ModbusConnection.require`, the largest a
+device on the link needs); ``reconnect_every_cycle`` recycles the connection after each
+cycle; on a shared link each device's requests keep its own ``timeout_s``;
+``max_registers`` and ``max_bits`` bound the plan. Unset, none of them costs anything.
 """
 
 from __future__ import annotations
@@ -147,6 +153,15 @@ class DevicePoller:
         self.state: DeviceState | None = None
         self.last_failure = ""
         self.refused_spans: set[tuple[str, int, int]] = set()
+        if device.pause_between_requests_s or device.delay_after_connect_s:
+            connection.require(
+                pause_s=device.pause_between_requests_s,
+                delay_after_connect_s=device.delay_after_connect_s,
+            )
+        self.reconnect_every_cycle = device.reconnect_every_cycle
+        # On a link shared with other devices, the connection's timeout is the first
+        # device's: this one's requests carry their own.
+        self.request_timeout_s = device.timeout_s if shares_link else None
 
     @property
     def requests_per_cycle(self) -> int:
@@ -237,6 +252,8 @@ class DevicePoller:
             return cycle.readings  # the open breaker already counted this outage
         for group in groups:
             await self._read_group(group, cycle)
+        if self.reconnect_every_cycle:
+            await self.connection.recycle()
         self.counters.last_cycle_ms = (time.perf_counter() - started) * 1000
         self.counters.last_cycle_requests = self.counters.requests - requests_before
         self.counters.readings += len(cycle.readings)
@@ -275,8 +292,16 @@ class DevicePoller:
                 if not self.connection.connected:
                     await self.connection.connect()
                 self.counters.requests += 1
+                if self.request_timeout_s is None:
+                    return await self.connection.read(
+                        request.table, request.address, request.count, self.device.unit_id
+                    )
                 return await self.connection.read(
-                    request.table, request.address, request.count, self.device.unit_id
+                    request.table,
+                    request.address,
+                    request.count,
+                    self.device.unit_id,
+                    self.request_timeout_s,
                 )
             except DeviceUnreachable as exc:
                 self.connection.close()

@@ -9,6 +9,11 @@ to exact values, then check what comes out at the other end of the pipeline::
     POST /hold     {"hook_load": 12.5, ...}
                                       200 {"held": {...every pinned tag}, "took_effect_ns": ...}
     POST /release  (no body or {})    200 {"held": {}, "took_effect_ns": ...}
+    POST /fault    {"latency_s": 0.5} | {"silent": true} | {"reset": true}
+                   | {"min_request_gap_s": 0.2} | {"deaf_after_connect_s": 1}
+                   | {"max_registers": 16} | {"max_bits": 64}
+                   | {"requests_per_connection": 10}   (any combination; 0 is off)
+                                      200 {every fault switch, "dropped_connections": n, ...}
 
 ``took_effect_ns`` is ``time.time_ns()`` right after the change was applied: every
 Modbus read that starts after the response arrives sees it. Pinned values win over a
@@ -127,18 +132,43 @@ def _release(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
     return {"held": plc.held, "took_effect_ns": took_effect_ns}
 
 
+# Numeric fault switches of /fault: key -> (type, largest value); 0 switches one off.
+FAULT_NUMBERS: dict[str, tuple[type, float]] = {
+    "latency_s": (float, 60),
+    "min_request_gap_s": (float, 60),
+    "deaf_after_connect_s": (float, 600),
+    "max_registers": (int, 125),
+    "max_bits": (int, 2000),
+    "requests_per_connection": (int, 1_000_000),
+}
+
+
 def _fault(plc: SimulatedPlc, body: bytes) -> dict[str, object]:
-    """{"latency_s": 0.5} | {"silent": true} | {"reset": true}, any combination."""
+    """{"latency_s": 0.5} | {"silent": true} | {"reset": true} | the awkward-device
+    switches of :mod:`simulators.faults` ({"min_request_gap_s": 0.2},
+    {"deaf_after_connect_s": 1}, {"max_registers": 16}, {"max_bits": 64},
+    {"requests_per_connection": 10}; 0 is off), any combination."""
     data = _json_body(body)
-    allowed = {"latency_s", "silent", "reset"}
+    allowed = {*FAULT_NUMBERS, "silent", "reset"}
     if not isinstance(data, dict) or not data or set(data) - allowed:
         raise HttpError(400, f"body must be an object with some of {sorted(allowed)}")
-    latency = data.get("latency_s", plc.faults.latency_s)
-    if isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency <= 60:
-        raise HttpError(400, "latency_s must be a number of seconds from 0 to 60")
+    numbers = {}
+    for key, (kind, largest) in FAULT_NUMBERS.items():
+        value = data.get(key, getattr(plc.faults, key))
+        fits = (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and 0 <= value <= largest
+            and (kind is float or value == int(value))
+        )
+        if not fits:
+            what = "a number of seconds" if kind is float else "a whole number"
+            raise HttpError(400, f"{key} must be {what} from 0 to {largest:g}")
+        numbers[key] = kind(value)
     if not all(isinstance(data.get(k, False), bool) for k in ("silent", "reset")):
         raise HttpError(400, "silent and reset must be true or false")
-    plc.faults.latency_s = float(latency)
+    for key, value in numbers.items():
+        setattr(plc.faults, key, value)
     plc.faults.silent = data.get("silent", plc.faults.silent)
     dropped = plc.faults.reset() if data.get("reset") else 0
     took_effect_ns = time.time_ns()

@@ -53,6 +53,10 @@ overload and pin exact values:
   POST /sensor {{"tag": "wind_speed", "stuck": true}} (or "out_of_range")
   POST /fault {{"latency_s": 0.5}} | {{"silent": true}} | {{"reset": true}}
        (late replies, no replies, every connection dropped with a TCP reset)
+       | {{"min_request_gap_s": 0.2}} | {{"deaf_after_connect_s": 1}}
+       | {{"max_registers": 16}} | {{"max_bits": 64}} | {{"requests_per_connection": 50}}
+       (awkward PLCs: requests too close dropped, deaf after connecting, short
+       reads only, a connection that stops answering; 0 turns each off)
 Every POST answers with "took_effect_ns", when the change took effect.
 
 Any other profile (--profile bench100, or a YAML path) is served by the generic model:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -37,6 +38,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from derrick.plc.profile import Table
 from derrick.plumbing.serial import TtyError, close_refused_port
+from simulators.faults import DROP, Session
 from simulators.plc import SimulatedPlc
 
 log = structlog.get_logger(__name__)
@@ -114,7 +116,7 @@ async def _serve_request(  # noqa: PLR0917 - pymodbus calls it positionally
 
 
 class _Handler(ServerRequestHandler):
-    """pymodbus' request handler, with two changes a simulated gateway or bus needs.
+    """pymodbus' request handler, with the changes a simulated gateway or bus needs.
 
     * The request is taken before the datastore is awaited. pymodbus reads
       ``self.last_pdu`` again afterwards for the reply's transaction and unit id, so a
@@ -123,7 +125,14 @@ class _Handler(ServerRequestHandler):
     * A unit id nobody serves: on Modbus TCP the gateway answers exception 0B (target
       device failed to respond); on RTU (serial or over TCP) nobody answers at all, as
       on an RS-485 bus, and the client times out.
+    * One handler per connection (one for a serial line): it keeps the connection's
+      :class:`~simulators.faults.Session` for the awkward-device faults, which the PLC's
+      :meth:`~simulators.faults.Faults.screen` may drop or refuse a request by.
     """
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.session = Session(opened_at=time.monotonic())
 
     async def handle_request(self) -> None:
         pdu, addr = self.last_pdu, self.last_addr
@@ -135,25 +144,45 @@ class _Handler(ServerRequestHandler):
                 return
             response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
         else:
-            try:
-                response = await pdu.datastore_update(server.context, pdu.dev_id)
-            except Exception as exc:  # noqa: BLE001 - a PLC answers 04, it does not crash
-                log.error("request failed", unit_id=pdu.dev_id, error=repr(exc))
-                response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+            faults = server.plc_of(pdu.dev_id).faults
+            verdict = (
+                faults.screen(
+                    self.session, time.monotonic(), pdu.function_code, getattr(pdu, "count", 0)
+                )
+                if faults.screens
+                else 0
+            )
+            if verdict == DROP:
+                return
+            if verdict:
+                response = ExceptionResponse(pdu.function_code, verdict)
+            else:
+                try:
+                    response = await pdu.datastore_update(server.context, pdu.dev_id)
+                except Exception as exc:  # noqa: BLE001 - a PLC answers 04, it does not crash
+                    log.error("request failed", unit_id=pdu.dev_id, error=repr(exc))
+                    response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
         response.transaction_id = pdu.transaction_id
         response.dev_id = pdu.dev_id
         self.server_send(response, addr)
+        self.session.answered_at = time.monotonic()
 
 
 class _Serving:
     """Mixed into the pymodbus servers: our handler, and which unit ids answer."""
 
     unit_ids: frozenset[int] = frozenset()
+    plcs: Mapping[int, SimulatedPlc] = {}
     rtu: bool = False
 
     def serves(self, unit_id: int) -> bool:
         """Unit 0 in the set answers every id (pymodbus' fallback device)."""
         return unit_id in self.unit_ids or 0 in self.unit_ids
+
+    def plc_of(self, unit_id: int) -> SimulatedPlc:
+        """The PLC that answers ``unit_id`` (one :meth:`serves`)."""
+        plc = self.plcs.get(unit_id)
+        return self.plcs[0] if plc is None else plc
 
     def callback_new_connection(self) -> _Handler:
         return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
@@ -250,6 +279,7 @@ async def serve(units: Mapping[int, SimulatedPlc], endpoint: Endpoint) -> AsyncI
     try:
         server = _server(devices, endpoint)
         server.unit_ids = frozenset(units)
+        server.plcs = dict(units)
         await server.serve_forever(background=True)
     except TtyError as exc:
         close_refused_port(exc)
