@@ -13,6 +13,8 @@ from functools import partial
 
 import structlog
 
+from agent import probe, profileio
+from agent import status as local_status
 from agent.alarms import EdgeAlarms
 from agent.annunciate import LocalAnnunciator
 from agent.config import AgentConfig, Device, edge_rules, load_config
@@ -27,6 +29,7 @@ from agent.publish import Publisher, announce_forever, status_payload
 from agent.sparkplug import SparkplugNode, publish_death
 from derrick.alarms.rules import load_rule_files
 from derrick.mqtt.client import MqttClient, MqttError
+from derrick.plumbing import sdnotify
 from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
@@ -283,6 +286,19 @@ class Agent:
             if self.alarms.local is not None:
                 group.create_task(self.alarms.local.deliver_forever())
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_rules)
+        self._tell_systemd(group)
+
+    def _tell_systemd(self, group: asyncio.TaskGroup) -> None:
+        """The snapshot `derrick-agent status` reads, the watchdog (fed while no poll
+        group is stuck) and readiness: the spool is open and the tasks run (systemd
+        notify protocol; nothing without a NOTIFY_SOCKET)."""
+        snapshot = local_status.snapshot_path(self.config.spool.path)
+        group.create_task(local_status.keep_snapshot_forever(self.health, snapshot))
+        stalled = partial(local_status.stalled_polls, self.pollers.values())
+        group.create_task(sdnotify.watchdog_forever(stalled))
+        sdnotify.ready(
+            f"{len(self.config.devices)} devices; spool {self.spool.stats().depth} unsent"
+        )
 
     def _reload_rules(self) -> None:
         """SIGHUP: read the alarm rule files again; a bad one is logged, the old rules
@@ -330,6 +346,7 @@ class Agent:
 
         Runs when the tasks are over, before the spool closes.
         """
+        sdnotify.stopping()
         await self.client.wait_published(timeout=2.0)
         await asyncio.sleep(0)  # let the PUBACK callbacks run
         self.publisher.settle()
@@ -359,7 +376,12 @@ PROGRAM = Program(
     "evaluate those alarm rules here too; SIGHUP reloads the rule files.",
     epilog="examples:\n"
     "  derrick-agent --config /etc/derrick/agent.yaml\n"
-    "  derrick-agent --config agent.yaml --check     # validate and print the read plan",
+    "  derrick-agent --config agent.yaml --check     # validate and print the read plan\n"
+    "\nonboarding a PLC (docs/onboarding.md):\n"
+    "  derrick-agent probe --help      # find the answering ranges and the word order\n"
+    "  derrick-agent profile --help    # register maps from and to CSV / XLSX\n"
+    "\non the gateway (docs/install-gateway.md):\n"
+    "  derrick-agent status --config /etc/derrick/agent.yaml   # devices, spool, broker",
     config_help="agent YAML config file",
     load=lambda args: load_config(args.config),
     check=lambda _args, config: print_plan(config),
@@ -368,6 +390,7 @@ PROGRAM = Program(
     failures=(MqttError, SpoolError, ValueError),
     log=log,
     failed="agent failed",
+    commands={"probe": probe.main, "profile": profileio.main, "status": local_status.main},
 )
 
 

@@ -56,6 +56,7 @@ from collector.users import Role, UsersError, UserStore
 from derrick.alarms.rules import BROKER_RULE, GAP_RULE
 from derrick.mqtt.client import MqttClient, MqttError
 from derrick.notify.channels import make_sender
+from derrick.plumbing import sdnotify
 from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
@@ -367,6 +368,7 @@ class Collector:
             await self._open(stack)
             self.stats.progress_receive = self.stats.progress_store = time.monotonic()
             await run_until_signalled(self._start_tasks)
+            sdnotify.stopping()
             log.info("collector stopping", **self.stats.snapshot())
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:
@@ -396,6 +398,7 @@ class Collector:
         await self._start_sessions(stack)
         stack.callback(self._forget_sighup)
         self._log_started(api_port)
+        sdnotify.ready()  # systemd (Type=notify): started
 
     async def _open_writer(self, stack: contextlib.AsyncExitStack) -> Writer:
         """The telemetry writer; creates the v1 database if asked (InfluxDB may come

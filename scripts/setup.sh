@@ -6,7 +6,8 @@
 #   1. Debian packages: mosquitto, influxdb (1.6), victoria-metrics, mbpoll, socat
 #      (socat makes the pty pairs of the serial Modbus RTU tests), etcd-server and
 #      etcd-client (3.4: collector fail-over, docs/failover.md), chromium and
-#      chromium-driver (the console's browser tests drive them headless), nodejs and npm
+#      chromium-driver (the console's browser tests drive them headless), systemd
+#      (systemd-analyze verifies the shipped units), nodejs and npm
 #      (when `node` / `npm` are missing)
 #      (+ python3-venv and make if missing). If apt starts mosquitto/influxd/
 #      victoria-metrics as system services on 1883/8086/8088/8428, that is fine: the
@@ -32,7 +33,7 @@ have() {
 packages=()
 for pair in mosquitto:mosquitto influxd:influxdb victoria-metrics:victoria-metrics \
     mbpoll:mbpoll socat:socat etcd:etcd-server etcdctl:etcd-client chromium:chromium \
-    chromedriver:chromium-driver make:make node:nodejs npm:npm; do
+    chromedriver:chromium-driver systemd-analyze:systemd make:make node:nodejs npm:npm; do
     have "${pair%%:*}" || packages+=("${pair#*:}")
 done
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -68,9 +68,10 @@ def test_each_wheel_holds_its_program_and_no_test_code(wheels):
     assert top_levels(wheels["derrick"]) == {"derrick", "agent"}
     with zipfile.ZipFile(wheels["derrick"]) as archive:
         data = {n.split(".data/data/")[-1] for n in archive.namelist() if ".data/" in n}
+    units = ("derrick-agent.service", "derrick-collector.service", "derrick.sysusers.conf")
     assert data == {
         f"share/derrick/profiles/{n}.yaml" for n in ("bench100", "crane", "rig", "small11")
-    }
+    } | {f"share/derrick/systemd/{n}" for n in units}
     assert top_levels(wheels["derrick_collector"]) == {"collector"}
     assert top_levels(wheels["derrick_sim"]) == {"simulators"}
     with zipfile.ZipFile(wheels["derrick_collector"]) as archive:
