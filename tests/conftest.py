@@ -11,16 +11,32 @@ later tests find it running; ``start()`` reuses the same port and data dir.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
 from devstack.services import Etcd, EtcdCluster, Influx1, Mosquitto, VictoriaMetrics
 
 if TYPE_CHECKING:
     from devstack.browser import Browser
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A test that runs a program's ``main()`` in-process (``derrick-agent probe``) sets
+    up logging as an entry point does, on the stderr pytest captured for that test;
+    later tests must not log into that closed stream, nor at its level."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,18 @@ class LogSettings(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was set up: a
+    program's ``main()`` run in-process (a test, an embedding) must not keep writing to
+    a stream that was swapped out and closed since."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     """Configure structlog and route stdlib logging (pymodbus, paho) through it."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -43,12 +55,14 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         if use_json
         else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
+        # not cached: a later configure (another main() in the same process) applies to
+        # module loggers already used; logging is for state changes, never per reading
+        cache_logger_on_first_use=False,
     )
     # Libraries (pymodbus, paho) log through stdlib logging: same renderer, so a JSON log
     # stays JSON; keep their warnings, drop their chatter.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
