@@ -19,13 +19,11 @@ import asyncio
 import itertools
 import math
 import struct
-import sys
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
-import structlog
 import yaml
 
 from agent import probe
@@ -46,6 +44,7 @@ from agent.probe import (
 )
 from derrick.plc.profile import Profile, Table, load_profile
 from derrick.plc.registers import DataType, Order, encode
+from derrick.plumbing import logs
 from devstack.programs import Simulator, http_json, start_simulator
 from devstack.services import free_port
 from simulators.crane import EXACT_VALUES
@@ -54,36 +53,19 @@ CRANE = load_profile("crane")
 SMALL = load_profile("small11")
 
 
-class _Stderr:
-    """Whatever sys.stderr is when a line is written (pytest swaps it per test)."""
-
-    def write(self, text: str) -> None:
-        sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
+_CONFIGURE = logs.configure  # the real one: the fixture below puts this in its place
 
 
-def _log_to_stderr(_fmt: str = "console", _level: str = "info") -> None:
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
-        cache_logger_on_first_use=False,
-    )
+def _log_to_stderr(_fmt: str = "console", level: str = "info") -> None:
+    _CONFIGURE("console", level)
 
 
 @pytest.fixture(autouse=True)
 def logs_to_stderr(monkeypatch):
-    """The probe logs to stderr, as its CLI sets up; without the cached logger that
-    ``logs.configure`` makes, which would keep writing to the first test's stderr."""
-    before = structlog.get_config()
+    """The probe logs to stderr as its CLI sets up, in the readable format (conftest puts
+    the logging set-up back after each test)."""
     monkeypatch.setattr(probe.logs, "configure", _log_to_stderr)
     _log_to_stderr()
-    yield
-    structlog.configure(**before)
 
 
 # --- unit: the pieces ------------------------------------------------------------------------
