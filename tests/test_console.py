@@ -1202,7 +1202,7 @@ def test_csv_cells_never_start_a_formula():
     ],
 )
 def test_local_paths_only(target, expected):
-    assert console.local_path(target) == expected
+    assert console.safe_next(target) == expected
 
 
 def test_grafana_link():

@@ -172,11 +172,6 @@ def to_login(request: Request, target: str | None = None) -> RedirectResponse:
     return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
 
-def local_path(target: str | None, default: str = "/console") -> str:
-    """A path on this site to go back to (:func:`safe_next`)."""
-    return safe_next(target, default)
-
-
 def here(request: Request) -> str:
     """This page's path and query, without a notice: where its forms come back to."""
     query = [(k, v) for k, v in request.query_params.multi_items() if k not in _NOTICE_PARAMS]
@@ -658,7 +653,7 @@ async def posted(request: Request) -> tuple[Visit, FormData, str] | Response:
         check_csrf(request, visit.session, str(form.get("csrf") or ""))
     except ApiError as exc:
         return error_page(request, visit, exc.status, exc.message)
-    return visit, form, local_path(str(form.get("back") or ""))
+    return visit, form, safe_next(str(form.get("back") or ""))
 
 
 def outcome(action: str, alarm_id: str, status: int, result: dict[str, Any]) -> tuple[bool, str]:
