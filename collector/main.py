@@ -197,7 +197,6 @@ def alarm_api(
     if not config.alarms.http.enabled:
         return None
     coordinator = alarms.coordinator if alarms is not None else None
-    forwarding: dict[str, Forwarder] = {}
 
     async def command(order: AlarmCommand) -> tuple[int, AlarmCommandResult]:
         if alarms is None:
@@ -210,7 +209,7 @@ def alarm_api(
                 ts_ns=now_ns(),
             )
         status, result = alarms.command(order)
-        forwarder = forwarding.get("peer")
+        forwarder = served.forwarder  # set once the group's peer secret is known
         if status == 421 and forwarder is not None and not forwarded(order):
             alarm = AlarmId.parse(order.alarm_id)
             owner = coordinator.owner(alarm.site, alarm.asset) if coordinator else None
@@ -228,7 +227,7 @@ def alarm_api(
             "journal": partial(queries.journal, reader),
             "latest": partial(queries.latest, reader),
         }
-    api = AlarmApi(
+    served = AlarmApi(
         config.alarms.http,
         list_alarms=alarms.list_alarms if alarms is not None else list,
         command=command,
@@ -236,8 +235,7 @@ def alarm_api(
         users=users,
         **console,
     )
-    api.forwarding = forwarding
-    return api
+    return served
 
 
 def role_of(users: UserStore | None, who: str) -> str:
@@ -461,7 +459,7 @@ class Collector:
         secret = SecretStr(await coordinator.peer_secret())
         forwarder = Forwarder(secret)
         stack.callback(forwarder.close)
-        self.api.forwarding["peer"] = forwarder
+        self.api.forwarder = forwarder
         self.api.peer_secret(secret)
 
     def _console_reader(self, stack: contextlib.AsyncExitStack) -> Writer | None:

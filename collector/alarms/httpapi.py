@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.alarms.forward import Forwarder
 from collector.users import UsersError, UserStore
 from collector.web.api import Commands, ListAlarms, RunCommand
 from collector.web.app import Backend, Web, build_app
@@ -177,7 +178,7 @@ class AlarmApi:
         )
         self._users = users
         self._peer_secret: SecretStr | None = None
-        self.forwarding: dict[str, Any] = {}  # the collector's Forwarder, once it has one
+        self.forwarder: Forwarder | None = None  # commands for other members' alarms
         self._web: Web | None = None
         self._server: AsgiServer | None = None
         self.port = 0
