@@ -20,7 +20,7 @@ from collector.alarms.ha import COLLECTORS_SITE, CoordinationError, Coordinator
 from collector.alarms.notify import BUILT_IN
 from collector.alarms.service import AlarmService
 from collector.alarms.settings import AlarmSettings
-from collector.etcd import Etcd
+from collector.etcd import Etcd, EtcdUnavailable
 from derrick.alarms.engine import ConditionChange
 from derrick.alarms.ownership import owner_of
 from derrick.alarms.rules import BROKER_RULE, COORDINATION_RULE, RuleSet
@@ -417,3 +417,52 @@ def test_etcd_out_of_reach_raises_coordination_lost_locally_and_clears(tmp_path,
         assert hook.notices()[1].event == "clear"
     finally:
         server.stop()
+
+
+def test_a_successor_that_could_not_read_the_records_yet_announces_nothing_twice(
+    tmp_path, clients, etcd_prefix, monkeypatch
+):
+    owner, _, other, other_hook = pair(tmp_path, clients, etcd_prefix)
+    for svc in (owner, other):
+        svc.observe_telemetry(crane(120), 2 * S)
+    asyncio.run(deliver(owner))  # announced and delivered by the owner, who then dies
+    shared, load = other.store.shared, other.store.shared.load
+
+    def etcd_slow(assets):
+        raise EtcdUnavailable("etcd 127.0.0.1: no answer in time")
+
+    monkeypatch.setattr(shared, "load", etcd_slow)
+    take_over(other)  # claimed, but its stored alarms not read
+    other.observe_telemetry(crane(121), 3 * S)  # readings go on meanwhile
+    other.tick(4 * S)
+    status, result = other.command(
+        AlarmCommand(alarm_id="overload:s1:crane-1:plc", action="acknowledge", who="ana")
+    )
+    assert status == 503 and "try again" in result.reason  # nothing to act on yet
+    assert shared.etcd.block(shared.etcd.get_prefix(f"{etcd_prefix}/outbox/hook/")) == []
+    monkeypatch.setattr(shared, "load", load)  # etcd answers again
+    other.tick(5 * S)
+    assert other.manager.records["overload:s1:crane-1:plc"].active
+    asyncio.run(deliver(other))
+    assert other_hook.notices() == []  # the owner told it already; nothing new since
+
+
+def test_a_commit_whose_outcome_is_unknown_is_read_back_before_the_next_change(
+    tmp_path, clients, etcd_prefix, monkeypatch
+):
+    owner, owner_hook, _, _ = pair(tmp_path, clients, etcd_prefix)
+    shared = owner.store.shared
+    commit = shared._commit
+
+    def taken_but_timed_out(asset, records, rows):
+        assert commit(asset, records, rows)  # etcd applied it; the answer came too late
+        return False
+
+    monkeypatch.setattr(shared, "_commit", taken_but_timed_out)
+    owner.observe_telemetry(crane(120), 2 * S)
+    assert owner.manager.records == {}  # refused, as far as this member knows
+    monkeypatch.setattr(shared, "_commit", commit)
+    owner.tick(3 * S)  # read back from etcd: the overload is stored and standing
+    assert owner.manager.records["overload:s1:crane-1:plc"].active
+    asyncio.run(deliver(owner))
+    assert [n.event for n in owner_hook.notices()] == ["announce"]  # once

@@ -111,7 +111,9 @@ class AlarmService:
             self.outbox = HaOutbox(local_outbox, shared_outbox, shared)
             coordinator.on_gain, coordinator.on_loss = self.taken, self.given_up
             coordinator.busy = shared_outbox.in_flight
-        self._dirty: set[tuple[str, str]] = set()  # owned assets whose last commit failed
+        # owned assets this member must read from etcd before it acts on them again
+        # (see _read_again)
+        self._unread: set[tuple[str, str]] = set()
         self._edge_last: dict[AlarmId, ConditionMessage] = {}  # newest edge change, any asset
         self._outside_last: dict[str, ConditionChange] = {}  # newest loss change, any asset
         self.messages: dict[str, str] = self.outbox.last_texts(STATE_CHANNEL)
@@ -195,7 +197,7 @@ class AlarmService:
             kept = self._edge_last.get(alarm)
             if kept is None or kept.ts_ns <= message.ts_ns:
                 self._edge_last[alarm] = message
-            if not self.ownership.owns(message.site, message.asset):
+            if not self._acts_on(message.site, message.asset):
                 return
         newest = self._edge_ts.get(alarm)
         if newest is not None and message.ts_ns < newest:
@@ -256,9 +258,9 @@ class AlarmService:
         changes = self.engine.tick(now)
         for change in changes:
             self.messages[record_key(change)] = change.message
+        if self._unread:
+            self._read_again(now)
         changes = self._owned(changes)
-        if self._dirty:
-            changes += self._dirty_changes(now)
         effects = self.manager.on_conditions(changes)
         effects += self.manager.tick_shelves(now)
         self._refused()
@@ -317,7 +319,7 @@ class AlarmService:
             alarm = AlarmId.parse(command.alarm_id)
         except ValueError:
             return 404, "alarm ids are rule:site:asset:device", None
-        if not self.ownership.owns(alarm.site, alarm.asset):
+        if not self._acts_on(alarm.site, alarm.asset):
             owner = self.ownership.owner(alarm.site, alarm.asset)
             if owner is None or owner == self.collector_id:
                 return 503, "alarm's asset is being taken over by a collector; try again", None
@@ -369,9 +371,12 @@ class AlarmService:
         try:
             records = self.store.shared.load(assets)
         except EtcdError as exc:
-            log.error("alarms of taken assets not read; retrying", reason=str(exc))
-            self._dirty.update(assets)
+            if not self._unread.issuperset(assets):  # said once, retried every tick
+                log.error("stored alarms of owned assets not read; retrying",
+                          assets=len(assets), reason=str(exc))  # fmt: skip
+            self._unread.update(assets)
             return
+        self._unread.difference_update(assets)
         self.manager.adopt(records)
         for key, record in records.items():
             if record.acked or record.state in HIDDEN:
@@ -382,7 +387,7 @@ class AlarmService:
     def given_up(self, assets: list[tuple[str, str]]) -> None:
         """Another collector owns these assets now: forget their records here."""
         gone = set(assets)
-        self._dirty -= gone
+        self._unread -= gone
         self.manager.drop(
             [key for key in self.manager.records if not is_local(key) and asset_of(key) in gone]
         )
@@ -409,13 +414,15 @@ class AlarmService:
         changes += [c for c in self._outside_last.values() if (c.site, c.asset) in assets]
         return changes
 
-    def _dirty_changes(self, now: int) -> list[ConditionChange]:
-        """Assets whose commit failed and that are owned now: catch up on them."""
-        owned = {asset for asset in self._dirty if self.ownership.owns(*asset)}
-        if not owned:
-            return []
-        self._dirty -= owned
-        return self._catch_up(owned, now)
+    def _read_again(self, now: int) -> None:
+        """Owned assets whose stored records this member cannot trust: their first read
+        failed, or a commit of theirs failed - and a commit etcd timed out on may have
+        been applied all the same. Acting on its own copy could raise an alarm the
+        store has already (a second announcement under a new key): read them again,
+        then catch up (:meth:`taken`); until then nothing of theirs is committed."""
+        owned = sorted(asset for asset in self._unread if self.ownership.owns(*asset))
+        if owned:
+            self.taken(owned, now)
 
     def _api_of(self, member: str) -> str:
         api = self.coordinator.api_of(member) if self.coordinator is not None else None
@@ -423,8 +430,12 @@ class AlarmService:
 
     # --- internals --------------------------------------------------------------------
 
+    def _acts_on(self, site: str, asset: str) -> bool:
+        """Owned, and its stored records read: what commits and commands need."""
+        return self.ownership.owns(site, asset) and (site, asset) not in self._unread
+
     def _owned(self, changes: list[ConditionChange]) -> list[ConditionChange]:
-        return [c for c in changes if self.ownership.owns(c.site, c.asset)]
+        return [c for c in changes if self._acts_on(c.site, c.asset)]
 
     def _apply(self, changes: list[ConditionChange], now: int | None = None) -> None:
         """Changes through the lifecycle; ``now``: when they were heard, if that may be
@@ -477,9 +488,9 @@ class AlarmService:
         group.create_task(self._tick_forever())
 
     def _refused(self) -> None:
-        """Alarms whose change the store refused: caught up on when owned again."""
+        """Alarms whose change the store refused: read again and caught up on once owned."""
         if self.manager.refused:
-            self._dirty.update(asset_of(key) for key in self.manager.refused)
+            self._unread.update(asset_of(key) for key in self.manager.refused)
             self.manager.refused.clear()
 
     async def _tick_forever(self) -> None:
