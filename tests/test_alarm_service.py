@@ -393,3 +393,35 @@ def test_standing_names_the_active_alarms_of_the_rules_asked_for(tmp_path):
     assert svc.standing(("overload",)) == [AlarmId("overload", "s1", "crane-1", "plc")]
     assert svc.standing(("gone",)) == []
     asyncio.run(svc.close())
+
+
+def test_a_notice_on_its_way_when_the_collector_stops_is_finished_and_marked(tmp_path):
+    """A stop (the task group cancelled) during a send: the receiver may have it already,
+    so the send is finished and marked delivered; left pending, a successor or the next
+    start would send it again under the same key."""
+    svc, ch = service(tmp_path)
+    hook = ch["hook"]
+    started = asyncio.Event()
+
+    async def slow(message):
+        started.set()
+        await asyncio.sleep(0.2)  # the receiver answers slowly
+        await hook(message)
+
+    svc.deliverers["hook"].send = slow
+    svc.observe_telemetry(telemetry(load=120), 2 * S)
+
+    async def stop_mid_send() -> None:
+        task = asyncio.create_task(svc.deliverers["hook"].run())
+        await started.wait()
+        task.cancel()  # SIGTERM: the task group is cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_mid_send())
+    assert [n.event for n in hook.notices()] == ["announce"]
+    assert svc.outbox.pending("hook") == []  # marked: nobody sends it again
+    svc.deliverers["hook"].send = hook
+    asyncio.run(deliver(svc))
+    assert len(hook.notices()) == 1
+    asyncio.run(svc.close())

@@ -364,6 +364,7 @@ class Deliverer:
         self._flood_end: dict[str, int] = {}  # group -> when its held announcements go
         self._down_logged = False
         self._on_outcome = on_outcome
+        self._stopping = False  # cancelled during a send (see _send_to_the_end)
 
     async def run(self) -> None:
         while True:
@@ -396,8 +397,11 @@ class Deliverer:
         for message, rows in batches:
             ids = [row.id for row in rows]
             try:
-                await self.send(message)
+                stopping = await self._send_to_the_end(message)
             except DeliveryError as exc:
+                if self._stopping:
+                    self.outbox.mark_attempt(ids)
+                    raise asyncio.CancelledError from exc
                 if exc.retryable:  # the loop backs off; this row stays first in line
                     self.retry_after_s = exc.retry_after_s
                     self._failed(str(exc), rows)
@@ -415,7 +419,32 @@ class Deliverer:
             if self._down_logged:
                 log.info("notification channel back", channel=self.channel, after=self.failures)
             self.failures, self._down_logged = 0, False
+            if stopping:
+                raise asyncio.CancelledError
         return True
+
+    async def _send_to_the_end(self, message: Message) -> bool:
+        """``send``, finished even if the collector stops meanwhile (True then, and the
+        caller stops once it has marked the row): the receiver may have the notice
+        already, and a row left pending would be sent again under the same key by a
+        successor or the next start. The channel's own timeout bounds the wait; a
+        second cancel gives up on it."""
+        sending = asyncio.ensure_future(self.send(message))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            if sending.done() and sending.cancelled():
+                raise
+            self._stopping = True
+            log.info("stopping: finishing the notification on its way", channel=self.channel)
+            try:
+                await asyncio.wait([sending])
+            except asyncio.CancelledError:
+                sending.cancel()
+                raise
+            sending.result()  # DeliveryError: the caller marks the attempt and stops
+            return True
+        return False
 
     def _failed(self, reason: str, rows: list[Pending]) -> None:
         self.failures += 1
