@@ -466,3 +466,24 @@ def test_a_commit_whose_outcome_is_unknown_is_read_back_before_the_next_change(
     assert owner.manager.records["overload:s1:crane-1:plc"].active
     asyncio.run(deliver(owner))
     assert [n.event for n in owner_hook.notices()] == ["announce"]  # once
+
+
+def test_a_change_missed_while_the_lease_seemed_over_is_caught_up_when_it_is_renewed(
+    tmp_path, clients, etcd_prefix
+):
+    """A keepalive held up past the lease's time by this member's clock (an etcd leader
+    election): the claim stays, but nothing is committed meanwhile. What the engine saw
+    then - here the load coming down - is applied once the lease is renewed."""
+    owner, owner_hook, _, _ = pair(tmp_path, clients, etcd_prefix)
+    owner.observe_telemetry(crane(120), 2 * S)
+    ha = owner.coordinator
+    renewed_until = ha._valid_until
+    ha._valid_until = 0.0  # no keepalive answered in time
+    assert not owner.owns("s1", "crane-1")
+    owner.observe_telemetry(crane(40), 3 * S)  # the load comes down: not committed now
+    assert owner.manager.records["overload:s1:crane-1:plc"].active
+    ha._valid_until = renewed_until  # the keepalive's answer arrives
+    owner.tick(4 * S)
+    assert not owner.manager.records["overload:s1:crane-1:plc"].active
+    asyncio.run(deliver(owner))
+    assert [n.event for n in owner_hook.notices()] == ["announce", "clear"]

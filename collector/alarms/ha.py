@@ -150,6 +150,12 @@ class Coordinator:
             and time.monotonic() < self._valid_until
         )
 
+    def holds(self, site: str, asset: str) -> bool:
+        """This member holds the asset's claim and keeps it, whatever its clock says of
+        the lease: what it cannot act on now it must catch up on once it owns it again."""
+        key = (site, asset)
+        return key in self._claims and key not in self._leaving
+
     def fence(self, site: str, asset: str) -> Compare | None:
         """The compare every commit for the asset carries; None: not ours."""
         revision = self._claims.get((site, asset))

@@ -198,6 +198,7 @@ class AlarmService:
             if kept is None or kept.ts_ns <= message.ts_ns:
                 self._edge_last[alarm] = message
             if not self._acts_on(message.site, message.asset):
+                self._missed(message.site, message.asset)
                 return
         newest = self._edge_ts.get(alarm)
         if newest is not None and message.ts_ns < newest:
@@ -420,6 +421,8 @@ class AlarmService:
         been applied all the same. Acting on its own copy could raise an alarm the
         store has already (a second announcement under a new key): read them again,
         then catch up (:meth:`taken`); until then nothing of theirs is committed."""
+        if self.coordinator is None or not self.coordinator.reachable:
+            return  # no waiting on etcd in the event loop
         owned = sorted(asset for asset in self._unread if self.ownership.owns(*asset))
         if owned:
             self.taken(owned, now)
@@ -434,8 +437,22 @@ class AlarmService:
         """Owned, and its stored records read: what commits and commands need."""
         return self.ownership.owns(site, asset) and (site, asset) not in self._unread
 
+    def _missed(self, site: str, asset: str) -> None:
+        """A change of an asset whose claim this member holds but cannot act on now (its
+        lease's time up by its own clock while a keepalive is held up, or the records
+        unread): read again and caught up on once it owns the asset again, or the change
+        would be lost - an overload's clear, say, and its alarm standing for ever."""
+        if self.coordinator is not None and self.coordinator.holds(site, asset):
+            self._unread.add((site, asset))
+
     def _owned(self, changes: list[ConditionChange]) -> list[ConditionChange]:
-        return [c for c in changes if self._acts_on(c.site, c.asset)]
+        owned = []
+        for change in changes:
+            if self._acts_on(change.site, change.asset):
+                owned.append(change)
+            else:
+                self._missed(change.site, change.asset)
+        return owned
 
     def _apply(self, changes: list[ConditionChange], now: int | None = None) -> None:
         """Changes through the lifecycle; ``now``: when they were heard, if that may be
