@@ -417,10 +417,12 @@ class AlarmService:
 
     def _read_again(self, now: int) -> None:
         """Owned assets whose stored records this member cannot trust: their first read
-        failed, or a commit of theirs failed - and a commit etcd timed out on may have
-        been applied all the same. Acting on its own copy could raise an alarm the
-        store has already (a second announcement under a new key): read them again,
-        then catch up (:meth:`taken`); until then nothing of theirs is committed."""
+        failed, or a commit of theirs failed (one etcd timed out on may have been
+        applied all the same), or a change of theirs was missed (:meth:`_missed`).
+        Acting on its own copy could raise an alarm the store has already (a second
+        announcement under a new key) or keep one whose condition ended: read them
+        again, then catch up (:meth:`taken`); until then nothing of theirs is
+        committed."""
         if self.coordinator is None or not self.coordinator.reachable:
             return  # no waiting on etcd in the event loop
         owned = sorted(asset for asset in self._unread if self.ownership.owns(*asset))
