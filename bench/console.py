@@ -20,7 +20,6 @@ file; a real HTTP client logged in as an operator.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -28,7 +27,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -43,6 +41,7 @@ from collector.alarms.httpapi import AlarmApi, HttpApiSettings
 from collector.users import Role, UserStore
 from derrick.plumbing import logs
 from derrick.wire.payloads import AlarmCommandResult
+from devstack.served import ServedApi
 
 ALARMS = int(os.environ.get("BENCH_CONSOLE_ALARMS", "2000"))
 RUNS = int(os.environ.get("BENCH_CONSOLE_RUNS", "50"))
@@ -63,28 +62,6 @@ def alarm(index: int, now_ns: int) -> dict[str, Any]:
         "max_shelve_s": 28800.0, "suppressed": False, "out_of_service": False,
         "shelved_by": "", "shelve_reason": "", "removed_by": "", "remove_reason": "",
     }  # fmt: skip
-
-
-class Served:
-    """The API on its own loop in a thread."""
-
-    def __init__(self, api: AlarmApi) -> None:
-        self.api = api
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        self.run(self.api.start())
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.run(self.api.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
 
 
 def login(port: int) -> str:
@@ -134,7 +111,7 @@ def events(sock: socket.socket) -> Any:
 
 
 def push_times(
-    served: Served, alarms: list[dict[str, Any]], changes: Changes, cookie: str
+    served: ServedApi, alarms: list[dict[str, Any]], changes: Changes, cookie: str
 ) -> tuple[list[float], list[int]]:
     sock = socket.create_connection(("127.0.0.1", served.api.port), timeout=30)
     sock.sendall(
@@ -190,7 +167,7 @@ def main() -> None:
         )
         load_start = os.getloadavg()[0]
         cpu_start = time.process_time()
-        with Served(api) as served:
+        with ServedApi(api, timeout_s=60) as served:
             cookie = login(api.port)
             summary, size = summary_times(api.port, cookie)
             pushes, sizes = push_times(served, alarms, changes, cookie)

@@ -12,7 +12,6 @@ import http.client
 import json
 import logging
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from structlog.testing import capture_logs
 from collector.alarms.httpapi import AlarmApi, HttpApiError, HttpApiSettings
 from derrick.plumbing import configfile
 from derrick.wire.payloads import AlarmCommand, AlarmCommandResult
+from devstack.served import ServedApi
 
 pytestmark = pytest.mark.integration
 
@@ -69,46 +69,19 @@ def accepted(command: AlarmCommand) -> tuple[int, AlarmCommandResult]:
 Answer = Callable[[AlarmCommand], Any]
 
 
-class Served:
+class Served(ServedApi):
     """An AlarmApi serving on its own loop in a thread while the ``with`` block runs."""
 
     def __init__(self, answer: Answer = accepted, **settings: Any) -> None:
         self.settings = HttpApiSettings(**{"enabled": True, "port": 0, **settings})
         self.answer = answer
         self.commands: list[AlarmCommand] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.api = AlarmApi(self.settings, list_alarms=lambda: ALARMS, command=self._command)
-        self.port = 0
+        super().__init__(AlarmApi(self.settings, list_alarms=lambda: ALARMS, command=self._command))
 
     async def _command(self, command: AlarmCommand) -> tuple[int, AlarmCommandResult]:
         self.commands.append(command)
         answer = self.answer(command)
         return await answer if asyncio.iscoroutine(answer) else answer
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        try:
-            self.port = self.run(self.api.start())
-        except BaseException:
-            self._stop_loop()
-            raise
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            self.run(self.api.close())
-        finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.close()
 
     def call(
         self,

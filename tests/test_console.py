@@ -10,13 +10,11 @@ list of alarms, a command callback that records, a fake journal and latest value
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import http.client
 import io
 import json
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from collector.users import Role, UserStore
 from collector.web import console
 from collector.web.security import CONTENT_SECURITY_POLICY
 from derrick.wire.payloads import AlarmCommand, AlarmCommandResult
+from devstack.served import ServedApi
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +142,7 @@ JOURNAL_ROWS = [
 ]  # fmt: skip
 
 
-class Console:
+class Console(ServedApi):
     """An AlarmApi with users and the console, serving on its own loop in a thread."""
 
     def __init__(self, tmp_path: Path, answer: Callable[..., Any] = accepted, **options: Any):
@@ -167,13 +166,11 @@ class Console:
         self.users = UserStore(tmp_path / "users.yaml", hasher=FAST)
         for name, role in USERS.items():
             self.users.add(name, role, PASSWORD)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.api = AlarmApi(
+        api = AlarmApi(
             self.settings, list_alarms=lambda: self.alarms, command=self._command,
             users=self.users, changes=self.changes, **backend,
         )  # fmt: skip
-        self.port = 0
+        super().__init__(api)
 
     async def _command(self, command: AlarmCommand) -> tuple[int, AlarmCommandResult]:
         self.commands.append(command)
@@ -188,27 +185,8 @@ class Console:
             raise self.latest_values
         return self.latest_values
 
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
     def bump(self) -> None:
-        self.loop.call_soon_threadsafe(self.changes.bump)
-
-    def __enter__(self) -> Console:
-        self.thread.start()
-        self.port = self.run(self.api.start())
-        return self
-
-    def close(self) -> None:
-        self.run(self.api.close())
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            self.close()
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(30)
-            self.loop.close()
+        self.call_soon(self.changes.bump)
 
     def browser(self) -> Browser:
         return Browser(self.port)

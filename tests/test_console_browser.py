@@ -16,12 +16,10 @@ README's: ``DERRICK_SCREENSHOTS=docs/img``), else to a temporary directory.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -50,6 +48,7 @@ from devstack.alarmstack import AlarmStack, AssetSpec
 from devstack.browser import Browser
 from devstack.programs import wait_for
 from devstack.receivers import HttpReceiver, SmtpReceiver
+from devstack.served import ServedApi
 from devstack.services import Influx1, Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -627,7 +626,7 @@ def canned(rule: str, message: str, offset_s: int = 0) -> dict[str, Any]:
     }  # fmt: skip
 
 
-class Served:
+class Served(ServedApi):
     """The console's server (AlarmApi) on its own event loop in a thread."""
 
     def __init__(self, tmp_path: Path, alarms: list[dict[str, Any]]) -> None:
@@ -636,12 +635,11 @@ class Served:
         self.alarms = alarms
         self.changes = Changes()
         settings = HttpApiSettings(enabled=True, port=0, users_file=self.users.path)
-        self.api = AlarmApi(
+        api = AlarmApi(
             settings, list_alarms=lambda: self.alarms, command=self._refuse, users=self.users,
             changes=self.changes,
         )  # fmt: skip
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        super().__init__(api, timeout_s=60)
 
     async def _refuse(self, order: AlarmCommand) -> tuple[int, AlarmCommandResult]:
         return 409, AlarmCommandResult(
@@ -649,28 +647,9 @@ class Served:
             ok=False, reason="canned", ts_ns=time.time_ns(),
         )  # fmt: skip
 
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    def call_soon(self, fn: Callable[[], None]) -> None:
-        self.loop.call_soon_threadsafe(fn)
-
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api.port}"
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        self.run(self.api.start())
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            self.run(self.api.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(30)
-            self.loop.close()
+        return f"http://127.0.0.1:{self.port}"
 
 
 def test_script_in_alarm_message_renders_as_text(browser: Browser, tmp_path: Path) -> None:
