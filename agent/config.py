@@ -40,6 +40,7 @@ from derrick.plc.registers import Order
 from derrick.plumbing import configfile
 from derrick.plumbing.configfile import StrictModel
 from derrick.plumbing.logs import LogSettings
+from derrick.plumbing.loops import EventLoopChoice
 from derrick.spool.settings import SpoolSettings, default_spool_path
 from derrick.wire.ids import Ident
 from derrick.wire.payloads import AlarmPriority
@@ -484,6 +485,11 @@ class AgentConfig(StrictModel):
         default=True,
         description="poll on the wall clock's grid of each interval, a fleet together; "
         "false: each device's first poll at random within its first interval",
+    )
+    event_loop: EventLoopChoice = Field(
+        default="auto",
+        description="uvloop (libuv, in C: about a fifth less CPU on small PLCs) or "
+        "asyncio's own loop; auto: uvloop where it is installed",
     )
     publish_timeout_s: float = Field(default=10.0, gt=0)
     publish_window: int = Field(

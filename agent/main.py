@@ -29,7 +29,7 @@ from agent.publish import Publisher, announce_forever, status_payload
 from agent.sparkplug import SparkplugNode, publish_death
 from derrick.alarms.rules import load_rule_files
 from derrick.mqtt.client import MqttClient, MqttError
-from derrick.plumbing import sdnotify
+from derrick.plumbing import loops, sdnotify
 from derrick.plumbing.cli import Program, run_until_signalled
 from derrick.plumbing.configfile import ConfigError
 from derrick.spool.store import SpoolError
@@ -261,6 +261,7 @@ class Agent:
                 spool=str(self.config.spool.path),
                 stored=stats.depth,
                 edge_rules=len(self.config.alarms.ruleset) if self.config.alarms else 0,
+                event_loop=loops.running_loop_name(),
             )
             await run_until_signalled(self._start_tasks)
 
@@ -390,6 +391,7 @@ PROGRAM = Program(
     failures=(MqttError, SpoolError, ValueError),
     log=log,
     failed="agent failed",
+    event_loop=lambda config: config.event_loop,
     commands={"probe": probe.main, "profile": profileio.main, "status": local_status.main},
 )
 

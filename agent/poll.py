@@ -187,6 +187,8 @@ class DevicePoller:
                 await asyncio.sleep(max(0.0, min(g.due for g in self.groups) - loop.time()))
                 started = loop.time()
                 due = [g for g in self.groups if g.due <= started]
+                if not due:  # woken a hair early (uvloop's timers count whole ms)
+                    continue
                 self.sink(await self.poll_once(due))
                 now = loop.time()
                 for group in due:
@@ -241,8 +243,11 @@ class DevicePoller:
                 group.overrun, group.on_time, group.overrun_skipped = False, 0, 0
 
     async def poll_once(self, groups: list[PollGroup] | None = None) -> list[Reading]:
-        """Read the spans of ``groups`` (default: all) once; never raises for a device fault."""
+        """Read the spans of ``groups`` (default: all) once; never raises for a device fault.
+        No groups: no cycle (one that asked the device nothing says nothing of it)."""
         groups = self.groups if groups is None else groups
+        if not groups:
+            return []
         started = time.perf_counter()
         requests_before = self.counters.requests
         cycle = _Cycle()

@@ -14,6 +14,8 @@ and pattern:
   one after the other, one connection per device;
 * ``modbus_cpu_us_per_request_tight_{derrick,pymodbus}``: one device read back to back
   (the client's cost when the loop never sleeps: its floor);
+* ``..._derrick_uvloop``: Derrick's client again on uvloop, the agent's event loop where
+  it is installed (derrick/plumbing/loops.py); the others run on asyncio's own;
 * ``modbus_requests_{derrick,pymodbus}``: requests in the window (every one answered);
 * ``load_average``: the machine's 1-minute load at the start and at the end.
 
@@ -43,6 +45,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from agent.modbus import ModbusConnection
 from agent.plan import plan_reads
 from derrick.plc.profile import Table, load_profile
+from derrick.plumbing import loops
 from devstack.programs import start_simulator
 from devstack.services import free_port_block
 
@@ -100,6 +103,8 @@ class DerrickReader:
 
 
 CLIENTS = {"derrick": DerrickReader, "pymodbus": PymodbusReader}
+# each client on asyncio's own loop, Derrick's also on uvloop (derrick/plumbing/loops.py)
+RUNS = [("derrick", "asyncio"), ("derrick", "uvloop"), ("pymodbus", "asyncio")]
 
 
 async def polled(client: str, base: int) -> tuple[float, int]:
@@ -168,14 +173,18 @@ def main() -> None:
             figures: dict[str, list[float]] = {}
             counts: dict[str, int] = {}
             for _ in range(ROUNDS):
-                for client in CLIENTS:
-                    cpu, requests = asyncio.run(polled(client, base))
-                    figures.setdefault(f"modbus_cpu_us_per_request_{client}", []).append(
+                for client, event_loop in RUNS:
+                    name = client if event_loop == "asyncio" else f"{client}_{event_loop}"
+                    factory = loops.loop_factory(event_loop)[0]  # type: ignore[arg-type]
+                    with asyncio.Runner(loop_factory=factory) as runner:
+                        cpu, requests = runner.run(polled(client, base))
+                    figures.setdefault(f"modbus_cpu_us_per_request_{name}", []).append(
                         cpu / requests * 1e6
                     )
-                    counts[client] = counts.get(client, 0) + requests
-                    cpu, requests = asyncio.run(tight(client, base))
-                    figures.setdefault(f"modbus_cpu_us_per_request_tight_{client}", []).append(
+                    counts[name] = counts.get(name, 0) + requests
+                    with asyncio.Runner(loop_factory=factory) as runner:
+                        cpu, requests = runner.run(tight(client, base))
+                    figures.setdefault(f"modbus_cpu_us_per_request_tight_{name}", []).append(
                         cpu / requests * 1e6
                     )
         finally:

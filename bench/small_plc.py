@@ -49,6 +49,10 @@ Every figure of a run other than json gets the suffix ``_<format>``; its telemet
 told apart and its readings counted by its entry in :data:`FORMATS_READ`. A format the
 agent's config refuses is skipped with a note on stderr.
 
+``BENCH_EVENT_LOOPS`` (``auto``) lists the agent's ``event_loop`` settings to run each
+format on (``asyncio,uvloop`` compares the two in one session); a run on one other than
+``auto`` ends its figures' names with it (``agent_cpu_us_per_reading_small_asyncio``).
+
 Environment: ``BENCH_SECONDS`` (60), ``BENCH_WARMUP_S`` (5), ``BENCH_SMALL_DEVICES``
 (20), ``BENCH_SMALL_INTERVAL_S`` (0.5), ``BENCH_FORMATS`` (``json``, comma-separated);
 ``BENCH_PROFILE=DIR`` records the agent during the window with py-spy (collapsed stacks
@@ -87,6 +91,7 @@ INTERVAL_S = float(os.environ.get("BENCH_SMALL_INTERVAL_S", "0.5"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "60"))
 WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", "5"))
 FORMATS = [f.strip() for f in os.environ.get("BENCH_FORMATS", "json").split(",") if f.strip()]
+LOOPS = [x.strip() for x in os.environ.get("BENCH_EVENT_LOOPS", "auto").split(",") if x.strip()]
 AGENT_ID = "gw-small"
 
 
@@ -146,7 +151,9 @@ def counter_delta(first: AgentMetrics, last: AgentMetrics, name: str) -> int:
     )
 
 
-def agent_settings(fmt: str, broker_port: int, base: int, work: Path) -> dict:
+def agent_settings(
+    fmt: str, broker_port: int, base: int, work: Path, event_loop: str = "auto"
+) -> dict:
     settings: dict = {
         "agent": {"id": AGENT_ID, "site": "bench"},
         "broker": {"host": "127.0.0.1", "port": broker_port},
@@ -167,18 +174,21 @@ def agent_settings(fmt: str, broker_port: int, base: int, work: Path) -> dict:
         "log": {"format": "json", "level": "warning"},
     }
     settings["format"] = fmt.removesuffix("-compact")  # always said: the default moved
+    settings["event_loop"] = event_loop
     if fmt.endswith("-compact"):
         settings["sparkplug"] = {"compact": True}
     return settings
 
 
-def run_scenario(fmt: str, work: Path) -> dict[str, float] | None:
-    """One agent run in wire format ``fmt``: the figures by name (without the format
-    suffix), or None when the agent's config refuses the format."""
+def run_scenario(fmt: str, work: Path, event_loop: str = "auto") -> dict[str, float] | None:
+    """One agent run in wire format ``fmt`` on ``event_loop``: the figures by name
+    (without the format suffix), or None when the agent's config refuses the format."""
     work.mkdir(parents=True, exist_ok=True)
     base = free_port_block(DEVICES)
     with Mosquitto(work / "mosquitto") as broker:
-        config = write_yaml(work / "agent.yaml", agent_settings(fmt, broker.port, base, work))
+        config = write_yaml(
+            work / "agent.yaml", agent_settings(fmt, broker.port, base, work, event_loop)
+        )
         try:
             load_config(config)
         except ConfigError as exc:
@@ -205,7 +215,7 @@ def run_scenario(fmt: str, work: Path) -> dict[str, float] | None:
                     program=agent,
                 )
                 time.sleep(WARMUP_S)
-                with profiled(pids["agent"], f"small_plc_{fmt}"):
+                with profiled(pids["agent"], f"small_plc_{fmt}_{event_loop}"):
                     seen = len(tap.messages())
                     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     system0 = system_seconds(pids["agent"])
@@ -261,12 +271,14 @@ UNITS = {
 }
 
 
-def print_figures(fmt: str, figures: dict[str, float]) -> None:
+def print_figures(fmt: str, figures: dict[str, float], event_loop: str = "auto") -> None:
     """``name: value unit``; the wire figures always name their format, the others only
-    when it is not json."""
+    when it is not json; a run on a loop other than ``auto`` ends with its name."""
     for name, value in figures.items():
         unit, digits = UNITS[name]
         shown = f"{name}_{fmt}" if name.startswith("wire_") or fmt != "json" else name
+        if event_loop != "auto":
+            shown += f"_{event_loop}"
         print(f"{shown}: {value:.{digits}f} {unit}")
 
 
@@ -281,9 +293,10 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="derrick-bench-small-plc-") as tmp:
         for fmt in FORMATS:
-            figures = run_scenario(fmt, Path(tmp) / fmt)
-            if figures is not None:
-                print_figures(fmt, figures)
+            for turn, event_loop in enumerate(LOOPS):  # a loop named twice: runs twice
+                figures = run_scenario(fmt, Path(tmp) / f"{fmt}-{turn}", event_loop)
+                if figures is not None:
+                    print_figures(fmt, figures, event_loop)
     print(f"load_average: {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (1 min)")
 
 

@@ -171,11 +171,13 @@ def start_pipeline(
     alarms: dict | None = None,
     site: str | None = None,
     wire: str = "json",
+    event_loop: str = "auto",
     collector_extra: dict | None = None,
 ) -> Pipeline:
     """Agent and collector (with the shipped crane rules, and ``alarms`` settings on
     top) for a fresh site name, so runs sharing a broker and InfluxDB never mix.
-    ``wire``: the agent's ``format`` (json or sparkplug). ``collector_extra``: more
+    ``wire``: the agent's ``format`` (json or sparkplug); ``event_loop``: the agent's
+    (auto, uvloop or asyncio). ``collector_extra``: more
     top-level sections of the collector's config (``etcd``...); its ``collector`` keys
     join the id."""
     site = site or f"t{uuid.uuid4().hex[:8]}"
@@ -186,6 +188,7 @@ def start_pipeline(
             "agent": {"id": f"gw-{site}", "site": site},
             "broker": broker,
             "format": wire,
+            "event_loop": event_loop,
             "devices": [
                 {
                     "name": "lmi",

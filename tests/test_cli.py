@@ -12,15 +12,17 @@ from typing import Any
 
 import pytest
 
-from derrick.plumbing import cli, configfile
+from derrick.plumbing import cli, configfile, loops
 from derrick.plumbing.cli import Program
 from derrick.plumbing.configfile import StrictModel
 from derrick.plumbing.logs import LogSettings
+from derrick.plumbing.loops import EventLoopChoice
 
 
 class Settings(StrictModel):
     port: int
     log: LogSettings = LogSettings()
+    event_loop: EventLoopChoice = "asyncio"
 
 
 class Broken(Exception):
@@ -40,6 +42,7 @@ class Fake:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fails: Exception | None = None) -> None:
         self.ran: list[Settings] = []
+        self.loops: list[str] = []  # the loop each run ran on
         self.logging: list[tuple[str, str]] = []
         self.log = FailureLog()
         self.fails = fails
@@ -55,6 +58,7 @@ class Fake:
             failures=(Broken,),
             log=self.log,
             failed="fake failed",
+            event_loop=lambda settings: settings.event_loop,
         )
 
     def check(self, args: argparse.Namespace, config: Settings) -> None:
@@ -62,6 +66,7 @@ class Fake:
 
     async def run(self, config: Settings) -> None:
         self.ran.append(config)
+        self.loops.append(loops.running_loop_name())
         if self.fails is not None:
             raise self.fails
 
@@ -114,6 +119,36 @@ def test_log_format_overrides_the_config(tmp_path, monkeypatch):
     assert fake.program.main(["--config", str(path), "--log-format", "console"]) == 0
     assert fake.logging == [("json", "warning"), ("console", "warning")]
     assert [settings.port for settings in fake.ran] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("choice", "runs_on"), [("auto", "uvloop 0."), ("uvloop", "uvloop 0."), ("asyncio", "asyncio")]
+)
+def test_the_program_runs_on_the_event_loop_its_config_names(
+    tmp_path, monkeypatch, choice, runs_on
+):
+    fake = Fake(monkeypatch)
+    path = config(tmp_path, f"port: 1\nevent_loop: {choice}\n")
+    assert fake.program.main(["--config", str(path)]) == 0
+    (ran_on,) = fake.loops
+    assert ran_on.startswith(runs_on)
+
+
+def test_without_uvloop_auto_runs_on_asyncio_and_uvloop_by_name_exits_2(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed: import fails
+    fake = Fake(monkeypatch)
+    assert (
+        fake.program.main(["--config", str(config(tmp_path, "port: 1\nevent_loop: auto\n"))]) == 0
+    )
+    assert fake.loops == ["asyncio"]
+    path = config(tmp_path, "port: 1\nevent_loop: uvloop\n")
+    assert fake.program.main(["--config", str(path)]) == 2
+    assert fake.program.main(["--config", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "derrick-fake: invalid config\nevent_loop: uvloop is not installed" in err
+    assert fake.loops == ["asyncio"]  # neither ran
 
 
 def test_a_runtime_failure_is_logged_and_exits_1(tmp_path, monkeypatch):

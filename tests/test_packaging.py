@@ -5,6 +5,7 @@ kernel and the agent), ``derrick-collector`` (collector/) and ``derrick-sim``
 (simulators/). The test servers (devstack/), benchmarks and tests are in none of them.
 """
 
+import platform
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,8 @@ def test_a_gateway_install_has_a_working_agent_and_no_collector_or_simulator(whe
     assert not (venv / "bin" / "derrick-sim").exists()
     # the agent's whole import graph loads: the pure alarm core and the register model too
     run([python, "-c", "import agent.main, derrick.alarms.engine, derrick.plc.profile"], tmp_path)
+    if platform.machine() in {"x86_64", "aarch64"}:  # the agent's event loop came with it
+        run([python, "-c", "import uvloop"], tmp_path)
     # a gateway config names a built-in profile: the wheel brought it
     (tmp_path / "agent.yaml").write_text(GATEWAY_CONFIG)
     plan = run([venv / "bin" / "derrick-agent", "--config", "agent.yaml", "--check"], tmp_path)

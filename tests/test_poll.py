@@ -21,9 +21,11 @@ from agent.main import open_link
 from agent.modbus import ModbusConnection
 from agent.poll import DevicePoller, next_on_grid
 from derrick.plc.profile import Profile, load_profile
+from derrick.plumbing import loops
 from derrick.wire.payloads import AgentMetrics, Quality, Telemetry
 from derrick.wire.topics import TOPIC_ROOT
 from devstack.programs import Program, http_json, start_fleet, write_yaml
+from devstack.services import free_port
 from devstack.tap import Tap
 from simulators import modbus_server
 from simulators.crane import CraneModel
@@ -93,6 +95,38 @@ async def _single_tag_scenario():
         assert quality == {"hook_load": Quality.GOOD, "nothing_here": Quality.BAD}
     assert poller.state == "up"
     assert [e["event"] for e in logs].count("span refused by device") == 1  # once, not per poll
+
+
+def test_a_dead_plc_stays_down_however_the_loop_wakes_the_poller():
+    """A poller woken before any group is due (uvloop's timers count whole milliseconds)
+    asks the device nothing, and an empty cycle is no news of the device: it took the
+    PLC for up between two refused connects until this was handled."""
+    unused_port = free_port()  # nothing listens: the PLC is off
+    device = Device(
+        name="lmi", asset="c1", profile="crane", host="127.0.0.1", port=unused_port,
+        interval_s=0.05, timeout_s=0.2,
+    )  # fmt: skip
+
+    async def scenario() -> DevicePoller:
+        connection = ModbusConnection.tcp("127.0.0.1", unused_port, 0.2)
+        poller = DevicePoller(device, connection, lambda _r: None, aligned=True)
+        await poller.poll_once()
+        assert poller.state == "down"
+        assert await poller.poll_once([]) == []  # nothing due: no cycle
+        assert poller.state == "down" and poller.counters.cycles_ok == 0
+        task = asyncio.create_task(poller.run())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return poller
+
+    for factory, name in ((None, "asyncio"), (loops.loop_factory("uvloop")[0], "uvloop")):
+        with capture_logs() as logs, asyncio.Runner(loop_factory=factory) as runner:
+            poller = runner.run(scenario())
+        events = [e["event"] for e in logs]
+        assert "device up" not in events, name
+        assert poller.state == "down" and poller.counters.cycles_ok == 0, name
+        assert poller.counters.cycles_failed >= 3, name
 
 
 INTERVAL_S = 0.5

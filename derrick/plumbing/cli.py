@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from derrick.plumbing import logs
+from derrick.plumbing import logs, loops
 from derrick.plumbing.configfile import ConfigError
 
 C = TypeVar("C")
@@ -69,6 +69,8 @@ class Program(Generic[C]):
     invalid: tuple[type[Exception], ...] = (ConfigError,)
     invalid_says: str = "invalid config"
     log_settings: Callable[[argparse.Namespace, C], tuple[logs.LogFormat, str]] = config_log
+    event_loop: Callable[[C], loops.EventLoopChoice] | None = None
+    """The config's choice of event loop (:mod:`derrick.plumbing.loops`); None: asyncio's."""
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """The exit status: 0 after a signal or ``--check``, 1 on a runtime failure, 2 on
@@ -82,6 +84,11 @@ class Program(Generic[C]):
         except self.invalid as exc:
             sys.stderr.write(f"{self.name}: {self.invalid_says}\n{exc}\n")
             return 2
+        try:
+            factory = self._loop_factory(config)
+        except loops.EventLoopUnavailable as exc:
+            sys.stderr.write(f"{self.name}: {self.invalid_says}\n{exc}\n")
+            return 2
         if self.check is not None and args.check:
             try:  # a check may read more than the config (a users file, say)
                 self.check(args, config)
@@ -90,14 +97,21 @@ class Program(Generic[C]):
                 return 2
             return 0
         logs.configure(*self.log_settings(args, config))
-        return self.run_logged(config)
+        return self.run_logged(config, factory)
 
-    def run_logged(self, config: C) -> int:
-        """Run; a declared failure is logged (one line each) and exits 1, also when it
-        comes out of the program's TaskGroup wrapped in an ExceptionGroup."""
+    def _loop_factory(self, config: C) -> loops.LoopFactory | None:
+        if self.event_loop is None:
+            return None
+        return loops.loop_factory(self.event_loop(config))[0]
+
+    def run_logged(self, config: C, loop_factory: loops.LoopFactory | None = None) -> int:
+        """Run (on the loop ``loop_factory`` makes; None: asyncio's); a declared failure
+        is logged (one line each) and exits 1, also when it comes out of the program's
+        TaskGroup wrapped in an ExceptionGroup."""
         failed: list[BaseException] = []
         try:
-            asyncio.run(self.run(config))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(self.run(config))
         except* self.failures as group:
             failed = leaves(group)
         for exc in failed:
