@@ -175,7 +175,7 @@ def main() -> None:
             for _ in range(ROUNDS):
                 for client, event_loop in RUNS:
                     name = client if event_loop == "asyncio" else f"{client}_{event_loop}"
-                    factory = loops.loop_factory(event_loop)[0]  # type: ignore[arg-type]
+                    factory = loops.loop_factory(event_loop)  # type: ignore[arg-type]
                     with asyncio.Runner(loop_factory=factory) as runner:
                         cpu, requests = runner.run(polled(client, base))
                     figures.setdefault(f"modbus_cpu_us_per_request_{name}", []).append(

@@ -120,7 +120,7 @@ def test_a_dead_plc_stays_down_however_the_loop_wakes_the_poller():
         await asyncio.gather(task, return_exceptions=True)
         return poller
 
-    for factory, name in ((None, "asyncio"), (loops.loop_factory("uvloop")[0], "uvloop")):
+    for factory, name in ((None, "asyncio"), (loops.loop_factory("uvloop"), "uvloop")):
         with capture_logs() as logs, asyncio.Runner(loop_factory=factory) as runner:
             poller = runner.run(scenario())
         events = [e["event"] for e in logs]

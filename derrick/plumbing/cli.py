@@ -102,7 +102,7 @@ class Program(Generic[C]):
     def _loop_factory(self, config: C) -> loops.LoopFactory | None:
         if self.event_loop is None:
             return None
-        return loops.loop_factory(self.event_loop(config))[0]
+        return loops.loop_factory(self.event_loop(config))
 
     def run_logged(self, config: C, loop_factory: loops.LoopFactory | None = None) -> int:
         """Run (on the loop ``loop_factory`` makes; None: asyncio's); a declared failure

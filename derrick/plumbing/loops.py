@@ -29,11 +29,11 @@ class EventLoopUnavailable(RuntimeError):
     """``uvloop`` asked for by name, and not installed."""
 
 
-def loop_factory(choice: EventLoopChoice) -> tuple[LoopFactory | None, str]:
-    """The factory for ``asyncio.Runner`` (None: asyncio's own loop) and the loop's
-    name for the start-up log line; ``uvloop`` by name and not installed raises."""
+def loop_factory(choice: EventLoopChoice) -> LoopFactory | None:
+    """The factory for ``asyncio.Runner`` (None: asyncio's own loop); ``uvloop`` by name
+    and not installed raises. :func:`running_loop_name` says which one runs."""
     if choice == "asyncio":
-        return None, "asyncio"
+        return None
     try:
         import uvloop  # noqa: PLC0415 - optional: present only where it has wheels
     except ImportError as exc:
@@ -42,8 +42,8 @@ def loop_factory(choice: EventLoopChoice) -> tuple[LoopFactory | None, str]:
                 "event_loop: uvloop is not installed (pip install uvloop, or "
                 "event_loop: auto to run on asyncio's own loop)"
             ) from exc
-        return None, "asyncio"
-    return uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+        return None
+    return uvloop.new_event_loop
 
 
 def running_loop_name() -> str:
