@@ -47,7 +47,7 @@ def loop_factory(choice: EventLoopChoice) -> LoopFactory | None:
 
 
 def running_loop_name() -> str:
-    """The running loop's name, as :func:`loop_factory` gives it (for a start-up log)."""
+    """The running loop's name and version (for a start-up log line)."""
     loop = asyncio.get_running_loop()
     if type(loop).__module__.split(".")[0] != "uvloop":
         return "asyncio"
