@@ -113,7 +113,7 @@ def events(sock: socket.socket) -> Any:
 def push_times(
     served: ServedApi, alarms: list[dict[str, Any]], changes: Changes, cookie: str
 ) -> tuple[list[float], list[int]]:
-    sock = socket.create_connection(("127.0.0.1", served.api.port), timeout=30)
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
     sock.sendall(
         f"GET /console/events HTTP/1.1\r\nHost: bench\r\nCookie: {cookie}\r\n"
         "Accept: text/event-stream\r\n\r\n".encode()
