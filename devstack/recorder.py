@@ -133,21 +133,7 @@ class _Framing:
                 break
             frame = bytes(buffer[:end])
             del buffer[:end]
-            pdu = frame[7:]
-            address, count = _fields(pdu)
-            out.append(
-                ModbusRequest(
-                    self.connection,
-                    tid,
-                    unit,
-                    pdu[0],
-                    address,
-                    count,
-                    frame,
-                    True,
-                    time.monotonic(),
-                )
-            )
+            out.append(self._framed(tid, unit, frame[7:], frame))
         return out
 
     def _rtu(self) -> list[ModbusRequest]:
@@ -167,22 +153,15 @@ class _Framing:
                 buffer.clear()
                 break
             del buffer[:length]
-            pdu = frame[1:-2]
-            address, count = _fields(pdu)
-            out.append(
-                ModbusRequest(
-                    self.connection,
-                    None,
-                    frame[0],
-                    pdu[0],
-                    address,
-                    count,
-                    frame,
-                    True,
-                    time.monotonic(),
-                )
-            )
+            out.append(self._framed(None, frame[0], frame[1:-2], frame))
         return out
+
+    def _framed(self, tid: int | None, unit: int, pdu: bytes, frame: bytes) -> ModbusRequest:
+        """A whole request frame, as read."""
+        address, count = _fields(pdu)
+        return ModbusRequest(
+            self.connection, tid, unit, pdu[0], address, count, frame, True, time.monotonic()
+        )
 
     def _garbage(self, chunk: bytes, function_at: int) -> ModbusRequest:
         unit_at = function_at - 1
