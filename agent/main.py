@@ -130,10 +130,12 @@ class Agent:
                 self.spool,
                 self.client,
                 properties=self._node_properties,
+                rules=self._edge_rules,
                 primary_host=config.sparkplug.primary_host,
                 compact=config.sparkplug.compact,
             )
             self.outbox.encode_data = self.node.data
+            self.outbox.encode_condition = self.node.condition
         else:
             self.client = MqttClient(
                 config.broker,
@@ -188,6 +190,12 @@ class Agent:
             return {}
         edge = [cover.model_dump(mode="json") for cover in self.alarms.coverage]
         return {EDGE_PROPERTY: json.dumps(edge, separators=(",", ":"))}
+
+    def _edge_rules(self) -> dict[str, list[str]]:
+        """The alarm rules evaluated here, by device (their DBIRTH condition metrics)."""
+        if self.alarms is None:
+            return {}
+        return {cover.device: list(cover.rules) for cover in self.alarms.coverage}
 
     def _edge_alarms(self, config: AgentConfig) -> EdgeAlarms | None:
         """The alarm stage, when the config names rules to evaluate here."""

@@ -78,6 +78,8 @@ class Outbox:
         self.stored_callback: Callable[[], None] = lambda: None  # after every message stored
         self.encode_data: Callable[[str, list[Reading]], tuple[str, bytes] | None] | None = None
         """Sparkplug (:mod:`agent.sparkplug`): a device's readings -> (topic, payload)."""
+        self.encode_condition: Callable[[ConditionMessage], tuple[str, bytes]] | None = None
+        """Sparkplug: a condition change -> (topic, payload)."""
         self._seq = 0
         self._dropping = False
         self._drop_reason = ""
@@ -195,13 +197,12 @@ class Outbox:
             ts_ns=change.ts_ns,
         )
         self._seq += 1
-        item = (
-            condition_topic(self.site, change.asset, change.device),
-            message.model_dump_json().encode(),
-            Priority.ALARM,
-            False,
-            now_ns(),
-        )
+        if self.encode_condition is not None:
+            topic, payload = self.encode_condition(message)
+        else:
+            topic = condition_topic(self.site, change.asset, change.device)
+            payload = message.model_dump_json().encode()
+        item = (topic, payload, Priority.ALARM, False, now_ns())
         self._account(self.spool.append([item], retract=retract or (), notes=notes))
         self.stored_callback()
         return entry_id

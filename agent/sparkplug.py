@@ -9,18 +9,24 @@ wire, stage by stage:
   a sequence number;
 * **publish**: the connection's ``seq`` (0-255) is appended as each message leaves, and
   a replayed one has every metric flagged ``is_historical`` (:meth:`SparkplugNode.stamp`);
+* **alarms**: each edge alarm condition change (:mod:`agent.alarms`) is a DDATA of its
+  own, the rule's ``Alarms/<rule>`` metric with the change in its properties
+  (:func:`~derrick.wire.sparkplug.encode_condition`), spooled and replayed like readings;
 * **births**: after every connect, and when a host asks (NCMD ``Node Control/Rebirth``),
   NBIRTH (seq 0, bdSeq) and a DBIRTH per answering device (every metric's name, alias,
-  type, unit, quality and last value) go out before anything else; a device that stops
+  type, unit, quality and last value, and its alarm conditions) go out before anything
+  else; a device that stops
   answering gets a DDEATH, one that answers again a DBIRTH. Births are about this
   connection, so they go straight to the broker, never through the spool;
 * **last will**: NDEATH with the bdSeq of the connection it belongs to (one more per
   connect, so a host can tell a stale death from the current one).
 
-Aliases are given once per (device, tag) and kept in the spool's notes, so a message
-stored before a restart means the same after it; a tag dropped from the config keeps its
-alias unused. The agent stays read-only: NCMD Rebirth is the only command it honours;
-any other command (a DCMD writing a tag) is refused, counted and logged once per kind.
+Aliases are given once per (device, tag) and per (device, alarm rule) and kept in the
+spool's notes, so a message stored before a restart means the same after it; a tag
+dropped from the config keeps its alias unused (a rule dropped keeps its metric in the
+births, so a change of it still in the spool can be read). The agent stays read-only:
+NCMD Rebirth is the only command it honours; any other command (a DCMD writing a tag)
+is refused, counted and logged once per kind.
 
 Spec deviations, on purpose: DDATA and DDEATH go at QoS 1 (the spec says 0) so that a
 message leaves the spool only when the broker has it; a host reads them the same.
@@ -40,7 +46,14 @@ from derrick.plc.profile import Register
 from derrick.plc.registers import DataType
 from derrick.spool.store import Spool
 from derrick.wire import sparkplug as sp
-from derrick.wire.payloads import DeviceState, Reading, mark_historical, now_ns
+from derrick.wire.payloads import (
+    ConditionMessage,
+    ConditionState,
+    DeviceState,
+    Reading,
+    mark_historical,
+    now_ns,
+)
 from derrick.wire.topics import TopicError
 
 log = structlog.get_logger(__name__)
@@ -100,6 +113,9 @@ def assign_aliases(devices: Sequence[Device], spool: Spool) -> dict[str, list[sp
     return specs
 
 
+_HOLDS = frozenset({ConditionState.ACTIVE, ConditionState.SUPPRESSED})
+
+
 class SparkplugNode:
     """One agent's Sparkplug session state: aliases, encoders, bdSeq and seq, births."""
 
@@ -112,10 +128,13 @@ class SparkplugNode:
         client: MqttClient,
         *,
         properties: Callable[[], dict[str, str]] = dict,
+        rules: Callable[[], dict[str, list[str]]] = dict,
         primary_host: str | None = None,
         compact: bool = False,
     ) -> None:
         """``properties``: the NBIRTH's node properties, asked at every birth.
+        ``rules``: the alarm rules evaluated here, by device, asked at every birth (their
+        condition metrics are born with the device).
         ``primary_host``: the host application whose STATE decides when to publish.
         ``compact``: data metrics without timestamps, the poll's time the message's (see
         :class:`~derrick.wire.sparkplug.DataEncoder`)."""
@@ -148,6 +167,57 @@ class SparkplugNode:
         self._refused_kinds: set[str] = set()
         self._aliases = {name: {spec.alias for spec in specs} for name, specs in self.specs.items()}
         self.node_topic = sp.sparkplug_topic(site, sp.MessageType.NBIRTH, agent_id)
+        self.spool = spool
+        self.rules = rules
+        # device -> rule -> its condition metric, and whether it holds (None: not known)
+        self.conditions: dict[str, dict[str, sp.MetricSpec]] = {name: {} for name in self.devices}
+        self.holds: dict[str, dict[str, bool]] = {name: {} for name in self.devices}
+        self._restore_conditions()
+
+    # -- alarm conditions -------------------------------------------------------------
+
+    def _restore_conditions(self) -> None:
+        """The condition metrics given aliases in earlier runs (a stored change of any of
+        them may still be replayed)."""
+        for key, alias in self.spool.notes(ALIAS_NOTE).items():
+            device, _, name = key[len(ALIAS_NOTE) :].partition("/")
+            if device in self.devices and name.startswith(sp.ALARMS_FOLDER):
+                self._add_condition(device, name[len(sp.ALARMS_FOLDER) :], int(alias))
+
+    def _add_condition(self, device: str, rule: str, alias: int) -> sp.MetricSpec:
+        spec = sp.condition_spec(rule, alias)
+        self.conditions[device][rule] = spec
+        self._aliases[device].add(alias)
+        return spec
+
+    def _condition_spec(self, device: str, rule: str) -> tuple[sp.MetricSpec, bool]:
+        """The metric of a rule on a device, and whether it was new (an alias given now:
+        one more than any given, kept in the spool's notes)."""
+        spec = self.conditions[device].get(rule)
+        if spec is not None:
+            return spec, False
+        given = self.spool.notes(ALIAS_NOTE).values()
+        alias = max((int(value) for value in given), default=0) + 1
+        self.spool.write_notes({f"{ALIAS_NOTE}{device}/{sp.ALARMS_FOLDER}{rule}": str(alias)})
+        return self._add_condition(device, rule, alias), True
+
+    def condition(self, message: ConditionMessage) -> tuple[str, bytes]:
+        """The DDATA of one edge alarm condition change (outbox stage), without seq. A
+        rule without a metric yet gets one, and its device a DBIRTH when connected."""
+        device = message.device
+        spec, new = self._condition_spec(device, message.rule)
+        self.holds[device][message.rule] = message.state in _HOLDS
+        if new and self.live and self.state[device] is DeviceState.UP:
+            self._device_birth(device)
+        topic = sp.sparkplug_topic(self.site, sp.MessageType.DDATA, self.agent_id, device)
+        return topic, sp.encode_condition(spec, message)
+
+    def _learn_conditions(self) -> None:
+        """Metrics for the rules evaluated here now (after a start or a rule reload)."""
+        for device, rules in self.rules().items():
+            if device in self.devices:
+                for rule in rules:
+                    self._condition_spec(device, rule)
 
     # -- the connection ---------------------------------------------------------------
 
@@ -178,6 +248,7 @@ class SparkplugNode:
     def births(self) -> None:
         """NBIRTH (seq 0) and a DBIRTH per device that answers: after every connect and
         on a rebirth request, before any other message of the connection."""
+        self._learn_conditions()
         self.seq = 0
         self.client.publish_nowait(
             sp.sparkplug_topic(self.site, sp.MessageType.NBIRTH, self.agent_id),
@@ -197,6 +268,9 @@ class SparkplugNode:
             asset=device.asset,
             kind=device.equipment_kind,
             property_aliases=self._property_aliases[name],
+            conditions=[
+                (spec, self.holds[name].get(rule)) for rule, spec in self.conditions[name].items()
+            ],
         )
         topic = sp.sparkplug_topic(self.site, sp.MessageType.DBIRTH, self.agent_id, name)
         self.client.publish_nowait(topic, sp.with_seq(payload, self.next_seq()), qos=0)
@@ -230,7 +304,8 @@ class SparkplugNode:
         """A stored Sparkplug message as it leaves (publish stage): with this
         connection's seq, and when replayed, flagged historical with the metrics its
         device no longer has left out (None: nothing of it is left to send). Derrick's
-        own JSON messages (alarm conditions, agent events) leave as on the JSON wire."""
+        own JSON messages (agent events; alarm conditions stored by an agent before they
+        moved into DDATA) leave as on the JSON wire."""
         if not topic.startswith(_PREFIX):
             return mark_historical(payload) if historical else payload
         if historical:
@@ -355,7 +430,10 @@ class SparkplugNode:
 
 
 async def publish_death(client: MqttClient, death: Callable[[], tuple[str, bytes]]) -> None:
-    """On a clean stop: NDEATH, as the will would have said."""
+    """On a clean stop: NDEATH, as the will would have said (while disconnected, the
+    broker has published the will already)."""
+    if not client.connected:
+        return
     topic, payload = death()
     with contextlib.suppress(MqttError, TimeoutError):
         await client.publish(topic, payload, qos=1, timeout=2.0)

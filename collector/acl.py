@@ -390,8 +390,10 @@ def agent_rules(agent: Agent) -> list[Rule]:
 
 def sparkplug_agent_rules(agent: Agent) -> list[Rule]:
     """Metrics and events (JSON, as ever), its NBIRTH and NDEATH, each device's DBIRTH,
-    DDATA, DDEATH and alarm conditions; it reads the commands to it (only Rebirth is
-    honoured, see agent.sparkplug)."""
+    DDATA (readings and edge alarm conditions) and DDEATH; it reads the commands to it
+    (only Rebirth is honoured, see agent.sparkplug). Each device's JSON condition topic
+    stays writable: an agent upgraded with changes still in its spool from before
+    conditions moved into DDATA sends those as they were stored."""
     site, node = agent.site, agent.agent_id
     rules: list[Rule] = [
         ("write", agent_metrics_topic(node)),

@@ -58,6 +58,7 @@ from collector.validate import (
     DEFAULT_WINDOW,
     Rejected,
     Window,
+    check_condition,
     check_rows,
     classify,
     read_telemetry,
@@ -72,6 +73,7 @@ from derrick.wire.payloads import (
     AgentStatus,
     AlarmCommand,
     AlarmCommandResult,
+    ConditionMessage,
     DeviceStatus,
     Telemetry,
     now_ns,
@@ -279,27 +281,42 @@ class Receiver:
                 self._reject(self.client, held, Rejected(why, "schema"))
 
     async def _store_decoded(self, inbound: InboundMessage, decoded: Decoded) -> None:
-        lines: list[str] = []
+        conditions = self._checked_conditions(decoded)
+        if isinstance(conditions, Rejected):
+            self._reject(self.client, inbound, conditions)
+            return
         rows = decoded.rows
-        if rows is not None:
-            checked = check_rows(rows, self.window, self.fields)
-            if isinstance(checked, Rejected):
-                self._reject(self.client, inbound, checked)
-                return
+        checked = None if rows is None else check_rows(rows, self.window, self.fields)
+        if isinstance(checked, Rejected):
+            self._reject(self.client, inbound, checked)
+            return
+        lines: list[str] = []
+        for status in decoded.statuses:  # a device up before its readings are evaluated
+            lines.append(encode_device_status(status))
+            if self.alarms is not None:
+                self._evaluate(inbound.topic, self.alarms.observe_device, status)
+        if checked is not None:
             lines += encode_telemetry(checked)
             self.stats.readings += len(checked.rows)
             if self.alarms is not None:
                 self._evaluate(inbound.topic, self.alarms.observe_telemetry, checked.telemetry())
-        for status in decoded.statuses:
-            lines.append(encode_device_status(status))
-            if self.alarms is not None:
-                self._evaluate(inbound.topic, self.alarms.observe_device, status)
         if decoded.agent is not None and self.alarms is not None:
             self.alarms.observe_agent(decoded.agent)
+        if self.alarms is not None:  # committed before they return (see _condition)
+            for condition in conditions:
+                self.alarms.observe_condition(condition)
         if lines:
             await self.store_queue.put(Batchable(lines, inbound))
         else:
             self.client.ack(inbound)
+
+    def _checked_conditions(self, decoded: Decoded) -> list[ConditionMessage] | Rejected:
+        """A Sparkplug message's edge condition changes, each in the time window."""
+        if not decoded.conditions:
+            return []
+        checked = [check_condition(condition, self.window) for condition in decoded.conditions]
+        rejected = [result for result in checked if isinstance(result, Rejected)]
+        return rejected[0] if rejected else checked  # type: ignore[return-value]
 
     async def _status_or_metrics(
         self, inbound: InboundMessage, topic: DeviceStatusTopic | AgentMetricsTopic
@@ -407,16 +424,20 @@ class Receiver:
         client.ack(inbound)
 
     def _feed_decoded(self, topic: str, decoded: Decoded, alarms: AlarmService) -> None:
+        for status in decoded.statuses:  # a device up before its readings are evaluated
+            if alarms.evaluates(status.site, status.asset):
+                self._evaluate(topic, alarms.observe_device, status)
         rows = decoded.rows
         if rows is not None and alarms.evaluates(rows.site, rows.asset):
             checked = check_rows(rows, self.window, None)
             if not isinstance(checked, Rejected):
                 self._evaluate(topic, alarms.observe_telemetry, checked.telemetry())
-        for status in decoded.statuses:
-            if alarms.evaluates(status.site, status.asset):
-                self._evaluate(topic, alarms.observe_device, status)
         if decoded.agent is not None:
             alarms.observe_agent(decoded.agent)
+        conditions = self._checked_conditions(decoded)
+        if not isinstance(conditions, Rejected):  # else: the storage session dead-letters it
+            for condition in conditions:
+                alarms.observe_condition(condition)
 
     def _condition(
         self,

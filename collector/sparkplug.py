@@ -7,7 +7,9 @@ so validation, storage and the alarms see no difference:
 * DBIRTH: the device's alias table (kept in the collector's spool notes, so a restarted
   collector reads the data queued for it at once), its readings as telemetry, and the
   device *up*;
-* DDATA: readings by alias, with the table of the device's last birth;
+* DDATA: readings by alias, with the table of the device's last birth, and the edge
+  alarm condition changes of Derrick's agents (``Alarms/<rule>`` metrics, read back
+  into the JSON wire's :class:`~derrick.wire.payloads.ConditionMessage`);
 * DDEATH: the device *down*; NDEATH with the bdSeq of the node's birth: the node (an
   agent) *offline* and all its devices down; an NDEATH of an older connection is stale
   and ignored;
@@ -42,6 +44,7 @@ from derrick.spool.store import Spool
 from derrick.wire import sparkplug as sp
 from derrick.wire.payloads import (
     AgentStatus,
+    ConditionMessage,
     DeviceState,
     DeviceStatus,
     EdgeRules,
@@ -78,6 +81,7 @@ class Decoded:
     rows: TelemetryRows | None = None
     statuses: tuple[DeviceStatus, ...] = ()
     agent: AgentStatus | None = None
+    conditions: tuple[ConditionMessage, ...] = ()  # edge alarm changes (agent.sparkplug)
 
     @property
     def telemetry(self) -> Telemetry | None:
@@ -139,6 +143,7 @@ class SparkplugHost:
         self.rebirths_requested = 0
         self.tables: dict[tuple[str, str, str], sp.DeviceTable] = {}
         self._nodes: dict[tuple[str, str], _Node] = {}
+        self._down: set[tuple[str, str, str]] = set()  # by a death this host read
         self._held: list[_Held] = []
         self._restore()
 
@@ -194,6 +199,7 @@ class SparkplugHost:
         """DDEATH: the device down; NDATA and commands say nothing to store."""
         if topic.type is not sp.MessageType.DDEATH:
             return Decoded()
+        self._down.add((topic.group, topic.node, topic.device or ""))
         return Decoded(
             statuses=(self._status(topic, DeviceState.DOWN, "DDEATH", message.timestamp),)
         )
@@ -218,6 +224,7 @@ class SparkplugHost:
             return Decoded()
         node.online = False
         node.seq = None
+        self._down |= {(topic.group, topic.node, device) for device in node.devices}
         ms = now_ns // 1_000_000  # the broker sent it: the will's own timestamp is old
         statuses = tuple(
             self._status(
@@ -247,8 +254,9 @@ class SparkplugHost:
         key = (topic.group, topic.node, topic.device)
         if self.tables.get(key) != table:
             self._keep(key, table)
+        self._down.discard(key)
         node.devices.add(topic.device)
-        rows, _unknown, historical = table.rows(message)
+        rows, _unknown, historical, _conditions = table.rows(message)  # those: as they stand
         # A birth's null metric is a tag not read yet (an agent born before its first
         # poll): no reading, as the JSON path sends none; a null in DDATA is a bad one.
         rows = [row for row in rows if row[1] is not None]
@@ -257,17 +265,59 @@ class SparkplugHost:
 
     def _device_data(
         self, topic: sp.SparkplugTopic, message: sp.pb.Payload, now_s: float
-    ) -> Decoded | Unreadable:
+    ) -> Decoded | Unreadable | Refused:
         assert topic.device is not None
         table = self.tables.get((topic.group, topic.node, topic.device))
         if table is None:
             self._ask_rebirth(topic, now_s, "data of a device without a birth")
             return Unreadable(f"no DBIRTH of {topic.device} seen yet")
-        rows, unknown, historical = table.rows(message)
+        rows, unknown, historical, found = table.rows(message)
         if unknown:
             self._ask_rebirth(topic, now_s, f"unknown metrics {unknown[:5]}")
             return Unreadable(f"aliases or names its DBIRTH does not have: {unknown[:10]}")
-        return Decoded(self._telemetry(topic, table, rows, historical, message))
+        statuses = self._revived(topic, message, now_s)
+        try:
+            conditions = self._conditions(topic, table, message, found) if found else ()
+        except sp.SparkplugError as exc:
+            return Refused(f"DDATA: {exc}", "schema")
+        return Decoded(
+            self._telemetry(topic, table, rows, historical, message),
+            statuses,
+            conditions=conditions,
+        )
+
+    @staticmethod
+    def _conditions(
+        topic: sp.SparkplugTopic,
+        table: sp.DeviceTable,
+        message: sp.pb.Payload,
+        found: list[tuple[str, sp.pb.Payload.Metric]],
+    ) -> tuple[ConditionMessage, ...]:
+        """The edge alarm condition changes of a DDATA (SparkplugError: one is unreadable)."""
+        assert topic.device is not None
+        source = sp.ConditionSource(topic.group, table.asset, topic.device, table.kind, topic.node)
+        return tuple(
+            sp.decode_condition(metric, rule, source, message.timestamp) for rule, metric in found
+        )
+
+    def _revived(
+        self, topic: sp.SparkplugTopic, message: sp.pb.Payload, now_s: float
+    ) -> tuple[DeviceStatus, ...]:
+        """Data of a device this host last read a death of (its node's or its own): its
+        births were missed (they go at QoS 0, so one published while this host was away
+        is lost to it, as after a broker restart). The host asks for a rebirth, and the
+        device is up: else its alarms would stay suppressed until the births come. (A
+        host restarted without a death in between asks for nothing: its tables read the
+        data, and a fleet of nodes is not asked to send every birth again.)"""
+        key = (topic.group, topic.node, topic.device or "")
+        if key not in self._down:
+            return ()
+        self._down.discard(key)
+        self._ask_rebirth(topic, now_s, "data of a device whose birth this host did not see")
+        log.info("Sparkplug device sends data after its death: up", site=topic.group,
+                 agent=topic.node, device=topic.device)  # fmt: skip
+        why = "DDATA after its death (a birth this host missed)"
+        return (self._status(topic, DeviceState.UP, why, message.timestamp),)
 
     # -- sequence and rebirth ---------------------------------------------------------
 
@@ -461,7 +511,7 @@ def _renamed(table: sp.DeviceTable) -> sp.DeviceTable:
         wire: replace(spec, name=field_name(spec.name)) for wire, spec in table.by_name.items()
     }
     by_alias = {spec.alias: spec for spec in by_name.values() if spec.alias >= 0}
-    return sp.DeviceTable(table.asset, table.kind, by_alias, by_name)
+    return sp.DeviceTable(table.asset, table.kind, by_alias, by_name, table.conditions)
 
 
 def _table_to_json(table: sp.DeviceTable) -> str:
@@ -469,7 +519,10 @@ def _table_to_json(table: sp.DeviceTable) -> str:
         [wire, spec.name, spec.alias, int(spec.type), spec.unit]
         for wire, spec in table.by_name.items()
     ]
-    return json.dumps({"asset": table.asset, "kind": table.kind, "metrics": metrics})
+    conditions = [[key, rule] for key, rule in table.conditions.items()]
+    return json.dumps(
+        {"asset": table.asset, "kind": table.kind, "metrics": metrics, "conditions": conditions}
+    )
 
 
 def _table_from_json(text: str) -> sp.DeviceTable:
@@ -478,4 +531,9 @@ def _table_from_json(text: str) -> sp.DeviceTable:
     for wire, name, alias, kind, unit in data["metrics"]:
         by_name[wire] = sp.MetricSpec(name, int(alias), sp.MetricType(int(kind)), str(unit))
     by_alias = {spec.alias: spec for spec in by_name.values() if spec.alias >= 0}
-    return sp.DeviceTable(str(data["asset"]), str(data["kind"]), by_alias, by_name)
+    conditions: dict[int | str, str] = {
+        key: str(rule)
+        for key, rule in data.get("conditions", [])  # none in a table kept before them
+        if isinstance(key, int | str)
+    }
+    return sp.DeviceTable(str(data["asset"]), str(data["kind"]), by_alias, by_name, conditions)

@@ -222,6 +222,12 @@ def validate_condition(
     message = _device_message(ConditionMessage, where, payload)
     if isinstance(message, Rejected):
         return message
+    return check_condition(message, window)
+
+
+def check_condition(message: ConditionMessage, window: Window) -> ConditionMessage | Rejected:
+    """What the schema cannot say of a condition change (either wire): its times in the
+    window, an episode's start before its end."""
     for name, ts in (("ts_ns", message.ts_ns), ("since_ns", message.since_ns)):
         if ts is not None and not window.min_ns <= ts < window.max_ns:
             return Rejected(f"{name} {ts} is outside the collector's time window", "timestamp")

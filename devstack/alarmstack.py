@@ -104,8 +104,11 @@ class AlarmStack:
         flood: dict[str, Any] | None = None,
         users: dict[str, tuple[str, str]] | None = None,
         http: dict[str, Any] | None = None,
+        wire: str = "json",
     ) -> None:
+        """``wire``: the agents' ``format`` (json or sparkplug)."""
         self.base_dir = base_dir
+        self.wire = wire
         self.site = site or f"t{uuid.uuid4().hex[:8]}"
         self.assets = {asset.name: asset for asset in assets}
         self.broker = {"host": "127.0.0.1", "port": broker_port, "reconnect_max_s": 2}
@@ -226,7 +229,7 @@ class AlarmStack:
         name = f"gw-{self.site}" + ("-edge" if edge else "")
         config = {
             "agent": {"id": name, "site": self.site},
-            "format": "json",
+            "format": self.wire,
             "broker": self.broker,
             "devices": devices,
             "spool": {"path": str(self.base_dir / f"{name}-spool.db")},

@@ -1,6 +1,7 @@
 """Edge alarms end to end, real parts only: simulated crane PLCs -> two agents (one
 evaluating the crane rules itself, one not) -> mosquitto, stopped for a while -> collector
--> webhook receiver and SMTP server, InfluxDB 1.6.
+-> webhook receiver and SMTP server, InfluxDB 1.6; on each wire (Sparkplug B, where the
+conditions travel in DDATA, and JSON).
 
 Two broker outages of :data:`OUTAGE_S` each (the issue's 90 s, shortened: nothing in
 the path waits on the outage's length except the collector's own ``stale`` rules for
@@ -150,8 +151,10 @@ class Chatter(threading.Thread):
         self.window = (start, time.time_ns())
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, influx1):
+@pytest.fixture(scope="module", params=["sparkplug", "json"])
+def run(request, tmp_path_factory, influx1):
+    """The whole story once per wire: the conditions in Sparkplug DDATA (the agent's
+    default) and on Derrick's JSON condition topics."""
     base = tmp_path_factory.mktemp("edge-e2e")
     db = f"edge_{uuid.uuid4().hex[:8]}"
     influx1.create_database(db)
@@ -165,6 +168,7 @@ def run(tmp_path_factory, influx1):
             smtp_port=mail.port,
             assets=ASSETS,
             interval_s=POLL_S,
+            wire=request.param,
             edge_local={
                 "channel": {"type": "webhook", "url": lan.url},
                 "priorities": ["critical", "high", "medium", "low"],
@@ -328,7 +332,8 @@ def test_chatter_through_an_outage_is_one_alarm_per_rule(run):
 def test_an_agent_without_edge_rules_alarms_as_before(run):
     found = _wait_rules(run, "crane-central", OVERLOAD)
     assert set(found) == set(OVERLOAD)
-    assert all(n["reason"] == "new" for notices in found.values() for n in notices)
+    reasons = {rule: [n["reason"] for n in notices] for rule, notices in found.items()}
+    assert all(reason == ["new"] for reason in reasons.values()), reasons
 
 
 @pytest.mark.parametrize("asset", ["crane-episode", "crane-killed"])

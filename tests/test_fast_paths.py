@@ -406,12 +406,13 @@ def test_sparkplug_rows_are_the_readings_they_replaced() -> None:
         {spec.name: spec for spec in SPECS},
     )
     message = sparkplug_data()
-    rows, unknown, historical = table.rows(message)
+    rows, unknown, historical, conditions = table.rows(message)
     readings, want_unknown, want_historical = reference_readings(table, message)
     as_rows = [(r.tag, r.value, r.unit, r.quality, r.ts_ns) for r in readings]
     assert [(*row, type(row[1])) for row in rows] == [(*row, type(row[1])) for row in as_rows]
     assert str(rows) == str(as_rows)  # -0.0 and inf alike
     assert (unknown, historical) == (want_unknown, want_historical) == ([99, "nobody"], True)
+    assert conditions == []
     assert table.readings(message) == (readings, unknown)
 
 
@@ -419,4 +420,4 @@ def test_a_historical_metric_the_table_does_not_read_still_marks_the_message() -
     table = sp.DeviceTable("a", "k", {}, {})
     message = pb.Payload(timestamp=1)
     message.metrics.add(name=sp.ASSET, string_value="a", is_historical=True)
-    assert table.rows(message) == ([], [], True)
+    assert table.rows(message) == ([], [], True, [])

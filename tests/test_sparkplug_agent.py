@@ -4,6 +4,7 @@ protobuf, as any Sparkplug host would."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -11,6 +12,8 @@ import uuid
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from derrick.mqtt.client import MqttClient, MqttError
+from derrick.mqtt.settings import BrokerSettings
 from derrick.wire import sparkplug as sp
 from devstack.programs import Program, start_simulator, write_yaml
 from devstack.tap import Received, Tap
@@ -211,3 +214,32 @@ def test_a_killed_agent_dies_with_its_bdseq_and_a_broker_restart_rebirths(
         bdseqs = [sp.node_bdseq(d) for d in of_type(messages, sp.MessageType.NDEATH)]
         assert bdseqs[-1] == second
         assert set(bdseqs) == {first, second}
+
+
+def test_a_publish_a_reconnect_dropped_is_an_mqtt_error_not_a_cancellation(mosquitto):
+    """An edge node's client sends nothing of one connection on the next: a message
+    queued while disconnected (the NDEATH of a clean stop during an outage, say) is
+    dropped at the reconnect, and whoever waits for it hears MqttError, which it can
+    handle, not a CancelledError that ends the program (it exited 1 this way)."""
+
+    async def main() -> None:
+        settings = BrokerSettings(host="127.0.0.1", port=mosquitto.port, reconnect_max_s=1)
+        client = MqttClient(
+            settings, f"node-{uuid.uuid4().hex[:6]}", persistent=False, resend_after_reconnect=False
+        )
+        await client.start()
+        try:
+            await client.wait_connected(10)
+            mosquitto.stop()
+            await client.wait_disconnected()
+            waiting = asyncio.create_task(client.publish("spBv1.0/s/NDEATH/n", b"x", timeout=30))
+            await asyncio.sleep(0.2)
+            mosquitto.start()
+            with pytest.raises(MqttError, match="dropped: its connection ended"):
+                await asyncio.wait_for(waiting, 20)
+            assert client.connected
+            await client.publish("spBv1.0/s/NDATA/n", b"y", timeout=10)  # the new one works
+        finally:
+            await client.stop()
+
+    asyncio.run(main())

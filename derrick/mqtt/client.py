@@ -600,12 +600,19 @@ class MqttClient:
         retain: bool = False,
         timeout: float = 30.0,
     ) -> None:
-        """Publish and wait for the PUBACK; MqttTimeout when it does not come in time."""
+        """Publish and wait for the PUBACK; MqttTimeout when it does not come in time,
+        MqttError when the message was dropped (queued while disconnected by a client
+        that sends nothing of a connection again on the next, or stopped)."""
         future = self.publish_nowait(topic, payload, qos=qos, retain=retain)
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError as exc:
             raise MqttTimeout(f"no PUBACK for {topic} within {timeout} s") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                raise MqttError(f"publish to {topic} dropped: its connection ended") from None
+            raise
 
     async def wait_published(self, timeout: float) -> bool:
         """Wait until every outstanding PUBACK arrived; False on timeout."""

@@ -18,6 +18,13 @@ A device's asset and equipment kind travel in its DBIRTH as the metrics
 ``Properties/asset`` and ``Properties/kind`` (a third party's device without them is
 its own asset, of kind ``sparkplug``).
 
+Alarm conditions an agent evaluates at the edge (:class:`~derrick.wire.payloads.ConditionMessage`)
+travel as Boolean metrics ``Alarms/<rule>`` of their device: born in the DBIRTH (marked
+by the metric property ``Derrick: condition``, so a third party's ``Alarms/...`` tag stays
+a reading), and each change a DDATA of its own whose metric is true while the condition
+holds, with the rest of the change (state, priority, limit, value, peak, times...) in
+its properties (:func:`encode_condition`, :func:`decode_condition`).
+
 Protobuf: the spec's ``sparkplug_b.proto`` (beside this module, from the Sparkplug 3.0
 specification, EPL-2.0) compiled by ``scripts/gen_sparkplug.sh`` into
 ``sparkplug_b_pb2.py``; the runtime is Google's ``protobuf`` (upb). Births, deaths and
@@ -36,11 +43,21 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
+from pydantic import ValidationError
 
 from derrick.wire import sparkplug_b_pb2 as pb
-from derrick.wire.payloads import Quality, Reading, ReadingRow, ReadingValue, trusted_reading
+from derrick.wire.payloads import (
+    ConditionMessage,
+    ConditionState,
+    Quality,
+    Reading,
+    ReadingRow,
+    ReadingValue,
+    trusted_reading,
+)
 from derrick.wire.topics import TopicError
 
 NAMESPACE = "spBv1.0"
@@ -62,6 +79,10 @@ KIND = "Properties/kind"
 EDGE = "Properties/edge"
 """NBIRTH: the alarm rules the agent evaluates itself, per device (JSON, as the JSON
 wire's :class:`~derrick.wire.payloads.AgentStatus` ``edge``)."""
+ALARMS_FOLDER = "Alarms/"
+"""A device's edge alarm conditions: the metric ``Alarms/<rule>``."""
+CONDITION_MARK = ("Derrick", "condition")
+"""The DBIRTH property that makes an ``Alarms/<rule>`` metric a condition, not a tag."""
 UNIT_PROPERTY = "engUnit"
 QUALITY_PROPERTY = "Quality"
 THIRD_PARTY_KIND = "sparkplug"
@@ -255,9 +276,11 @@ def encode_device_birth(
     asset: str,
     kind: str,
     property_aliases: tuple[int, int] | None = None,
+    conditions: Sequence[tuple[MetricSpec, bool | None]] = (),
 ) -> bytes:
     """DBIRTH without seq (see :func:`with_seq`): every metric with name, alias, type,
-    unit, timestamp and its last reading (null and bad until there is one), then the
+    unit, timestamp and its last reading (null and bad until there is one), the edge
+    alarm ``conditions`` (each spec with whether it holds, None: not known yet), then the
     device's asset and kind (with ``property_aliases``, when the node uses aliases: the
     spec wants every birth metric to have one then)."""
     payload = pb.Payload(timestamp=ts_ns // _NS_PER_MS)
@@ -270,6 +293,15 @@ def encode_device_birth(
         if spec.unit:
             _property(metric.properties, UNIT_PROPERTY, spec.unit)
         _property(metric.properties, QUALITY_PROPERTY, QUALITY_CODES[quality])
+    for spec, holds in conditions:
+        metric = payload.metrics.add(
+            name=spec.name,
+            alias=spec.alias,
+            datatype=MetricType.BOOLEAN,
+            timestamp=ts_ns // _NS_PER_MS,
+        )
+        _set_value(metric, MetricType.BOOLEAN, holds)
+        _property(metric.properties, *CONDITION_MARK)
     for index, (name, text) in enumerate(((ASSET, asset), (KIND, kind))):
         metric = payload.metrics.add(
             name=name, timestamp=payload.timestamp, datatype=MetricType.STRING, string_value=text
@@ -277,6 +309,127 @@ def encode_device_birth(
         if property_aliases is not None:
             metric.alias = property_aliases[index]
     return payload.SerializeToString()
+
+
+# -- edge alarm conditions (protobuf: a few per hour, not a hot path) --------------------
+
+
+def condition_spec(rule: str, alias: int) -> MetricSpec:
+    """The metric of one edge alarm rule on a device."""
+    return MetricSpec(ALARMS_FOLDER + rule, alias, MetricType.BOOLEAN)
+
+
+_HOLDS = frozenset({ConditionState.ACTIVE, ConditionState.SUPPRESSED})
+# ConditionMessage field -> metric property (what the topic, the birth and the metric's
+# own value and timestamp do not say already)
+_CONDITION_PROPERTIES = {
+    "state": "State",
+    "priority": "Priority",
+    "type": "Type",
+    "value": "Value",
+    "limit": "Limit",
+    "peak": "Peak",
+    "latched": "Latched",
+    "message": "Message",
+    "since_ns": "SinceNs",
+    "ts_ns": "TimeNs",
+    "boot": "Boot",
+    "seq": "Seq",
+}
+
+
+def encode_condition(spec: MetricSpec, message: ConditionMessage) -> bytes:
+    """The DDATA (without seq, see :func:`with_seq`) of one condition change: the
+    rule's metric, true while the condition holds (active or suppressed), at the
+    change's event time, with the change in its properties (``TimeNs`` the exact time;
+    a field with nothing to say is left out)."""
+    ms = message.ts_ns // _NS_PER_MS
+    payload = pb.Payload(timestamp=ms)
+    metric = payload.metrics.add(
+        alias=spec.alias,
+        timestamp=ms,
+        datatype=MetricType.BOOLEAN,
+        boolean_value=message.state in _HOLDS,
+    )
+    for field_name, key in _CONDITION_PROPERTIES.items():
+        value = getattr(message, field_name)
+        if value is None or value == "":
+            continue
+        metric.properties.keys.append(key)
+        _set_property(metric.properties.values.add(), value)
+    return payload.SerializeToString()
+
+
+def _set_property(prop: pb.Payload.PropertyValue, value: object) -> None:
+    if isinstance(value, bool):
+        prop.type, prop.boolean_value = MetricType.BOOLEAN, value
+    elif isinstance(value, int):
+        prop.type, prop.long_value = MetricType.INT64, value & _U64
+    elif isinstance(value, float):
+        prop.type, prop.double_value = MetricType.DOUBLE, value
+    else:
+        prop.type, prop.string_value = MetricType.STRING, str(value)
+
+
+def _property_value(prop: pb.Payload.PropertyValue) -> ReadingValue:
+    which = None if prop.is_null else prop.WhichOneof("value")
+    if which not in _SCALAR_FIELDS:
+        return None
+    value = getattr(prop, which)
+    if which == "long_value" and prop.type == MetricType.INT64 and value >= 2**63:
+        value -= 2**64
+    elif which == "int_value" and prop.type in _SIGNED_32 and value >= 2**31:
+        value -= 2**32
+    return value  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionSource:
+    """Where a condition metric comes from: the names its message carries."""
+
+    site: str
+    asset: str
+    device: str
+    kind: str
+    agent: str
+
+
+def decode_condition(
+    metric: pb.Payload.Metric, rule: str, source: ConditionSource, default_ms: int
+) -> ConditionMessage:
+    """The condition change a metric of :func:`encode_condition` says, or
+    SparkplugError naming the rule and what is wrong with it."""
+    props = metric.properties
+    fields: dict[str, object] = {
+        name: _property_value(props.values[index])
+        for index, key in enumerate(props.keys[: len(props.values)])
+        if (name := _CONDITION_FIELDS.get(key)) is not None
+    }
+    if fields.get("ts_ns") is None:
+        ms = metric.timestamp if metric.HasField("timestamp") else default_ms
+        fields["ts_ns"] = ms * _NS_PER_MS
+    fields.setdefault("boot", "sparkplug")
+    fields.setdefault("seq", 0)
+    try:
+        return ConditionMessage.model_validate(
+            {
+                **fields,
+                "historical": metric.is_historical,
+                "site": source.site,
+                "asset": source.asset,
+                "device": source.device,
+                "kind": source.kind,
+                "agent": source.agent,
+                "rule": rule,
+            }
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(_CONDITION_PROPERTIES.get(str(part), str(part)) for part in error["loc"])
+        raise SparkplugError(f"condition {rule!r}: {where}: {error['msg']}"[:500]) from exc
+
+
+_CONDITION_FIELDS = {key: name for name, key in _CONDITION_PROPERTIES.items()}
 
 
 def encode_device_death(ts_ns: int) -> bytes:
@@ -463,16 +616,14 @@ _SCALAR_FIELDS = frozenset(
 _SIGNED_32 = frozenset({MetricType.INT8, MetricType.INT16, MetricType.INT32})
 
 
-def metric_properties(metric: pb.Payload.Metric) -> dict[str, int | str]:
-    """A metric's scalar properties by key (engUnit, Quality, ...)."""
+def metric_properties(metric: pb.Payload.Metric) -> dict[str, ReadingValue]:
+    """A metric's scalar properties by key (engUnit, Quality, a condition's State...)."""
     if not metric.HasField("properties"):
         return {}
-    props: dict[str, int | str] = {}
-    for key, value in zip(metric.properties.keys, metric.properties.values, strict=False):
-        which = value.WhichOneof("value")
-        if which in {"int_value", "long_value", "string_value"}:
-            props[key] = getattr(value, which)
-    return props
+    props = metric.properties
+    return {
+        key: _property_value(value) for key, value in zip(props.keys, props.values, strict=False)
+    }
 
 
 def quality_of(code: object) -> Quality:
@@ -484,17 +635,20 @@ def quality_of(code: object) -> Quality:
 @dataclass
 class DeviceTable:
     """What a host knows of one device from its DBIRTH: metrics by alias and by name,
-    the asset and kind it belongs to."""
+    the asset and kind it belongs to, and its edge alarm conditions (the rule of each
+    condition metric, by alias and by name)."""
 
     asset: str
     kind: str
     by_alias: dict[int, MetricSpec]
     by_name: dict[str, MetricSpec]
+    conditions: dict[int | str, str] = field(default_factory=dict)
 
     @classmethod
     def from_birth(cls, message: pb.Payload, device: str) -> DeviceTable:
         by_alias: dict[int, MetricSpec] = {}
         by_name: dict[str, MetricSpec] = {}
+        conditions: dict[int | str, str] = {}
         asset, kind = device, THIRD_PARTY_KIND
         for metric in message.metrics:
             if metric.name == ASSET and metric.WhichOneof("value") == "string_value":
@@ -505,7 +659,14 @@ class DeviceTable:
                 continue
             if not metric.name:
                 raise SparkplugError("a DBIRTH metric without a name")
-            unit = metric_properties(metric).get(UNIT_PROPERTY, "")
+            props = metric_properties(metric)
+            if _is_condition(metric.name, props):
+                rule = metric.name[len(ALARMS_FOLDER) :]
+                conditions[metric.name] = rule
+                if metric.HasField("alias"):
+                    conditions[metric.alias] = rule
+                continue
+            unit = props.get(UNIT_PROPERTY, "")
             spec = MetricSpec(
                 metric.name,
                 metric.alias if metric.HasField("alias") else -1,
@@ -515,24 +676,26 @@ class DeviceTable:
             by_name[spec.name] = spec
             if spec.alias >= 0:
                 by_alias[spec.alias] = spec
-        return cls(asset, kind, by_alias, by_name)
+        return cls(asset, kind, by_alias, by_name, conditions)
 
     def readings(self, message: pb.Payload) -> tuple[list[Reading], list[int | str]]:
         """The readings of a DBIRTH or DDATA, and the aliases or names it does not know
         (a host asks for a rebirth then). Metrics that are not readings (the device's
-        properties) are left out."""
-        rows, unknown, _historical = self.rows(message)
-        return [trusted_reading(*row) for row in rows], unknown
+        properties, its alarm conditions) are left out."""
+        data = self.rows(message)
+        return [trusted_reading(*row) for row in data.rows], data.unknown
 
-    def rows(self, message: pb.Payload) -> tuple[list[ReadingRow], list[int | str], bool]:
-        """:meth:`readings` as rows (``(tag, value, unit, quality, ts_ns)``), and whether
-        any metric of the message is historical: one pass over the metrics.
+    def rows(self, message: pb.Payload) -> DataRows:
+        """:meth:`readings` as rows (``(tag, value, unit, quality, ts_ns)``), whether
+        any metric of the message is historical, and its condition metrics with their
+        rules: one pass over the metrics.
 
         A host's hot path: every attribute of a protobuf metric read from Python costs
         about 0.1 us, so the common metric (a scalar value, no properties) is read with
         as few as the answer needs; anything else takes :func:`metric_value`."""
         rows: list[ReadingRow] = []
         unknown: list[int | str] = []
+        conditions: list[tuple[str, pb.Payload.Metric]] = []
         historical = False
         default_ms = message.timestamp
         by_name, by_alias = self.by_name, self.by_alias
@@ -544,7 +707,10 @@ class DeviceTable:
             name = metric.name
             spec = by_name.get(name) if name else by_alias.get(metric.alias)
             if spec is None:
-                if name not in {ASSET, KIND}:
+                rule = self.conditions.get(name or metric.alias)
+                if rule is not None:
+                    conditions.append((rule, metric))
+                elif name not in {ASSET, KIND}:
                     unknown.append(name or metric.alias)
                 continue
             which = metric.WhichOneof("value")
@@ -561,7 +727,23 @@ class DeviceTable:
             if not ms and not metric.HasField("timestamp"):
                 ms = default_ms
             rows.append((spec.name, value, spec.unit, quality, ms * _NS_PER_MS))
-        return rows, unknown, historical
+        return DataRows(rows, unknown, historical, conditions)
+
+
+class DataRows(NamedTuple):
+    """What :meth:`DeviceTable.rows` reads of a DBIRTH or DDATA."""
+
+    rows: list[ReadingRow]
+    unknown: list[int | str]  # aliases or names the birth does not have
+    historical: bool  # any metric flagged is_historical
+    conditions: list[tuple[str, pb.Payload.Metric]]  # (rule, metric) of each condition
+
+
+def _is_condition(name: str, props: dict[str, ReadingValue]) -> bool:
+    key, mark = CONDITION_MARK
+    return (
+        name.startswith(ALARMS_FOLDER) and len(name) > len(ALARMS_FOLDER) and props.get(key) == mark
+    )
 
 
 _PLAIN_FIELDS = frozenset({"double_value", "float_value", "boolean_value", "string_value"})
