@@ -8,7 +8,8 @@ MQTT.js as a host application), with real mosquitto and InfluxDB 1.6.
   take the device down; nothing is dead-lettered.
 * Derrick's agent -> a Tahu-decoding host: births, data by alias, seq, rebirth on NCMD and
   the NDEATH of a killed agent read as the spec says, with the values Derrick's own
-  decoder reads from the same bytes.
+  decoder reads from the same bytes; an edge alarm condition (``Alarms/<rule>``) with
+  the properties Derrick's host reads.
 
 The Node packages are installed by scripts/setup.sh (``npm ci`` from the committed lock
 file); if they are missing the test installs them once the same way. Without ``node``
@@ -314,13 +315,28 @@ def test_a_tahu_edge_node_is_stored_by_the_collector(tmp_path, mosquitto, influx
 # -- Derrick's agent -> a Tahu-decoding host -----------------------------------------------
 
 
+EDGE_RULE = "crane_load_seen"
+"""An edge alarm rule that holds from the first poll (a hook load above -1 t): its
+condition goes out at once, so the third party's host reads one."""
+
+
 def start_agent(tmp_path: Path, broker_port: int, plc_port: int, site: str) -> Program:
+    rules = write_yaml(
+        tmp_path / "edge-rules.yaml",
+        {
+            "rules": [
+                {"name": EDGE_RULE, "kind": "crane", "type": "high", "tag": "hook_load",
+                 "limit": -1, "priority": "low", "message": "load {value:.1f} t"}
+            ]
+        },
+    )  # fmt: skip
     config = write_yaml(
         tmp_path / "agent.yaml",
         {
             "agent": {"id": "gw-1", "site": site},
             "broker": {"host": "127.0.0.1", "port": broker_port},
             "format": "sparkplug",
+            "alarms": {"rules": [str(rules)]},
             "devices": [
                 {
                     "name": "lmi",
@@ -426,7 +442,12 @@ def test_a_tahu_host_reads_the_agent(tmp_path, mosquitto, node):
         readings, unknown = table.readings(sp.decode_payload(bytes.fromhex(line["hex"])))
         assert unknown == []
         derrick = {reading.tag: reading.value for reading in readings}
-        tahu = [m for m in line["metrics"] if m.get("name") not in {sp.ASSET, sp.KIND}]
+        tahu = [
+            m
+            for m in line["metrics"]
+            if m.get("name") not in {sp.ASSET, sp.KIND}
+            and not m.get("name", "").startswith(sp.ALARMS_FOLDER)
+        ]
         assert [m["name"] for m in tahu] == list(derrick)
         for m in tahu:
             spec = table.by_name[m["name"]]
@@ -447,6 +468,7 @@ def test_a_tahu_host_reads_the_agent(tmp_path, mosquitto, node):
             loads += [m["value"] for m in tahu if m["name"] == "hook_load"]
     assert loads
     assert all(isinstance(v, int | float) and 0 <= v < 1000 for v in loads)
+    assert_the_edge_alarm_reads_as_derrick_reads_it(lines, site)
 
     # seq: consecutive from each NBIRTH (0) through everything the node sends after it.
     wire = [line for line in lines if line.get("type") in {"NBIRTH", "DBIRTH", "DDATA", "DDEATH"}]
@@ -460,3 +482,37 @@ def test_a_tahu_host_reads_the_agent(tmp_path, mosquitto, node):
     log = agent.log_tail(300)
     assert log.count('"rebirth requested by a host"') == 1, log
     assert '"host command refused"' not in log, log
+
+
+def assert_the_edge_alarm_reads_as_derrick_reads_it(lines: list[dict], site: str) -> None:
+    """The edge alarm condition: a Boolean metric of the DBIRTH, marked; its change a
+    DDATA by alias whose properties Tahu reads as Derrick's own host does."""
+    name = sp.ALARMS_FOLDER + EDGE_RULE
+    for dbirth in of_type(lines, "DBIRTH"):
+        born = metric(dbirth, name)
+        assert born["type"] == "Boolean"
+        assert born["properties"]["Derrick"] == {"type": "String", "value": "condition"}
+    changes = [
+        (line, m)
+        for line in of_type(lines, "DDATA")
+        for m in line["metrics"]
+        if m.get("name") == name
+    ]
+    assert changes, "no condition change read by the Tahu host"
+    line, tahu = changes[0]
+    assert tahu["byAlias"] and tahu["value"] is True
+    table = sp.DeviceTable.from_birth(
+        sp.decode_payload(bytes.fromhex(of_type(lines, "DBIRTH")[0]["hex"])), "lmi"
+    )
+    message = sp.decode_payload(bytes.fromhex(line["hex"]))
+    [(rule, raw)] = table.rows(message).conditions
+    source = sp.ConditionSource(site, "crane-01", "lmi", "crane", "gw-1")
+    derrick = sp.decode_condition(raw, rule, source, message.timestamp)
+    props = {key: value["value"] for key, value in tahu["properties"].items()}
+    assert (props["State"], props["Priority"], props["Type"]) == ("active", "low", "high")
+    assert (derrick.state, derrick.priority, derrick.type) == ("active", "low", "high")
+    assert props["Limit"] == derrick.limit == -1.0
+    assert same_value(props["Value"], derrick.value)
+    assert props["Message"] == derrick.message
+    assert int(props["TimeNs"]) == derrick.ts_ns  # a Long: Tahu prints it as a string
+    assert tahu["properties"]["Latched"] == {"type": "Boolean", "value": False}
