@@ -312,11 +312,11 @@ class Receiver:
 
     def _checked_conditions(self, decoded: Decoded) -> list[ConditionMessage] | Rejected:
         """A Sparkplug message's edge condition changes, each in the time window."""
-        if not decoded.conditions:
-            return []
-        checked = [check_condition(condition, self.window) for condition in decoded.conditions]
-        rejected = [result for result in checked if isinstance(result, Rejected)]
-        return rejected[0] if rejected else checked  # type: ignore[return-value]
+        for condition in decoded.conditions:
+            checked = check_condition(condition, self.window)
+            if isinstance(checked, Rejected):
+                return checked
+        return list(decoded.conditions)
 
     async def _status_or_metrics(
         self, inbound: InboundMessage, topic: DeviceStatusTopic | AgentMetricsTopic

@@ -275,11 +275,11 @@ class SparkplugHost:
         if unknown:
             self._ask_rebirth(topic, now_s, f"unknown metrics {unknown[:5]}")
             return Unreadable(f"aliases or names its DBIRTH does not have: {unknown[:10]}")
-        statuses = self._revived(topic, message, now_s)
         try:
             conditions = self._conditions(topic, table, message, found) if found else ()
         except sp.SparkplugError as exc:
             return Refused(f"DDATA: {exc}", "schema")
+        statuses = self._revived(topic, message, now_s)  # a refused message changes nothing
         return Decoded(
             self._telemetry(topic, table, rows, historical, message),
             statuses,

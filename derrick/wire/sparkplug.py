@@ -372,15 +372,7 @@ def _set_property(prop: pb.Payload.PropertyValue, value: object) -> None:
 
 
 def _property_value(prop: pb.Payload.PropertyValue) -> ReadingValue:
-    which = None if prop.is_null else prop.WhichOneof("value")
-    if which not in _SCALAR_FIELDS:
-        return None
-    value = getattr(prop, which)
-    if which == "long_value" and prop.type == MetricType.INT64 and value >= 2**63:
-        value -= 2**64
-    elif which == "int_value" and prop.type in _SIGNED_32 and value >= 2**31:
-        value -= 2**32
-    return value  # type: ignore[no-any-return]
+    return metric_value(prop, metric_type_of(prop.type))
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,9 +588,12 @@ def decode_payload(payload: bytes) -> pb.Payload:
     return message
 
 
-def metric_value(metric: pb.Payload.Metric, kind: MetricType) -> ReadingValue:
-    """A metric's value as Derrick holds it (signed integers from two's complement);
-    None for null and for what is not a reading (bytes, datasets, templates)."""
+def metric_value(
+    metric: pb.Payload.Metric | pb.Payload.PropertyValue, kind: MetricType
+) -> ReadingValue:
+    """A metric's (or a property's) value as Derrick holds it (signed integers from two's
+    complement); None for null and for what is not a reading (bytes, datasets,
+    templates, property sets)."""
     which = None if metric.is_null else metric.WhichOneof("value")
     if which not in _SCALAR_FIELDS:
         return None
